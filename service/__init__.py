@@ -1,0 +1,1 @@
+"""dpx: a differentially private statistics exchange for child-protection helplines."""
