@@ -1,0 +1,112 @@
+"""The validated, immutable form of dataset and partner policies.
+
+Everything downstream (queries, sensitivity, the ledger) reads policies through these
+types only; the YAML files and their marshmallow schemas stay inside ``service.policy``.
+Budget amounts are exact ``Fraction``s so that budget sums never suffer float error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+from typing import Literal
+
+Definition = Literal["pure", "zcdp"]
+Statistic = Literal["count", "sum", "mean"]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A dimension with its public domain, in declared order (months enumerated YYYY-MM)."""
+
+    name: str
+    kind: Literal["month", "categorical"]
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A per-contact measure with integer clamping bounds (lower <= upper)."""
+
+    name: str
+    lower: int
+    upper: int
+
+    @property
+    def magnitude(self) -> int:
+        """The largest absolute value one clamped contact can add to a sum."""
+        return max(abs(self.lower), abs(self.upper))
+
+
+@dataclass(frozen=True)
+class DatasetPolicy:
+    """One dataset: its schema (public domains), privacy unit, bounds and global budget."""
+
+    id: str
+    title: str
+    owner: str
+    definition: Definition
+    unit: str
+    max_contacts_per_person: int
+    max_contacts_per_cell: int | None
+    delta: Fraction | None
+    global_budget: Fraction
+    share_releases: bool
+    dimensions: tuple[Dimension, ...]
+    measures: tuple[Measure, ...]
+    source: str
+
+    @property
+    def budget_unit(self) -> Literal["epsilon", "rho"]:
+        """The name of the quantity budgets and costs of this dataset are counted in."""
+        return "epsilon" if self.definition == "pure" else "rho"
+
+    def dimension(self, name: str) -> Dimension:
+        for dimension in self.dimensions:
+            if dimension.name == name:
+                return dimension
+        raise KeyError(name)
+
+    def measure(self, name: str) -> Measure:
+        for measure in self.measures:
+            if measure.name == name:
+                return measure
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one partner may ask of one dataset, and how much privacy loss it may spend."""
+
+    dataset: str
+    budget: Fraction
+    max_per_query: Fraction | None
+    statistics: frozenset[str]
+    dimensions: frozenset[str]
+    expires: date | None
+
+
+@dataclass(frozen=True)
+class PartnerPolicy:
+    id: str
+    name: str
+    jurisdiction: str
+    grants: tuple[Grant, ...]
+    source: str
+
+    def grant_for(self, dataset_id: str) -> Grant | None:
+        for grant in self.grants:
+            if grant.dataset == dataset_id:
+                return grant
+        return None
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A complete, validated set of policies; ``version`` identifies its exact file contents."""
+
+    datasets: Mapping[str, DatasetPolicy]
+    partners: Mapping[str, PartnerPolicy]
+    version: str

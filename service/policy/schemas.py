@@ -1,0 +1,648 @@
+"""Marshmallow schemas for dataset and partner policy files (the YAML format of DESIGN.md).
+
+A schema turns one parsed YAML document into checked domain values: exact ``Fraction``
+amounts, enumerated month domains, ``DatasetPolicy`` and ``Grant`` objects. Every key at every
+level is checked, because a misspelt key that was silently ignored could leave a budget or a
+bound unenforced. Rules that need another file (does the granted dataset exist, and is it
+counted in epsilon or rho?) are checked by ``service.policy.loader``.
+
+Error messages are lowercase reasons without a final full stop; the loader prefixes them with
+the file and the dotted field path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow.types import ErrorMessages
+
+from service.policy.model import DatasetPolicy, Dimension, Grant, Measure, PartnerPolicy
+
+IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+# Upload columns that are not dimensions or measures; a dimension of the same name would make
+# an upload ambiguous (is `person` a pseudonym to truncate by, or a dimension value?).
+RESERVED_COLUMNS = ("contacts", "person")
+STATISTICS = ("count", "sum", "mean")
+DEFINITIONS = ("pure", "zcdp")
+BUDGET_UNITS: dict[str, Literal["epsilon", "rho"]] = {"pure": "epsilon", "zcdp": "rho"}
+# The ledger counts budgets in integer nano-units, so every amount must be a whole number of
+# them: anything finer would be rounded, and a rounded budget is not the budget the DPO set.
+AMOUNT_DECIMALS = 9
+
+_FIELD_MESSAGES: ErrorMessages = {
+    "required": "required field is missing",
+    "null": "must not be null",
+}
+
+
+def describe(value: object) -> str:
+    """The YAML kind of a parsed value, for messages such as 'must be a number, not a string'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, datetime.datetime):
+        return "a timestamp"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, Sequence):
+        return "a list"
+    return type(value).__name__
+
+
+def amount_text(amount: Fraction) -> str:
+    """The decimal text of an amount as a DPO would write it: ``0.5``, ``2``, ``0.000000001``.
+
+    Amounts that are not whole nano-units (only computed costs can be) are shown to nine
+    significant digits.
+    """
+    nanos = amount * 10**AMOUNT_DECIMALS
+    if nanos.denominator != 1:
+        return format(float(amount), ".9g")
+    return format(Decimal(nanos.numerator).scaleb(-AMOUNT_DECIMALS).normalize(), "f")
+
+
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+# --- fields -----------------------------------------------------------------------------
+
+
+class Text(fields.Field[str]):
+    """A non-blank string (YAML numbers, dates and booleans are refused, not converted)."""
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
+        if not isinstance(value, str):
+            raise ValidationError(f"must be a string, not {describe(value)}")
+        if not value.strip():
+            raise ValidationError("must not be empty")
+        return value
+
+
+class Choice(Text):
+    """One of a fixed list of words."""
+
+    def __init__(self, choices: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.choices = tuple(choices)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text not in self.choices:
+            raise ValidationError(f"must be one of {', '.join(self.choices)}, not '{text}'")
+        return text
+
+
+class Identifier(Text):
+    """A lowercase identifier usable as a column name: ``[a-z][a-z0-9_]*``."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not IDENTIFIER.fullmatch(text):
+            raise ValidationError(f"'{text}' is not a lowercase identifier [a-z][a-z0-9_]*")
+        return text
+
+
+class PolicyId(Text):
+    """A dataset or partner id: lowercase letters, digits, '-' and '_' (it appears in URLs)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not POLICY_ID.fullmatch(text):
+            raise ValidationError(
+                f"'{text}' is not an id: use up to 64 lowercase letters, digits, '-' and '_'"
+            )
+        return text
+
+
+class WholeNumber(fields.Field[int]):
+    """An integer, at least ``minimum`` when given (YAML floats and strings are refused)."""
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def __init__(self, *, minimum: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.minimum = minimum
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> int:
+        if isinstance(value, float):
+            raise ValidationError(f"must be a whole number, not {value}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(f"must be a whole number, not {describe(value)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValidationError(f"must be at least {self.minimum}, not {value}")
+        return value
+
+
+class Flag(fields.Field[bool]):
+    """``true`` or ``false``; unlike marshmallow's Boolean, 'yes', 1 or 'on' are refused."""
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError(f"must be true or false, not {describe(value)}")
+        return value
+
+
+class Amount(fields.Field[Fraction]):
+    """A positive, finite number converted exactly to a ``Fraction`` through its decimal text.
+
+    ``Fraction(str(0.1))`` is exactly 1/10, where ``Fraction(0.1)`` would be the binary float
+    nearest to it; budgets are compared and summed exactly, so the DPO's decimal must be kept.
+    """
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def __init__(
+        self, *, max_decimals: int | None = AMOUNT_DECIMALS, below_one: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.max_decimals = max_decimals
+        self.below_one = below_one
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Fraction:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"must be a number, not {describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(f"must be a finite number, not {value}")
+        amount = Fraction(str(value)) if isinstance(value, float) else Fraction(value)
+        if amount <= 0:
+            raise ValidationError(f"must be greater than 0, not {value}")
+        if self.below_one and amount >= 1:
+            raise ValidationError(f"must be less than 1, not {value}")
+        if self.max_decimals is not None and (amount * 10**self.max_decimals).denominator != 1:
+            raise ValidationError(
+                f"must have at most {self.max_decimals} decimal places, not {value}"
+            )
+        return amount
+
+
+class Month(fields.Field[str]):
+    """A calendar month written ``YYYY-MM``."""
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> str:
+        if not isinstance(value, str):
+            raise ValidationError(f"must be a month YYYY-MM, not {describe(value)}")
+        if not MONTH.fullmatch(value):
+            raise ValidationError(f"'{value}' is not a month YYYY-MM")
+        return value
+
+
+class Day(fields.Field[datetime.date]):
+    """A calendar date written ``YYYY-MM-DD``."""
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> datetime.date:
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return datetime.date.fromisoformat(value)
+            except ValueError:
+                raise ValidationError(f"'{value}' is not a date YYYY-MM-DD") from None
+        raise ValidationError(f"must be a date YYYY-MM-DD, not {describe(value)}")
+
+
+class ListOf(fields.List[Any]):
+    """A YAML list; ``non_empty`` and ``unique`` are checked once every item is valid."""
+
+    default_error_messages = {**_FIELD_MESSAGES, "invalid": "must be a list"}
+
+    def __init__(
+        self,
+        inner: fields.Field[Any],
+        *,
+        noun: str,
+        non_empty: bool = False,
+        unique: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(inner, **kwargs)
+        self.noun = noun
+        self.non_empty = non_empty
+        self.unique = unique
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValidationError(f"must be a list, not {describe(value)}")
+        items: list[Any] = super()._deserialize(value, attr, data, **kwargs)
+        if self.non_empty and not items:
+            raise ValidationError(f"must list at least one {self.noun}")
+        if self.unique:
+            seen: list[Any] = []
+            for item in items:
+                if item in seen:
+                    raise ValidationError(f"duplicate {self.noun} '{item}'")
+                seen.append(item)
+        return items
+
+
+class Section(fields.Nested):
+    """A nested mapping read with its own schema."""
+
+    default_error_messages = {**_FIELD_MESSAGES, "type": "must be a mapping"}
+
+
+class NamedEntries(fields.Field[dict[str, Any]]):
+    """A mapping from identifier names (dimensions, measures) to entries of one schema.
+
+    Errors are reported under the entry's name, e.g. ``dimensions.month.from``.
+    """
+
+    default_error_messages = _FIELD_MESSAGES
+
+    def __init__(self, schema: type[Schema], *, noun: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entry_schema = schema()
+        self.noun = noun
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValidationError(
+                f"must be a mapping of {self.noun} names to {self.noun}s, not {describe(value)}"
+            )
+        entries: dict[str, Any] = {}
+        errors: dict[str, Any] = {}
+        for name, entry in value.items():
+            if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
+                errors[str(name)] = [
+                    f"{self.noun} name '{name}' is not a lowercase identifier [a-z][a-z0-9_]*"
+                ]
+                continue
+            if name in RESERVED_COLUMNS:
+                errors[name] = [
+                    f"'{name}' is a reserved column name "
+                    f"({', '.join(RESERVED_COLUMNS)}) and cannot be a {self.noun}"
+                ]
+                continue
+            try:
+                entries[name] = self.entry_schema.load(entry if entry is not None else {})
+            except ValidationError as error:
+                errors[name] = error.messages
+        if errors:
+            raise ValidationError(errors)
+        return entries
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+class PolicySchema(Schema):
+    """Base schema: unknown keys are errors, and the error names the keys that are allowed."""
+
+    class Meta:
+        unknown = RAISE
+
+    error_messages = {"type": "must be a mapping"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        allowed = [field.data_key or name for name, field in self.load_fields.items()]
+        self.error_messages = {
+            **self.error_messages,
+            "unknown": f"unknown field; expected one of: {', '.join(allowed)}",
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An amount of privacy loss and the unit it is counted in (epsilon or rho)."""
+
+    unit: Literal["epsilon", "rho"]
+    amount: Fraction
+
+
+class BudgetSchema(PolicySchema):
+    """``{epsilon: x}`` (pure DP) or ``{rho: x}`` (zCDP): exactly one of the two."""
+
+    epsilon = Amount()
+    rho = Amount()
+
+    @validates_schema
+    def _one_unit(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if len(data) != 1:
+            raise ValidationError(
+                "must give one amount: epsilon (pure DP) or rho (zCDP)"
+                + (", not both" if len(data) > 1 else "")
+            )
+
+    @post_load
+    def _budget(self, data: dict[str, Any], **kwargs: Any) -> Budget:
+        if "epsilon" in data:
+            return Budget(unit="epsilon", amount=data["epsilon"])
+        return Budget(unit="rho", amount=data["rho"])
+
+
+class PrivacySchema(PolicySchema):
+    """The privacy unit, its contribution bounds, and the dataset's global budget."""
+
+    definition = Choice(DEFINITIONS, required=True)
+    unit = Choice(("person",), required=True)
+    max_contacts_per_person = WholeNumber(minimum=1, required=True)
+    max_contacts_per_cell = WholeNumber(minimum=1)
+    # delta never enters a zCDP charge; it only converts rho to the (epsilon, delta) reported
+    # beside each release, so it has no nano-unit limit.
+    delta = Amount(max_decimals=None, below_one=True)
+    global_budget = Section(BudgetSchema, required=True)
+    share_releases = Flag(load_default=False)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _consistent(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        definition = data.get("definition")
+        if definition == "zcdp" and "delta" not in original_data:
+            errors["delta"] = ["required for a zcdp dataset, to report epsilon beside rho"]
+        if definition == "pure" and "delta" in original_data:
+            errors["delta"] = ["not allowed for a pure dataset (pure DP has delta 0)"]
+        budget = data.get("global_budget")
+        if definition in BUDGET_UNITS and isinstance(budget, Budget):
+            expected = BUDGET_UNITS[definition]
+            if budget.unit != expected:
+                errors["global_budget"] = [
+                    f"a {definition} dataset counts its budget in {expected}, not {budget.unit}"
+                ]
+        per_person = data.get("max_contacts_per_person")
+        per_cell = data.get("max_contacts_per_cell")
+        if per_person is not None and per_cell is not None and per_cell > per_person:
+            errors["max_contacts_per_cell"] = [
+                f"must be at most max_contacts_per_person ({per_person}), not {per_cell}"
+            ]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _months(start: str, end: str) -> tuple[str, ...]:
+    """Every month from ``start`` to ``end`` inclusive, as ``YYYY-MM``."""
+    year, month = int(start[:4]), int(start[5:])
+    months = []
+    while f"{year:04d}-{month:02d}" <= end:
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return tuple(months)
+
+
+class DimensionSchema(PolicySchema):
+    """``{type: month, from: YYYY-MM, to: YYYY-MM}`` or ``{values: [...]}``."""
+
+    type = Choice(("month",))
+    from_ = Month(data_key="from")
+    to = Month()
+    values = ListOf(Text(), noun="value", non_empty=True)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _one_form(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
+        month_keys = [key for key in ("type", "from", "to") if key in original_data]
+        if "values" in original_data and month_keys:
+            raise ValidationError(
+                f"give either values or type: month with from and to, not values and "
+                f"{', '.join(month_keys)}"
+            )
+        if "values" in original_data:
+            return
+        if not month_keys:
+            raise ValidationError("must give values, or type: month with from and to")
+        errors: dict[str, list[str]] = {}
+        for key in ("type", "from", "to"):
+            if key not in original_data:
+                errors[key] = ["required for a month dimension"]
+        if errors:
+            raise ValidationError(errors)
+        start, end = data.get("from_"), data.get("to")
+        if start is not None and end is not None and start > end:
+            raise ValidationError(f"from {start} is after to {end}")
+
+    @post_load
+    def _domain(self, data: dict[str, Any], **kwargs: Any) -> tuple[str, tuple[str, ...]]:
+        if "values" in data:
+            return "categorical", tuple(data["values"])
+        return "month", _months(data["from_"], data["to"])
+
+
+class MeasureSchema(PolicySchema):
+    """``{min: int, max: int}``: the clamping bounds of one contact's value."""
+
+    min = WholeNumber(required=True)
+    max = WholeNumber(required=True)
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["min"] > data["max"]:
+            raise ValidationError(f"min {data['min']} is greater than max {data['max']}")
+
+    @post_load
+    def _bounds(self, data: dict[str, Any], **kwargs: Any) -> tuple[int, int]:
+        return data["min"], data["max"]
+
+
+class SourcedSchema(PolicySchema):
+    """A top-level schema that knows its file, whose stem the document's id must equal."""
+
+    def __init__(self, *, source: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+
+    @validates_schema(skip_on_field_errors=False)
+    def _id_is_file_stem(self, data: dict[str, Any], **kwargs: Any) -> None:
+        stem = PurePosixPath(self.source).stem
+        if "id" in data and data["id"] != stem:
+            raise ValidationError(
+                f"must equal the file name '{stem}', not '{data['id']}'", field_name="id"
+            )
+
+
+class DatasetSchema(SourcedSchema):
+    """A dataset policy file; loads into a ``DatasetPolicy``."""
+
+    id = PolicyId(required=True)
+    title = Text(required=True)
+    owner = Text(required=True)
+    privacy = Section(PrivacySchema, required=True)
+    dimensions = NamedEntries(DimensionSchema, noun="dimension", required=True)
+    measures = NamedEntries(MeasureSchema, noun="measure", load_default=dict)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _names(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
+        dimensions = original_data.get("dimensions")
+        measures = original_data.get("measures")
+        if isinstance(dimensions, Mapping) and not dimensions:
+            raise ValidationError("must declare at least one dimension", field_name="dimensions")
+        if isinstance(dimensions, Mapping) and isinstance(measures, Mapping):
+            clashes = [name for name in measures if name in dimensions]
+            if clashes:
+                raise ValidationError(
+                    {"measures": {name: [f"'{name}' is already a dimension"] for name in clashes}}
+                )
+
+    @post_load
+    def _dataset(self, data: dict[str, Any], **kwargs: Any) -> DatasetPolicy:
+        privacy = data["privacy"]
+        return DatasetPolicy(
+            id=data["id"],
+            title=data["title"],
+            owner=data["owner"],
+            definition=privacy["definition"],
+            unit=privacy["unit"],
+            max_contacts_per_person=privacy["max_contacts_per_person"],
+            max_contacts_per_cell=privacy.get("max_contacts_per_cell"),
+            delta=privacy.get("delta"),
+            global_budget=privacy["global_budget"].amount,
+            share_releases=privacy["share_releases"],
+            dimensions=tuple(
+                Dimension(name=name, kind=kind, values=values)
+                for name, (kind, values) in data["dimensions"].items()
+            ),
+            measures=tuple(
+                Measure(name=name, lower=lower, upper=upper)
+                for name, (lower, upper) in data["measures"].items()
+            ),
+            source=self.source,
+        )
+
+
+@dataclass(frozen=True)
+class GrantEntry:
+    """A grant as written, with the unit its budget is counted in (checked by the loader)."""
+
+    grant: Grant
+    unit: Literal["epsilon", "rho"]
+
+
+class GrantSchema(PolicySchema):
+    """One grant of a partner file."""
+
+    dataset = PolicyId(required=True)
+    budget = Section(BudgetSchema, required=True)
+    max_per_query = Section(BudgetSchema)
+    statistics = ListOf(Choice(STATISTICS), noun="statistic", non_empty=True, required=True)
+    dimensions = ListOf(Identifier(), noun="dimension", required=True)
+    expires = Day()
+
+    @validates_schema(skip_on_field_errors=False)
+    def _per_query_within_budget(self, data: dict[str, Any], **kwargs: Any) -> None:
+        budget, per_query = data.get("budget"), data.get("max_per_query")
+        if not isinstance(budget, Budget) or not isinstance(per_query, Budget):
+            return
+        if per_query.unit != budget.unit:
+            raise ValidationError(
+                f"is counted in {per_query.unit} but the budget is counted in {budget.unit}",
+                field_name="max_per_query",
+            )
+        if per_query.amount > budget.amount:
+            raise ValidationError(
+                f"{per_query.unit} {amount_text(per_query.amount)} is more than the grant's "
+                f"budget of {amount_text(budget.amount)}",
+                field_name="max_per_query",
+            )
+
+    @post_load
+    def _grant(self, data: dict[str, Any], **kwargs: Any) -> GrantEntry:
+        per_query = data.get("max_per_query")
+        grant = Grant(
+            dataset=data["dataset"],
+            budget=data["budget"].amount,
+            max_per_query=per_query.amount if per_query is not None else None,
+            statistics=frozenset(data["statistics"]),
+            dimensions=frozenset(data["dimensions"]),
+            expires=data.get("expires"),
+        )
+        return GrantEntry(grant=grant, unit=data["budget"].unit)
+
+
+@dataclass(frozen=True)
+class PartnerFile:
+    """A loaded partner file: the policy, and the unit of each of its grants, in order."""
+
+    policy: PartnerPolicy
+    units: tuple[Literal["epsilon", "rho"], ...]
+
+
+class PartnerSchema(SourcedSchema):
+    """A partner policy file; loads into a ``PartnerFile``."""
+
+    id = PolicyId(required=True)
+    name = Text(required=True)
+    jurisdiction = Text(required=True)
+    grants = ListOf(Section(GrantSchema), noun="grant", unique=False, required=True)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _one_grant_per_dataset(
+        self, data: dict[str, Any], original_data: Any, **kwargs: Any
+    ) -> None:
+        grants = original_data.get("grants")
+        if not isinstance(grants, list):
+            return
+        first: dict[str, int] = {}
+        errors: dict[int, Any] = {}
+        for index, grant in enumerate(grants):
+            dataset = grant.get("dataset") if isinstance(grant, Mapping) else None
+            if not isinstance(dataset, str):
+                continue
+            if dataset in first:
+                errors[index] = {
+                    "dataset": [
+                        f"a second grant for {dataset}; grants.{first[dataset]} already "
+                        "grants it (one grant per dataset)"
+                    ]
+                }
+            else:
+                first[dataset] = index
+        if errors:
+            raise ValidationError({"grants": errors})
+
+    @post_load
+    def _partner(self, data: dict[str, Any], **kwargs: Any) -> PartnerFile:
+        entries: list[GrantEntry] = data["grants"]
+        policy = PartnerPolicy(
+            id=data["id"],
+            name=data["name"],
+            jurisdiction=data["jurisdiction"],
+            grants=tuple(entry.grant for entry in entries),
+            source=self.source,
+        )
+        return PartnerFile(policy=policy, units=tuple(entry.unit for entry in entries))
