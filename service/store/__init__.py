@@ -1,0 +1,1 @@
+"""Ingest, cell serialization and encrypted batch storage for helpline contact aggregates."""
