@@ -1,0 +1,1 @@
+"""The audit log: every action that touches data or budget, in a verifiable hash chain."""

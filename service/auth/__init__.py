@@ -1,0 +1,1 @@
+"""Who is calling: bearer tokens, stored only as hashes, and the roles they carry."""

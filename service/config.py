@@ -1,0 +1,67 @@
+"""Settings, read once from ``DPX_*`` environment variables with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value dpx cannot use; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: {raw!r} is not a whole number") from None
+    if value <= 0:
+        raise SettingsError(f"{name}: must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything dpx needs to know about its environment."""
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    keyring_path: Path = Path("var/keyring.json")
+    keyring_passphrase: str | None = field(default=None, repr=False)
+    policy_dir: Path = Path("policies")
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_cells: int = 10_000
+    audit_checkpoint_every: int = 100
+    production: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("DPX_DATA_DIR") or "var")
+        database_url = env.get("DPX_DATABASE_URL") or f"sqlite:///{data_dir / 'dpx.sqlite3'}"
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            keyring_path=Path(env.get("DPX_KEYRING") or data_dir / "keyring.json"),
+            keyring_passphrase=env.get("DPX_KEYRING_PASSPHRASE") or None,
+            policy_dir=Path(env.get("DPX_POLICY_DIR") or "policies"),
+            max_upload_bytes=_int(env, "DPX_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_cells=_int(env, "DPX_MAX_CELLS", cls.max_cells),
+            audit_checkpoint_every=_int(env, "DPX_AUDIT_CHECKPOINT_EVERY", 100),
+            production=(env.get("DPX_ENV", "development") == "production"),
+        )
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def audit_checkpoint_path(self) -> Path:
+        """Append-only file of signed audit checkpoints, kept apart from the database."""
+        return self.data_dir / "audit-checkpoints.jsonl"

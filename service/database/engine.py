@@ -1,0 +1,83 @@
+"""Connections and transactions with the same semantics on SQLite and PostgreSQL.
+
+Write transactions on SQLite start with ``BEGIN IMMEDIATE`` so that a budget check and its
+charge can never interleave with another writer; PostgreSQL gets the same effect from row
+locks taken by conditional ``UPDATE`` statements inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+_WRITE = "dpx_write"
+
+
+class Database:
+    """An engine plus the two kinds of transaction dpx uses: ``read()`` and ``write()``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # NullPool: a connection per transaction keeps forked gunicorn workers from
+            # sharing SQLite handles; opening one costs microseconds.
+            self.engine: Engine = create_engine(url, poolclass=NullPool)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction for reading; it sees one consistent snapshot."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that commits all of its statements durably, or none of them.
+
+        Callables appended to ``conn.info["after_commit"]`` run once the commit succeeded
+        (for example the audit checkpoint file, which must never name an entry that
+        was rolled back).
+        """
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{_WRITE: True})
+            conn.info["after_commit"] = []
+            with conn.begin():
+                yield conn
+            hooks: list[Callable[[], None]] = conn.info.pop("after_commit")
+        for hook in hooks:
+            hook()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so BEGIN is ours to emit.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit (above all a budget charge) survives power loss, not just a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(_WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")

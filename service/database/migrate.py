@@ -1,0 +1,35 @@
+"""Apply the Alembic migrations that ship inside the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from service.database.engine import Database
+
+_SCRIPTS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPTS))
+    return config
+
+
+def upgrade(database: Database) -> None:
+    """Bring the schema to the newest revision; running it twice changes nothing."""
+    config = _config()
+    with database.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def is_current(database: Database) -> bool:
+    """True when the database carries the newest schema revision."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    with database.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision() == head

@@ -1,0 +1,137 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations under ``service/migrations`` create them.
+
+At rest the database holds only encrypted aggregate batches, token hashes, budget spend,
+releases (already differentially private) and the audit chain: never raw values or keys.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dataset", String(100), nullable=False, index=True),
+    Column("form", String(10), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("contacts", BigInteger, nullable=False),
+    Column("cells", Integer, nullable=False),
+    Column("truncated", BigInteger, nullable=False),
+    Column("clamped", BigInteger, nullable=False),
+    # The key-encryption key that wraps this batch's data key; rotation compares-and-sets it.
+    Column("kek_id", String(40), nullable=False, index=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("role", String(10), nullable=False),
+    Column("subject", String(100), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Spend per (dataset, partner) in integer nano-units of epsilon or rho; partner "*" is the
+# dataset's global account. Grants themselves live in policy files, not here.
+budget_accounts = Table(
+    "budget_accounts",
+    metadata,
+    Column("dataset", String(100), primary_key=True),
+    Column("partner", String(100), primary_key=True),
+    Column("spent_nano", BigInteger, nullable=False),
+)
+
+charges = Table(
+    "charges",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("dataset", String(100), nullable=False),
+    Column("partner", String(100), nullable=False),
+    Column("release_id", String(40), nullable=False, unique=True),
+    Column("definition", String(10), nullable=False),
+    Column("amount_nano", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_charges_dataset_partner", "dataset", "partner"),
+)
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dataset", String(100), nullable=False),
+    Column("partner", String(100), nullable=False),
+    Column("query_key", String(64), nullable=False),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    # pending: charged, noise not yet stored; done: document holds the signed release.
+    Column("status", String(10), nullable=False),
+    Column("document", Text, nullable=True),
+    Column("measurement", Text, nullable=True),
+    Column("policy_version", String(80), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("dataset", "partner", "query_key", name="uq_releases_query"),
+    UniqueConstraint("partner", "idempotency_key", name="uq_releases_idempotency"),
+    Index("ix_releases_dataset_query", "dataset", "query_key"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(120), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("dataset", String(100), nullable=True),
+    Column("details", Text, nullable=False),
+    Column("prev_mac", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
+# One row (id 1): the chain head. Appending locks it, so the chain can never fork.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
+# Dashboard sign-in sessions. The browser's cookie carries a random session id; only its
+# SHA-256 is stored, so a copy of the database cannot be replayed as a session. Each request
+# re-checks the token the session was opened with, so revoking the token ends its sessions.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", String(40), ForeignKey("tokens.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("role", String(10), nullable=False),
+    Column("subject", String(100), nullable=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the dpx schema; ``dpx init`` applies them."""
