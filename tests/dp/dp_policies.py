@@ -1,0 +1,52 @@
+"""Dataset policies for the DP engine tests, built from the real policy model types."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any
+
+from service.policy.model import DatasetPolicy, Dimension, Measure
+
+MONTHS = tuple(f"2024-{month:02d}" for month in range(1, 13))
+
+
+def demo_dataset(**changes: Any) -> DatasetPolicy:
+    """The demo UK dataset (pure DP, C = 10, minutes 0..120), with any field replaced."""
+    base = DatasetPolicy(
+        id="uk-helpline-2024",
+        title="Stop It Now UK contacts, 2024 (synthetic demo data)",
+        owner="lucy-faithfull-uk",
+        definition="pure",
+        unit="person",
+        max_contacts_per_person=10,
+        max_contacts_per_cell=None,
+        delta=None,
+        global_budget=Fraction(8),
+        share_releases=False,
+        dimensions=(
+            Dimension("month", "month", MONTHS),
+            Dimension("country", "categorical", ("GB", "IE")),
+            Dimension("channel", "categorical", ("phone", "chat", "email", "web")),
+            Dimension(
+                "caller_type",
+                "categorical",
+                ("self_concerned", "family_friend", "professional", "survivor", "other"),
+            ),
+            Dimension(
+                "referral_source",
+                "categorical",
+                (
+                    "social_media_ad",
+                    "police_warning",
+                    "search_warning",
+                    "professional",
+                    "word_of_mouth",
+                    "other",
+                ),
+            ),
+        ),
+        measures=(Measure("minutes", 0, 120),),
+        source="policies/datasets/uk-helpline-2024.yaml",
+    )
+    return replace(base, **changes)

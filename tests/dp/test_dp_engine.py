@@ -1,0 +1,176 @@
+"""The engine end to end: plan (no noise), release, summary, for every statistic and definition."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import opendp.prelude as dp
+import polars as pl
+import pytest
+
+from service.dp.accounting import epsilon_at_delta
+from service.dp.aggregate import true_aggregates
+from service.dp.engine import measurement_json, plan_query, plan_summary, release_values
+from service.dp.query import build_query
+from service.policy.model import DatasetPolicy
+
+DIMENSIONS = ("month", "country", "channel", "caller_type", "referral_source")
+
+
+def _cells() -> pl.DataFrame:
+    rows = []
+    for index, month in enumerate(["2024-01", "2024-02", "2024-03"]):
+        for channel in ("phone", "chat"):
+            contacts = 200 + 100 * index
+            rows.append((month, "GB", channel, "other", "other", contacts, 30 * contacts))
+    schema = {**{name: pl.Utf8 for name in DIMENSIONS}, "contacts": pl.Int64, "minutes": pl.Int64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _flow(dataset: DatasetPolicy, **fields: Any) -> tuple[Any, list[Any], Any]:
+    raw = {"dataset": dataset.id, "group_by": ["month"], **fields}
+    query = build_query(raw, dataset)
+    plan = plan_query(query, dataset)
+    aggregates = true_aggregates(_cells(), query, dataset)
+    return plan, release_values(plan, aggregates), aggregates
+
+
+PRIVACY = {"pure": {"epsilon": "0.5"}, "zcdp": {"rho": "0.05"}}
+
+
+@pytest.mark.parametrize("definition", ["pure", "zcdp"])
+@pytest.mark.parametrize("statistic", ["count", "sum", "mean"])
+def test_flow_charges_the_asked_cost_and_releases_every_cell(
+    definition: str, statistic: str, make_dataset: Callable[..., DatasetPolicy]
+) -> None:
+    dataset = make_dataset(definition=definition, delta=Fraction(1, 10**7))
+    measure = {} if statistic == "count" else {"measure": "minutes"}
+    plan, values, aggregates = _flow(dataset, statistic=statistic, **measure, **PRIVACY[definition])
+    asked = Fraction(PRIVACY[definition][dataset.budget_unit])
+    assert plan.cost == asked
+    assert sum((part.cost for part in plan.plans.values()), Fraction(0)) == asked
+    assert [value.cell for value in values] == [(f"2024-{m:02d}",) for m in range(1, 13)]
+    for value in values:
+        low, high = value.ci
+        assert low <= high
+        if statistic == "mean":
+            assert 0 <= low <= value.value <= high <= 120
+    summary = plan_summary(plan)
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["privacy"]["definition"] == definition
+    assert summary["privacy"]["cost"] == PRIVACY[definition]
+    if definition == "zcdp":
+        assert summary["privacy"]["delta"] == 1e-7
+        assert summary["privacy"]["epsilon"] == epsilon_at_delta(asked, 1e-7)
+        assert summary["mechanism"]["name"] == "discrete_gaussian"
+    else:
+        assert summary["privacy"] == {
+            "definition": "pure",
+            "epsilon": 0.5,
+            "delta": 0.0,
+            "cost": {"epsilon": "0.5"},
+        }
+        assert summary["mechanism"]["name"] == "discrete_laplace"
+    stored = json.loads(measurement_json(plan))
+    if statistic == "mean":
+        assert set(stored) == {"sum", "count"}
+        assert dp.deserialize(json.dumps(stored["count"])).map(plan.plans["count"].sensitivity)
+    else:
+        assert dp.deserialize(measurement_json(plan)).map(plan.sensitivity) <= float(asked)
+
+
+def test_count_plan_reports_mechanism_and_accuracy(pure_dataset: DatasetPolicy) -> None:
+    plan, values, aggregates = _flow(pure_dataset, statistic="count", epsilon="0.5")
+    assert plan_summary(plan)["mechanism"] == {
+        "name": "discrete_laplace",
+        "scale": 20.0,
+        "sensitivity": 10,
+    }
+    assert plan.max_error == dp.discrete_laplacian_scale_to_accuracy(20.0, 0.05)
+    for value in values:
+        # Counts are never negative: the interval is clipped at 0, keeping its coverage.
+        low, high = value.value - plan.max_error, value.value + plan.max_error
+        assert value.ci == (max(0.0, low), max(0.0, high))
+    assert aggregates.counts[:4] == [400, 600, 800, 0]
+
+
+def test_mean_splits_the_cost_in_half_exactly(pure_dataset: DatasetPolicy) -> None:
+    query = build_query(
+        {"dataset": pure_dataset.id, "statistic": "mean", "measure": "minutes", "epsilon": "0.3"},
+        pure_dataset,
+    )
+    plan = plan_query(query, pure_dataset)
+    assert plan.plans["sum"].cost == plan.plans["count"].cost == Fraction(3, 20)
+    assert plan.plans["sum"].alpha == plan.plans["count"].alpha == 0.025
+    assert plan.plans["sum"].sensitivity == 1200
+    assert plan.plans["count"].sensitivity == 10
+    assert plan.max_error is None
+
+
+def test_mean_interval_is_honest_and_within_the_measure_bounds(
+    pure_dataset: DatasetPolicy,
+) -> None:
+    # True mean is 30 minutes in the three filled months. At alpha 1e-6 an interval that
+    # misses it would be a one-in-a-million event, not noise.
+    plan, values, _ = _flow(
+        pure_dataset, statistic="mean", measure="minutes", epsilon=4, alpha=1e-6
+    )
+    for value in values[:3]:
+        low, high = value.ci
+        assert 0 <= low <= 30 <= high <= 120
+        assert low <= value.value <= high
+    for value in values[3:]:
+        assert 0 <= value.ci[0] <= value.ci[1] <= 120
+        assert 0 <= value.value <= 120
+
+
+def test_mean_with_an_accuracy_target_prices_the_count_and_matches_the_sum(
+    zcdp_dataset: DatasetPolicy,
+) -> None:
+    query = build_query(
+        {
+            "dataset": zcdp_dataset.id,
+            "statistic": "mean",
+            "measure": "minutes",
+            "accuracy": {"max_error": 20},
+        },
+        zcdp_dataset,
+    )
+    plan = plan_query(query, zcdp_dataset)
+    assert plan.plans["count"].accuracy <= 20
+    assert plan.plans["sum"].cost == plan.plans["count"].cost
+    assert plan.cost == 2 * plan.plans["count"].cost
+
+
+def test_accuracy_target_is_met_for_every_value(zcdp_dataset: DatasetPolicy) -> None:
+    plan, values, _ = _flow(zcdp_dataset, statistic="count", accuracy={"max_error": 25})
+    assert plan.max_error is not None and plan.max_error <= 25
+    assert plan_summary(plan)["accuracy"] == {"alpha": 0.05, "max_error": plan.max_error}
+    assert all(value.ci[1] - value.value <= 25 for value in values)
+
+
+def test_a_per_cell_bound_only_applies_to_unmerged_cells(
+    make_dataset: Callable[..., DatasetPolicy],
+) -> None:
+    dataset = make_dataset(definition="zcdp", delta=Fraction(1, 10**7), max_contacts_per_cell=1)
+    every = {"country": ["GB"], "channel": ["chat"], "caller_type": ["other"]}
+    fine = build_query(
+        {
+            "dataset": dataset.id,
+            "statistic": "count",
+            "group_by": ["month", "referral_source"],
+            "filters": every,
+            "rho": 1,
+        },
+        dataset,
+    )
+    # One stored cell per output cell: a person adds 1 to at most 10 cells, sqrt(10) -> 4.
+    assert plan_query(fine, dataset).sensitivity == 4
+    coarse = build_query(
+        {"dataset": dataset.id, "statistic": "count", "group_by": ["month"], "rho": 1}, dataset
+    )
+    # 360 stored cells behind each month: all 10 contacts may land in one output cell.
+    assert plan_query(coarse, dataset).sensitivity == 10
