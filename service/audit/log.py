@@ -164,6 +164,9 @@ class AuditLog:
         key = self.keyring.audit_key()
         expected_seq, prev_mac, count = 1, GENESIS_MAC, 0
         macs: dict[int, str] = {}
+        # Checkpoints are appended only after their entry committed, so reading the file
+        # before taking the snapshot guarantees the snapshot holds every entry it names.
+        checkpoints = list(self._checkpoints())
         with self._snapshot() as conn:
             head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
             rows = self._rows(conn)
@@ -185,7 +188,7 @@ class AuditLog:
             first_bad = count + 1 if int(head.seq) > count else int(head.seq)
             return Verification(False, count, first_bad,
                                 f"the chain ends at entry {count} but its head says {head.seq}")
-        for line_number, checkpoint in self._checkpoints():
+        for line_number, checkpoint in checkpoints:
             if checkpoint is None or not self._checkpoint_signed(checkpoint):
                 # A forged or damaged line: its seq is not to be trusted, so it names none.
                 return Verification(

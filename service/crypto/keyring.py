@@ -20,7 +20,9 @@ is the associated data of that ciphertext, so an edit to the key metadata (which
 primary, which signing key is current) is detected as surely as a wrong passphrase.
 
 Mutating methods (`add_kek`, `remove_kek`, `rotate_signing_key`) change the keyring in
-memory; `save()` writes it back atomically.
+memory; `save()` writes it back atomically. A long-running process takes over keys that
+another process saved (a key rotation run by `dpx`) with `reload()`, or with `refresh()`
+when the file changed since this process last read or wrote it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +77,10 @@ _ID_PATTERNS = {
 }
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _UNSEAL_FAILED = "keyring passphrase is wrong or the file was altered"
+
+# What identifies one version of the keyring file: save() always writes a new file and
+# renames it into place, so the inode changes with every save.
+_Stamp = tuple[int, int, int, int]
 
 
 @dataclass
@@ -158,6 +165,11 @@ class Keyring:
         self._signing_keys = signing_keys
         self._audit_key = audit_key
         self._protection = protection
+        self._stamp: _Stamp | None = None
+        # Set by add_kek, remove_kek and rotate_signing_key, cleared by save(): unsaved
+        # changes are never silently replaced by the file's keys.
+        self._unsaved = False
+        self._reload_lock = threading.Lock()
 
     # -- construction ------------------------------------------------------------------
 
@@ -208,6 +220,7 @@ class Keyring:
                 file.flush()
                 os.fsync(file.fileno())
             _fsync_directory(path.parent)
+            keyring._stamp = _stamp_of(os.stat(path))
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise KeyringError(f"cannot write keyring {path}: {exc.strerror}") from None
@@ -221,39 +234,67 @@ class Keyring:
         be right; no message ever contains key bytes.
         """
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyringError(
-                f"keyring {path} does not exist; create one with `dpx init`"
-            ) from None
-        except OSError as exc:
-            raise KeyringError(f"cannot read keyring {path}: {exc.strerror}") from None
-        try:
-            # fstat on the open file, not a second stat of the path: the mode checked is
-            # the mode of the bytes read.
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyringError(f"keyring {path} is not a regular file")
-            if info.st_mode & 0o077:
-                mode = stat.S_IMODE(info.st_mode)
-                raise KeyringError(
-                    f"keyring {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})"
-                )
-            with os.fdopen(fd, "rb", closefd=False) as file:
-                raw = file.read()
-        except OSError as exc:
-            raise KeyringError(f"cannot read keyring {path}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
+        raw, stamp = _read(path)
+        keyring = cls._from_bytes(path, raw, passphrase, None)
+        keyring._stamp = stamp
+        return keyring
+
+    @classmethod
+    def _from_bytes(
+        cls, path: Path, raw: bytes, passphrase: str | None, known: _Protection | None
+    ) -> Keyring:
         try:
             document = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise KeyringError(f"keyring {path} is malformed: not a JSON document") from None
         try:
-            return cls._parse(path, document, passphrase)
+            return cls._parse(path, document, passphrase, known)
         except _Malformed as exc:
             raise KeyringError(f"keyring {path} is malformed: {exc}") from None
+
+    def reload(self) -> None:
+        """Read the keyring file again and take over its KEKs and signing keys.
+
+        A rotation run by `dpx` in another process adds and retires keys in the file; a
+        running service calls this when it meets a KEK id it does not hold. A protected
+        keyring is unsealed with the key derived when it was loaded, so the passphrase is
+        not needed again; a file sealed under another passphrase, or holding another audit
+        key, is refused (`KeyringError`) and the keys in memory stay as they were.
+        """
+        with self._reload_lock:
+            if self._unsaved:
+                raise KeyringError(
+                    f"keyring {self._path} has unsaved changes; save() them before reloading"
+                )
+            raw, stamp = _read(self._path)
+            fresh = self._from_bytes(self._path, raw, None, self._protection)
+            if fresh._audit_key.id != self._audit_key.id:
+                raise KeyringError(
+                    f"keyring {self._path} now holds audit key {fresh._audit_key.id}, not "
+                    f"{self._audit_key.id}; restart the service to use it"
+                )
+            # Whole lists are swapped, never edited in place, so a thread reading keys
+            # concurrently sees the old set or the new one.
+            self._keks = fresh._keks
+            self._signing_keys = fresh._signing_keys
+            self._stamp = stamp
+
+    def refresh(self) -> bool:
+        """Reload if the keyring file changed since this process last read or saved it.
+
+        Costs one `stat` when nothing changed. Returns True if keys were reloaded; a file
+        that cannot be examined, or unsaved changes in memory, leave the keys as they are.
+        """
+        if self._unsaved:
+            return False
+        try:
+            current = _stamp_of(os.stat(self._path))
+        except OSError:
+            return False
+        if current == self._stamp:
+            return False
+        self.reload()
+        return True
 
     # -- key-encryption keys -----------------------------------------------------------
 
@@ -294,6 +335,7 @@ class Keyring:
             if kek.status == "primary":
                 kek.status = "active"
         key_id = _new_id("kek", set(self.kek_ids()))
+        self._unsaved = True
         self._keks.append(_Kek(key_id, "primary", _now(), AESGCM.generate_key(256)))
         return key_id
 
@@ -308,6 +350,7 @@ class Keyring:
             raise KeyringError(
                 f"{key_id} is the primary key-encryption key; add a new one before removing it"
             )
+        self._unsaved = True
         self._keks.remove(kek)
 
     # -- signing keys ------------------------------------------------------------------
@@ -327,7 +370,16 @@ class Keyring:
 
     def public_signing_keys(self) -> list[dict[str, str]]:
         """Every signing key's public half, current and retired, as `GET /v1/signing-keys`
-        publishes it: key_id, alg, public_key (base64 of the raw 32 bytes), status."""
+        publishes it: key_id, alg, public_key (base64 of the raw 32 bytes), status.
+
+        The file is checked first (one `stat`): a signing key rotated by another process is
+        published at once, since another worker may already sign with it. If the file
+        cannot be read, the keys already held are published, never fewer.
+        """
+        try:
+            self.refresh()
+        except KeyringError:
+            pass
         published = []
         for key in self._signing_keys:
             public = Ed25519PrivateKey.from_private_bytes(key.private).public_key()
@@ -349,6 +401,7 @@ class Keyring:
                 key.status = "retired"
         key_id = _new_id("sig", {k.id for k in self._signing_keys})
         private = Ed25519PrivateKey.generate().private_bytes_raw()
+        self._unsaved = True
         self._signing_keys.append(_SigningKey(key_id, "current", _now(), private))
         return key_id
 
@@ -387,6 +440,9 @@ class Keyring:
                 temporary.unlink(missing_ok=True)
                 raise
             _fsync_directory(directory)
+            # What this process wrote is what it holds: no reload needed for it.
+            self._stamp = _stamp_of(os.stat(self._path))
+            self._unsaved = False
         except OSError as exc:
             raise KeyringError(f"cannot save keyring {self._path}: {exc.strerror}") from None
 
@@ -445,7 +501,9 @@ class Keyring:
         return json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
     @classmethod
-    def _parse(cls, path: Path, document: object, passphrase: str | None) -> Keyring:
+    def _parse(
+        cls, path: Path, document: object, passphrase: str | None, known: _Protection | None
+    ) -> Keyring:
         document = _mapping(document, "the document")
         if type(document.get("format")) is not int or document["format"] != FORMAT:
             raise KeyringError(
@@ -472,15 +530,15 @@ class Keyring:
 
         protection: _Protection | None = None
         if document["protection"] is None:
-            if passphrase is not None:
+            if passphrase is not None or known is not None:
                 raise KeyringError(
                     f"keyring {path} is not passphrase-protected, but a passphrase was given"
                 )
             secret_values = _mapping(document["secrets"], "secrets")
         else:
-            if passphrase is None:
+            if passphrase is None and known is None:
                 raise KeyringError(f"keyring {path} is passphrase-protected; give its passphrase")
-            protection, secret_values = _unseal_secrets(document, passphrase)
+            protection, secret_values = _unseal_secrets(document, passphrase, known)
 
         kek_bytes = _secret_table(secret_values, "keks", [k[0] for k in keks])
         signing_bytes = _secret_table(secret_values, "signing_keys", [k[0] for k in signing])
@@ -580,8 +638,11 @@ def _integer(settings: Mapping[str, Any], name: str, low: int, high: int) -> int
 
 
 def _unseal_secrets(
-    document: Mapping[str, Any], passphrase: str
+    document: Mapping[str, Any], passphrase: str | None, known: _Protection | None
 ) -> tuple[_Protection, dict[str, Any]]:
+    """The secrets sealed in a protected document, and the protection that opened them:
+    derived from `passphrase`, or `known` (derived earlier) when the file still uses its
+    salt and parameters."""
     settings = _mapping(document["protection"], "protection")
     if settings.get("kdf") != "scrypt" or settings.get("cipher") != "AES-256-GCM":
         raise _Malformed("protection must use kdf scrypt and cipher AES-256-GCM")
@@ -597,7 +658,12 @@ def _unseal_secrets(
     if len(salt) < _SALT_BYTES or len(nonce) != _NONCE_BYTES:
         raise _Malformed("protection.salt or protection.nonce has the wrong length")
     sealed = _decode(document["secrets"], "secrets")
-    protection = _Protection.derive(passphrase, salt, n, r, p)
+    if known is not None and (known.salt, known.n, known.r, known.p) == (salt, n, r, p):
+        protection = known
+    elif passphrase is not None:
+        protection = _Protection.derive(passphrase, salt, n, r, p)
+    else:
+        raise KeyringError(_UNSEAL_FAILED)
     try:
         plaintext = AESGCM(protection.key).decrypt(nonce, sealed, _associated_data(document))
     except InvalidTag:
@@ -617,3 +683,39 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _stamp_of(info: os.stat_result) -> _Stamp:
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _read(path: Path) -> tuple[bytes, _Stamp]:
+    """The bytes of a keyring file and the stamp of that version; `KeyringError` if it is
+    missing, not a regular file, or open to anyone but its owner."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyringError(
+            f"keyring {path} does not exist; create one with `dpx init`"
+        ) from None
+    except OSError as exc:
+        raise KeyringError(f"cannot read keyring {path}: {exc.strerror}") from None
+    try:
+        # fstat on the open file, not a second stat of the path: the mode checked is
+        # the mode of the bytes read.
+        info = os.fstat(fd)
+        stamp = _stamp_of(info)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyringError(f"keyring {path} is not a regular file")
+        if info.st_mode & 0o077:
+            mode = stat.S_IMODE(info.st_mode)
+            raise KeyringError(
+                f"keyring {path} has mode {mode:04o}; it must be 0600 (chmod 600 {path})"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            raw = file.read()
+    except OSError as exc:
+        raise KeyringError(f"cannot read keyring {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return raw, stamp

@@ -22,8 +22,7 @@ from sqlalchemy import func, select
 
 from service.audit.log import AuditLog
 from service.crypto.envelope import open_sealed, seal
-from service.crypto.errors import IntegrityError
-from service.crypto.errors import UnknownKey
+from service.crypto.errors import IntegrityError, UnknownKey
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
 from service.database.schema import batches
@@ -103,7 +102,14 @@ class BatchStore:
                 rows = conn.execute(select(batches.c.id, batches.c.blob)
                                     .where(batches.c.id.in_(missing))).all()
             for row in rows:
-                frame = decode_cells(self._open(dataset.id, row.id, row.blob), dataset)
+                plain = self._open(dataset.id, row.id, row.blob)
+                try:
+                    frame = decode_cells(plain, dataset)
+                except CellFormatError as error:
+                    # Authentic but unreadable: written under another schema of the dataset.
+                    raise IntegrityError(
+                        f"batch {row.id} of dataset {dataset.id} does not match the dataset's "
+                        f"current schema ({error})") from None
                 with self._lock:
                     self._cells[row.id] = frame
         frames = [self._cells[batch_id] for batch_id in ids]
