@@ -8,6 +8,8 @@ never from a hand-written epsilon = sensitivity / scale.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +25,9 @@ from service.policy.model import Definition
 dp.enable_features("contrib")
 
 MechanismName = Literal["discrete_laplace", "discrete_gaussian"]
+
+# Float steps tried above the closed-form scale before falling back to binary search.
+_NUDGES = 16
 
 MAX_GAUSSIAN_SCALE = 1e6
 """The largest discrete Gaussian scale a plan may use (its accuracy takes ~1 s to compute)."""
@@ -127,15 +132,18 @@ def _scale_for_accuracy(definition: Definition, max_error: float, alpha: float) 
 def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alpha: float) -> Plan:
     """The least-noise plan whose loss at ``sensitivity`` is at most ``cost``; charges ``cost``.
 
-    The scale comes from a binary search against the measurement's privacy map, and the
-    result is confirmed with ``check``: the charge is the exact asked amount, never the
-    float the map rounds to (which would make ten charges of 0.1 exceed 1).
+    The result is confirmed with the measurement's own ``check``: the charge is the exact
+    asked amount, never the float the privacy map rounds to (which would make ten charges
+    of 0.1 exceed 1). Plans are pure values, so repeated prices are served from a cache.
     """
+    return _plan_for_cost(definition, sensitivity, cost, alpha)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
+                   alpha: float) -> Plan:
     bound = float_at_most(cost)
-    builder: Callable[[float], dp.Measurement] = lambda scale: build_measurement(  # noqa: E731
-        definition, scale
-    )
-    scale = float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
+    scale = _scale_for_cost(definition, sensitivity, bound)
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
     measurement = build_measurement(definition, scale)
     if not measurement.check(sensitivity, bound):
@@ -150,6 +158,27 @@ def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alph
         accuracy=scale_to_accuracy(definition, scale, alpha),
         measurement=measurement,
     )
+
+
+def _scale_for_cost(definition: Definition, sensitivity: int, bound: float) -> float:
+    """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound.
+
+    Starts from the textbook scale (d / epsilon; d / sqrt(2 rho)) and steps up one float at a
+    time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
+    that not settle within a few steps, OpenDP's binary search decides.
+    """
+    if definition == "pure":
+        scale = sensitivity / bound
+    else:
+        scale = sensitivity / math.sqrt(2 * bound)
+    for _ in range(_NUDGES):
+        if build_measurement(definition, scale).check(sensitivity, bound):
+            return scale
+        scale = math.nextafter(scale, math.inf)
+    builder: Callable[[float], dp.Measurement] = lambda s: build_measurement(  # noqa: E731
+        definition, s
+    )
+    return float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
 
 
 def plan_for_accuracy(

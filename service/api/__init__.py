@@ -1,0 +1,1 @@
+"""HTTP only: blueprints, marshmallow schemas, authentication and problem+json errors."""

@@ -1,0 +1,232 @@
+"""RFC 7807 problem+json: the one table that turns domain exceptions into HTTP errors.
+
+Error bodies never carry data values, key material, SQL or stack traces; the server log
+gets the details under the same request id that the body names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, g, json
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from service.api import docs
+from service.api.schemas import ProblemSchema
+from service.auth.registry import Unauthenticated
+from service.crypto.errors import IntegrityError
+from service.dp.errors import InvalidQuery
+from service.exchange import Conflict, Forbidden, NotFound
+from service.ledger.budgets import BudgetExhausted
+from service.policy.errors import PolicyViolation
+from service.store.errors import InvalidBatch
+
+log = logging.getLogger("dpx.api")
+
+PROBLEM_TYPE = "https://dpx.invalid/problems/"
+TITLES = {
+    "invalid_request": "The request is not valid",
+    "unauthenticated": "A valid bearer token is required",
+    "forbidden": "Not allowed",
+    "not_found": "Not found",
+    "budget_exhausted": "Privacy budget exhausted",
+    "payload_too_large": "The upload is too large",
+    "rate_limited": "Too many requests",
+    "conflict": "Conflicting request",
+    "integrity_error": "Stored data failed its integrity check",
+    "unavailable": "Not ready",
+    "internal_error": "Internal error",
+}
+_BY_STATUS = {400: "invalid_request", 401: "unauthenticated", 403: "forbidden",
+              404: "not_found", 405: "invalid_request", 409: "conflict", 413: "payload_too_large",
+              415: "invalid_request", 422: "invalid_request", 429: "rate_limited",
+              503: "unavailable"}
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + code,
+        "title": TITLES.get(code, code),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    request_id = g.get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dpx"'
+    return response
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[str]:
+    if isinstance(messages, Mapping):
+        out: list[str] = []
+        for key, value in messages.items():
+            out.extend(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [f"{prefix}: {m}" if prefix else m for m in messages]
+    if isinstance(messages, list):
+        return [line for m in messages for line in _flatten(m, prefix)]
+    return [f"{prefix}: {messages}"]
+
+
+def _http(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = _BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages") or data.get("errors")
+    if messages:
+        # webargs groups messages by location ("json", "query"); the field path is enough.
+        if isinstance(messages, Mapping) and set(messages) <= {"json", "query", "headers",
+                                                               "form", "files"}:
+            messages = {k: v for loc in messages.values() for k, v in loc.items()} \
+                if all(isinstance(v, Mapping) for v in messages.values()) else messages
+        lines = _flatten(messages)
+        return problem(status, code, "; ".join(lines), errors=lines)
+    if status == 413:
+        return problem(413, code, "the upload exceeds the size limit of this service")
+    detail = error.description or error.name
+    if status >= 500:
+        log.error("http error %s: %s", status, detail)
+        detail = "the service failed to answer; the request id identifies it in the log"
+    return problem(status, code, detail)
+
+
+Handler = Callable[[Any], Response]
+
+HANDLERS: dict[type[Exception], Handler] = {
+    Unauthenticated: lambda e: problem(401, "unauthenticated",
+                                       "missing, malformed, unknown or revoked token"),
+    Forbidden: lambda e: problem(403, "forbidden", str(e)),
+    PolicyViolation: lambda e: problem(403, "forbidden", str(e), rule=e.rule),
+    NotFound: lambda e: problem(404, "not_found", str(e)),
+    InvalidQuery: lambda e: problem(400, "invalid_request", str(e), field=e.field),
+    InvalidBatch: lambda e: problem(
+        422, "invalid_request", str(e).splitlines()[0], total_rejected=e.total,
+        errors=[{"row": r.row, "column": r.column, "reason": r.reason} for r in e.errors]),
+    BudgetExhausted: lambda e: problem(
+        403, "budget_exhausted", str(e),
+        remaining={"partner": {e.unit: float(e.remaining.partner)},
+                   "dataset": {e.unit: float(e.remaining.dataset)}}),
+    Conflict: lambda e: problem(409, "conflict", str(e)),
+    IntegrityError: lambda e: _integrity(e),
+}
+
+
+def _integrity(error: Exception) -> Response:
+    log.error("integrity check failed: %s", error)
+    return problem(500, "integrity_error",
+                   "stored data failed its integrity check; the operators have been told")
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error")
+    return problem(500, "internal_error",
+                   "the service failed to answer; the request id identifies it in the log")
+
+
+PROBLEM_JSON = "application/problem+json"
+
+# Examples of the error bodies of each status, as the OpenAPI document shows them.
+_EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
+    400: [("invalid_request", "filters.month: '2025-01' is not in 2024-01..2024-12",
+           {"field": "filters.month"})],
+    401: [("unauthenticated", "missing, malformed, unknown or revoked token", {})],
+    403: [("forbidden", "grant for uk-helpline-2024 allows statistics count; 'sum' is not "
+           "allowed", {"rule": "statistic"}),
+          ("budget_exhausted", "this query would exceed the partner's grant: remaining "
+           "epsilon is 0.1",
+           {"remaining": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}}})],
+    404: [("not_found", "no dataset 'xx-helpline-2024'", {})],
+    409: [("conflict", "this Idempotency-Key was already used for another request", {})],
+    413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
+    422: [("invalid_request", "statistic: Must be one of: count, sum, mean.",
+           {"errors": ["statistic: Must be one of: count, sum, mean."]})],
+    429: [("rate_limited", "too many requests; retry after the Retry-After delay", {})],
+    503: [("unavailable", "database: unreachable",
+           {"checks": {"database": "unreachable", "keyring": "ok", "policies": "ok"}})],
+    500: [("internal_error",
+           "the service failed to answer; the request id identifies it in the log", {})],
+}
+
+
+def _example_body(status: int, code: str, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"type": PROBLEM_TYPE + code, "title": TITLES[code], "status": status,
+            "detail": detail, "code": code, "request_id": "req_5f0c2a9e1b7d4c36", **extra}
+
+
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"},
+                               "description": "Bearer realm=\"dpx\""}},
+    429: {"Retry-After": {"schema": {"type": "integer"},
+                          "description": "seconds to wait before retrying"}},
+    503: {"Retry-After": {"schema": {"type": "integer"},
+                          "description": "seconds to wait before retrying, when known"}},
+}
+
+
+def _problem_response(description: str, status: int) -> dict[str, Any]:
+    examples = {code: {"value": _example_body(status, code, detail, extra)}
+                for code, detail, extra in _EXAMPLES.get(status, _EXAMPLES[500])}
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": ProblemSchema, "examples": examples}}}
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response
+
+
+class ProblemApi(Api):  # type: ignore[misc]
+    """flask-smorest's Api, with problem+json for every HTTP error it handles and documents.
+
+    Every error response in the OpenAPI document is ``application/problem+json`` with
+    ``ProblemSchema`` (flask-smorest's own error schema is never used), and the document
+    includes itself and the self-hosted docs page.
+    """
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:
+        return _http(error)
+
+    def _register_responses(self) -> None:
+        # Components are lazy: only the statuses that some operation names appear.
+        for status in HTTPStatus:
+            if status >= 400:
+                response = _problem_response(status.phrase, status)
+            else:
+                response = {"description": status.phrase}
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response(
+            self.DEFAULT_ERROR_RESPONSE_NAME,
+            _problem_response("any other error, as problem+json", 500), lazy=True)
+
+    def _register_doc_blueprint(self) -> None:
+        super()._register_doc_blueprint()
+        rule = next(self._app.url_map.iter_rules(
+            f"{self._make_doc_blueprint_name()}.openapi_json"))
+        self.spec.path(rule=rule, operations={"get": {
+            "summary": "This OpenAPI document.",
+            "tags": [docs.blp.name],
+            "security": docs.PUBLIC,
+            "responses": {
+                "200": {"description": "the OpenAPI 3 document of this service",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "default": self.DEFAULT_ERROR_RESPONSE_NAME,
+            },
+        }})
+        self.register_blueprint(docs.blp)
+
+
+def register_problem_handlers(app: Flask) -> None:
+    for exception, handler in HANDLERS.items():
+        app.register_error_handler(exception, handler)
+    app.register_error_handler(Exception, _unexpected)

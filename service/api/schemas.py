@@ -1,0 +1,287 @@
+"""Marshmallow schemas of the HTTP API; flask-smorest builds the OpenAPI document from them."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class ProblemSchema(Schema):
+    """RFC 7807 problem details; ``code`` is stable, the other members are for people."""
+
+    type = fields.String(metadata={"example": "https://dpx.invalid/problems/budget_exhausted"})
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    code = fields.String(metadata={
+        "description": "stable error code",
+        "enum": ["invalid_request", "unauthenticated", "forbidden", "not_found",
+                 "budget_exhausted", "payload_too_large", "rate_limited", "conflict",
+                 "integrity_error", "unavailable", "internal_error"],
+        "example": "forbidden"})
+    request_id = fields.String(metadata={"description": "names this request in the server log"})
+    errors = fields.List(fields.Raw(), metadata={
+        "description": "invalid_request: one message per bad field, or for an upload the "
+                       "rejected rows as {row, column, reason}"})
+    field = fields.String(metadata={"description": "invalid_request (400): the field at fault"})
+    rule = fields.String(metadata={"description": "forbidden: the policy rule that refused"})
+    remaining = fields.Dict(metadata={
+        "description": "budget_exhausted: what the partner's grant and the dataset's global "
+                       "budget have left",
+        "example": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}}})
+    total_rejected = fields.Integer(metadata={"description": "upload: rows rejected in all"})
+    checks = fields.Dict(metadata={"description": "unavailable (503): each readiness check"})
+
+
+class DimensionSchema(Schema):
+    name = fields.String()
+    kind = fields.String(metadata={"description": "month or categorical"})
+    values = fields.List(fields.String(), metadata={"description": "the public domain"})
+
+
+class MeasureSchema(Schema):
+    name = fields.String()
+    min = fields.Integer(attribute="lower")
+    max = fields.Integer(attribute="upper")
+
+
+class GrantSchema(Schema):
+    budget = fields.Float()
+    max_per_query = fields.Float(allow_none=True)
+    statistics = fields.List(fields.String())
+    dimensions = fields.List(fields.String())
+    expires = fields.Date(allow_none=True)
+    spent = fields.Float()
+    remaining = fields.Float()
+
+
+class PrivacyUnitSchema(Schema):
+    definition = fields.String(metadata={"example": "pure"})
+    unit = fields.String(metadata={"example": "person"})
+    max_contacts_per_person = fields.Integer()
+    max_contacts_per_cell = fields.Integer(allow_none=True)
+    delta = fields.Float(allow_none=True)
+    budget_unit = fields.String(metadata={"example": "epsilon"})
+    global_budget = fields.Float()
+    global_remaining = fields.Float()
+    share_releases = fields.Boolean()
+
+
+class DatasetSchema(Schema):
+    id = fields.String(metadata={"example": "uk-helpline-2024"})
+    title = fields.String()
+    owner = fields.String()
+    privacy = fields.Nested(PrivacyUnitSchema)
+    dimensions = fields.List(fields.Nested(DimensionSchema))
+    measures = fields.List(fields.Nested(MeasureSchema))
+    grant = fields.Nested(GrantSchema, allow_none=True)
+
+
+class DatasetListSchema(Schema):
+    datasets = fields.List(fields.Nested(DatasetSchema))
+
+
+class UploadArgsSchema(Schema):
+    form = fields.String(load_default="contacts",
+                         validate=validate.OneOf(["contacts", "cells"]),
+                         metadata={"description": "contacts: one row per contact; "
+                                   "cells: pre-aggregated rows with a contacts column"})
+
+
+class BatchSchema(Schema):
+    batch_id = fields.String(metadata={"example": "bat_3f2a…"})
+    dataset = fields.String()
+    form = fields.String()
+    rows = fields.Integer()
+    contacts = fields.Integer()
+    cells = fields.Integer()
+    truncated = fields.Integer(metadata={"description": "contacts dropped by the person bound"})
+    clamped = fields.Integer(metadata={"description": "measure values clamped to their bounds"})
+    created_at = fields.DateTime()
+
+
+class AccuracyTargetSchema(Schema):
+    max_error = fields.Float(required=True, allow_nan=False)
+    alpha = fields.Float(allow_nan=False)
+
+
+class QuerySchema(Schema):
+    dataset = fields.String(required=True, metadata={"example": "uk-helpline-2024"})
+    statistic = fields.String(required=True, validate=validate.OneOf(["count", "sum", "mean"]))
+    measure = fields.String(allow_none=True)
+    group_by = fields.List(fields.String(), metadata={"example": ["month"]})
+    filters = fields.Dict(
+        keys=fields.String(), values=fields.Raw(),
+        metadata={"description": "dimension -> list of values; a month dimension also takes "
+                  "{\"from\": \"2024-01\", \"to\": \"2024-06\"}",
+                  "example": {"channel": ["chat"]}})
+    epsilon = fields.Float(allow_nan=False, metadata={"example": 0.5})
+    rho = fields.Float(allow_nan=False)
+    accuracy = fields.Nested(AccuracyTargetSchema)
+    alpha = fields.Float(allow_nan=False, metadata={"example": 0.05})
+
+
+class SignatureSchema(Schema):
+    alg = fields.String(metadata={"example": "Ed25519"})
+    key_id = fields.String()
+    value = fields.String(metadata={"description": "base64 Ed25519 signature"})
+
+
+class ReleaseSchema(Schema):
+    release_id = fields.String(metadata={"example": "rel_…"})
+    dataset = fields.String()
+    partner = fields.String()
+    cached = fields.Boolean()
+    query = fields.Dict()
+    rows = fields.List(fields.Dict(), metadata={
+        "example": [{"month": "2024-01", "value": 412, "ci": [352, 472]}]})
+    privacy = fields.Dict(metadata={"example": {"definition": "pure", "epsilon": 0.5,
+                                                "delta": 0.0}})
+    mechanism = fields.Dict(metadata={"example": {"name": "discrete_laplace", "scale": 20.0,
+                                                  "sensitivity": 10}})
+    accuracy = fields.Dict(metadata={"example": {"alpha": 0.05, "max_error": 60}})
+    budget = fields.Dict()
+    policy_version = fields.String()
+    created_at = fields.String()
+    signature = fields.Nested(SignatureSchema)
+
+
+class ReleaseListSchema(Schema):
+    releases = fields.List(fields.Nested(ReleaseSchema))
+
+
+class ReleaseListArgsSchema(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    before = fields.String(metadata={"description": "release id to page before"})
+
+
+class EstimateSchema(Schema):
+    dataset = fields.String()
+    query = fields.Dict()
+    cached = fields.Boolean(metadata={"description": "true: an identical release exists, so "
+                                      "running the query returns it and costs nothing "
+                                      "(privacy then shows a zero cost)"})
+    privacy = fields.Dict()
+    mechanism = fields.Dict()
+    accuracy = fields.Dict()
+    budget = fields.Dict()
+
+
+class BudgetSchema(Schema):
+    partner = fields.String()
+    dataset = fields.String()
+    unit = fields.String()
+    granted = fields.Float()
+    spent = fields.Float()
+    remaining = fields.Float()
+    expires = fields.String(allow_none=True)
+    dataset_global = fields.Float()
+    dataset_spent = fields.Float()
+    dataset_remaining = fields.Float()
+
+
+class BudgetListSchema(Schema):
+    budgets = fields.List(fields.Nested(BudgetSchema))
+
+
+class SigningKeySchema(Schema):
+    key_id = fields.String()
+    alg = fields.String()
+    public_key = fields.String(metadata={"description": "base64 of the raw 32-byte key"})
+    status = fields.String(metadata={"description": "current or retired"})
+
+
+class SigningKeyListSchema(Schema):
+    keys = fields.List(fields.Nested(SigningKeySchema))
+
+
+class AuditEntrySchema(Schema):
+    seq = fields.Integer()
+    at = fields.String()
+    actor = fields.String()
+    action = fields.String()
+    dataset = fields.String(allow_none=True)
+    details = fields.Dict()
+    mac = fields.String()
+
+
+class AuditPageSchema(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema))
+    next_after = fields.Integer(allow_none=True)
+
+
+class AuditArgsSchema(Schema):
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    checks = fields.Dict()
+
+
+# Examples shown in the OpenAPI document (synthetic values, shaped like real answers).
+
+QUERY_EXAMPLES = {
+    "count_by_month": {
+        "summary": "Contacts referred by police warnings, per month, at epsilon 0.2",
+        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
+                  "filters": {"referral_source": ["police_warning"]}, "epsilon": 0.2},
+    },
+    "month_range": {
+        "summary": "Chat contacts in the first half year, per month",
+        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
+                  "filters": {"channel": ["chat"],
+                              "month": {"from": "2024-01", "to": "2024-06"}},
+                  "epsilon": 0.5},
+    },
+    "accuracy_target": {
+        "summary": "The cheapest cost that keeps every value within 50 at 95% confidence",
+        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["channel"],
+                  "accuracy": {"max_error": 50, "alpha": 0.05}},
+    },
+    "zcdp_mean": {
+        "summary": "Mean minutes per contact on a zCDP dataset, by channel",
+        "value": {"dataset": "nl-helpline-2024", "statistic": "mean", "measure": "minutes",
+                  "group_by": ["channel"], "rho": 0.05},
+    },
+}
+
+_CANONICAL_QUERY = {
+    "alpha": 0.05, "dataset": "uk-helpline-2024", "statistic": "count", "measure": None,
+    "group_by": ["month"], "filters": {"referral_source": ["police_warning"]},
+    "privacy": {"epsilon": "0.2"},
+}
+
+ESTIMATE_EXAMPLE = {
+    "dataset": "uk-helpline-2024",
+    "query": _CANONICAL_QUERY,
+    "cached": False,
+    "privacy": {"definition": "pure", "epsilon": 0.2, "delta": 0.0},
+    "mechanism": {"name": "discrete_laplace", "scale": 50.0, "sensitivity": 10},
+    "accuracy": {"alpha": 0.05, "max_error": 150.28},
+    "budget": {"partner_remaining": {"epsilon": 2.0}, "dataset_remaining": {"epsilon": 8.0}},
+}
+
+RELEASE_EXAMPLE = {
+    "release_id": "rel_69b95595d204eff302ba",
+    "dataset": "uk-helpline-2024",
+    "partner": "no-police",
+    "cached": False,
+    "query": _CANONICAL_QUERY,
+    "rows": [{"month": "2024-01", "value": 412, "ci": [261.72, 562.28]},
+             {"month": "2024-02", "value": 388, "ci": [237.72, 538.28]}],
+    "privacy": {"definition": "pure", "epsilon": 0.2, "delta": 0.0},
+    "mechanism": {"name": "discrete_laplace", "scale": 50.0, "sensitivity": 10},
+    "accuracy": {"alpha": 0.05, "max_error": 150.28},
+    "budget": {"partner_remaining": {"epsilon": 1.8}, "dataset_remaining": {"epsilon": 7.8}},
+    "policy_version": "sha256:462a38d29be3a828…",
+    "created_at": "2026-03-02T10:15:00Z",
+    "signature": {"alg": "Ed25519", "key_id": "sig-9c500a66",
+                  "value": "qWBvRoRZp16iyHiD7joocObvI7OKW1thUt8ix2313I0PMk1h26qa1YlA6k034Q…"},
+}
+
+CSV_UPLOAD_EXAMPLE = (
+    "month,country,channel,caller_type,referral_source,minutes,person\n"
+    "2024-01,GB,chat,self_concerned,social_media_ad,15,synthetic-0000124\n"
+    "2024-01,IE,phone,family_friend,police_warning,40,synthetic-0000695\n"
+)

@@ -1,0 +1,52 @@
+"""The domain services of one dpx deployment, built from settings.
+
+Both the web app (``service.app.create_app``) and the ``dpx`` CLI build their services
+here, so a CLI command and a request see the same database, keyring, policies and audit
+chain, wired the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.audit.log import AuditLog
+from service.auth.registry import TokenRegistry
+from service.config import Settings
+from service.crypto.keyring import Keyring
+from service.database.engine import Database
+from service.exchange import Exchange
+from service.ledger.budgets import Ledger
+from service.ledger.releases import ReleaseStore
+from service.policy.loader import load_policies
+from service.store.batches import BatchStore
+
+
+@dataclass
+class Components:
+    settings: Settings
+    database: Database
+    keyring: Keyring
+    audit: AuditLog
+    tokens: TokenRegistry
+    store: BatchStore
+    ledger: Ledger
+    releases: ReleaseStore
+    exchange: Exchange
+
+    @classmethod
+    def open(cls, settings: Settings) -> Components:
+        """Load the keyring and policies and connect to the database; raise if any fails."""
+        keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
+        policies = load_policies(settings.policy_dir)
+        database = Database(settings.database_url)
+        audit = AuditLog(database, keyring, settings.audit_checkpoint_path,
+                         settings.audit_checkpoint_every)
+        store = BatchStore(database, keyring, audit)
+        ledger = Ledger(database)
+        releases = ReleaseStore(database)
+        exchange = Exchange(database=database, keyring=keyring, policies=policies, store=store,
+                            ledger=ledger, releases=releases, audit=audit,
+                            max_cells=settings.max_cells)
+        return cls(settings=settings, database=database, keyring=keyring, audit=audit,
+                   tokens=TokenRegistry(database, audit), store=store, ledger=ledger,
+                   releases=releases, exchange=exchange)

@@ -1,0 +1,408 @@
+"""The exchange: the one place where a request meets policy, DP engine, ledger and store.
+
+The HTTP layer authenticates, parses and renders; every decision that concerns data or
+budget is taken here, in this order for a query:
+
+1. validate the query against the dataset's public schema (``dp.query``);
+2. plan it — mechanism, scale, exact cost — without touching data (``dp.engine``);
+3. check the partner's grant (``policy.grants``);
+4. answer from the release store when the same question was already answered;
+5. charge both budgets and record a pending release, durably, in one transaction;
+6. only then read the cells, draw OpenDP noise, sign and store the release.
+
+Charge before noise: a crash after step 5 wastes budget but can never release output
+that was not paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError as RowConflict
+
+from service.audit.log import AuditLog
+from service.auth.registry import Principal
+from service.crypto.keyring import Keyring
+from service.crypto.signing import sign_document
+from service.database.engine import Database
+from service.dp.accounting import format_cost
+from service.dp.aggregate import true_aggregates
+from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
+from service.dp.query import Query, build_query, canonical, query_key
+from service.ledger.budgets import BudgetExhausted, Ledger, Remaining
+from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.policy.errors import PolicyViolation
+from service.policy.grants import check_grant
+from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
+from service.store.batches import BatchStore, StoredBatch
+from service.store.ingest import parse_batch
+
+# A pending release older than this belongs to a worker that died between charge and
+# release; an identical query may then be charged and answered afresh (no output of the
+# dead worker ever left the service).
+STALE_PENDING = timedelta(seconds=60)
+WAIT_FOR_PENDING = 10.0
+
+
+class NotFound(LookupError):
+    """No such thing, or not one the caller may see (the two look alike on purpose)."""
+
+
+class Forbidden(PermissionError):
+    """The caller's role may not do this."""
+
+
+class Conflict(Exception):
+    """The request clashes with an earlier one (reused idempotency key, release in progress)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A release document as one caller receives it."""
+
+    document: dict[str, Any]
+    cached: bool
+
+
+class Exchange:
+    def __init__(self, *, database: Database, keyring: Keyring, policies: PolicySet,
+                 store: BatchStore, ledger: Ledger, releases: ReleaseStore, audit: AuditLog,
+                 max_cells: int = 10_000) -> None:
+        self.database = database
+        self.keyring = keyring
+        self._policies = policies
+        self._policy_lock = threading.Lock()
+        self.store = store
+        self.ledger = ledger
+        self.releases = releases
+        self.audit = audit
+        self.max_cells = max_cells
+
+    # -- policies -------------------------------------------------------------------------
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies
+
+    def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
+        """Swap in a validated policy set (all or nothing) and record it in the audit log."""
+        with self._policy_lock:
+            previous = self._policies.version
+            self._policies = policies
+        with self.database.write() as conn:
+            self.audit.append(conn, actor=actor, action="policy.reload",
+                              details={"from": previous, "to": policies.version})
+
+    def dataset(self, dataset_id: str) -> DatasetPolicy:
+        dataset = self.policies.datasets.get(dataset_id)
+        if dataset is None:
+            raise NotFound(f"no dataset {dataset_id!r}")
+        return dataset
+
+    def partner(self, principal: Principal) -> PartnerPolicy:
+        partner = self.policies.partners.get(principal.subject or "")
+        if principal.role != "partner" or partner is None:
+            raise Forbidden("this needs a partner token whose partner has a policy")
+        return partner
+
+    def visible_datasets(self, principal: Principal) -> list[tuple[DatasetPolicy, Grant | None]]:
+        """Datasets the caller may see, with the partner's grant on each (None otherwise)."""
+        datasets = sorted(self.policies.datasets.values(), key=lambda d: d.id)
+        if principal.role == "dpo":
+            return [(d, None) for d in datasets]
+        if principal.role == "owner":
+            return [(d, None) for d in datasets if d.id == principal.subject]
+        partner = self.partner(principal)
+        return [(d, g) for d in datasets if (g := partner.grant_for(d.id)) is not None]
+
+    def visible_dataset(self, principal: Principal, dataset_id: str) -> tuple[DatasetPolicy,
+                                                                             Grant | None]:
+        for dataset, grant in self.visible_datasets(principal):
+            if dataset.id == dataset_id:
+                return dataset, grant
+        raise NotFound(f"no dataset {dataset_id!r}")
+
+    # -- uploads --------------------------------------------------------------------------
+
+    def upload(self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str,
+               form: str) -> StoredBatch:
+        """Validate, aggregate, seal and store one batch; a rejected batch stores nothing."""
+        dataset = self.dataset(dataset_id)
+        if principal.role != "owner" or principal.subject != dataset.id:
+            raise Forbidden(f"only the owner of {dataset.id} may upload to it")
+        aggregated = parse_batch(body, content_type=content_type, form=form,  # type: ignore[arg-type]
+                                 dataset=dataset)
+        return self.store.add(dataset, aggregated, form=form, actor=principal.actor)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def _prepare(self, principal: Principal, raw: Mapping[str, Any]
+                 ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
+        partner = self.partner(principal)
+        dataset = self.dataset(str(raw.get("dataset", "")))
+        query = build_query(raw, dataset, max_cells=self.max_cells)
+        plan = plan_query(query, dataset)
+        dimensions = set(query.group_by) | {name for name, _ in query.filters}
+        try:
+            grant = check_grant(partner, dataset, statistic=query.statistic,
+                                dimensions=dimensions, cost=plan.cost, today=date.today())
+        except PolicyViolation as refusal:
+            self._record_refusal(principal, dataset.id, "policy", str(refusal))
+            raise
+        return partner, dataset, grant, query, plan
+
+    def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Cost, noise and accuracy of a query, and what it would leave; spends nothing."""
+        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        cached = self._cached(dataset, partner.id, query_key(query)) is not None
+        remaining = self._remaining(dataset, grant, partner.id)
+        summary = plan_summary(plan)
+        return {
+            "dataset": dataset.id,
+            "query": canonical(query),
+            "cached": cached,
+            # What running the query would charge: nothing when a stored release answers it.
+            "privacy": _free(summary["privacy"]) if cached else summary["privacy"],
+            "mechanism": summary["mechanism"],
+            "accuracy": summary["accuracy"],
+            "budget": self._budget_view(dataset, remaining),
+        }
+
+    def run(self, principal: Principal, raw: Mapping[str, Any], *,
+            idempotency_key: str | None = None) -> Answer:
+        """Answer a query with a release: stored when repeated, otherwise charged then noised."""
+        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        key = query_key(query)
+        request_hash = hashlib.sha256(
+            json.dumps(dict(raw), sort_keys=True, default=str).encode()).hexdigest()
+        if idempotency_key is not None:
+            earlier = self.releases.find_idempotent(partner.id, idempotency_key)
+            if earlier is not None:
+                if earlier.request_hash != request_hash:
+                    raise Conflict("this Idempotency-Key was already used for another request")
+                return Answer(self._respond(self._await(earlier), dataset, grant, partner.id),
+                              cached=False)
+        for _attempt in range(3):
+            stored = self._cached(dataset, partner.id, key)
+            if stored is not None and stored.status == DONE:
+                return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
+            if stored is not None and not stored.is_stale(STALE_PENDING):
+                return Answer(self._respond(self._await(stored), dataset, grant, partner.id),
+                              cached=True)
+            if stored is not None:
+                self._discard(stored.release_id, principal, dataset.id, reason="stale")
+            try:
+                return self._charge_and_release(principal, partner, dataset, grant, query,
+                                                plan, key, request_hash, idempotency_key)
+            except RowConflict:
+                # An identical query (or the same Idempotency-Key) was charged by a
+                # concurrent request: answer from its release instead of charging again.
+                if idempotency_key is not None:
+                    earlier = self.releases.find_idempotent(partner.id, idempotency_key)
+                    if earlier is not None:
+                        return Answer(self._respond(self._await(earlier), dataset, grant,
+                                                    partner.id), cached=False)
+                continue
+        raise Conflict("an identical query is being answered; retry shortly")
+
+    def _charge_and_release(self, principal: Principal, partner: PartnerPolicy,
+                            dataset: DatasetPolicy, grant: Grant, query: Query, plan: QueryPlan,
+                            key: str, request_hash: str, idempotency_key: str | None) -> Answer:
+        release_id = "rel_" + secrets.token_hex(10)
+        try:
+            with self.database.write() as conn:
+                self.ledger.charge(conn, dataset=dataset.id, partner=partner.id,
+                                   unit=dataset.budget_unit, amount=plan.cost,
+                                   partner_budget=grant.budget,
+                                   global_budget=dataset.global_budget)
+                self.releases.insert_pending(
+                    conn, release_id=release_id, dataset=dataset.id, partner=partner.id,
+                    query_key=key, request_hash=request_hash, idempotency_key=idempotency_key,
+                    policy_version=self.policies.version)
+                self.ledger.record(conn, release_id=release_id, dataset=dataset.id,
+                                   partner=partner.id, definition=dataset.definition,
+                                   amount=plan.cost)
+                self.audit.append(conn, actor=principal.actor, action="budget.charge",
+                                  dataset=dataset.id,
+                                  details={"release_id": release_id, "partner": partner.id,
+                                           dataset.budget_unit: format_cost(plan.cost),
+                                           "query_key": key})
+        except BudgetExhausted as exhausted:
+            self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
+            raise
+        # The charge is committed. Only now is any data read or any noise drawn.
+        try:
+            aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
+            values = release_values(plan, aggregates)
+            document = self._document(release_id, dataset, partner.id, query, plan, values)
+            document["signature"] = sign_document(self.keyring, document)
+            with self.database.write() as conn:
+                self.releases.complete(conn, release_id, document, measurement_json(plan))
+                self.audit.append(conn, actor=principal.actor, action="release.create",
+                                  dataset=dataset.id,
+                                  details={"release_id": release_id, "query_key": key,
+                                           "cells": len(values)})
+        except Exception:
+            self._discard(release_id, principal, dataset.id, reason="failed")
+            raise
+        stored = self.releases.get(release_id)
+        assert stored is not None and stored.status == DONE  # noqa: S101 - just committed
+        return Answer(self._respond(stored, dataset, grant, partner.id), cached=False)
+
+    def _document(self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query,
+                  plan: QueryPlan, values: list[Any]) -> dict[str, Any]:
+        summary = plan_summary(plan)
+        rows = []
+        for noisy in values:
+            row: dict[str, Any] = dict(zip(query.group_by, noisy.cell, strict=True))
+            row["value"] = noisy.value
+            row["ci"] = [noisy.ci[0], noisy.ci[1]]
+            rows.append(row)
+        return {
+            "release_id": release_id,
+            "dataset": dataset.id,
+            "partner": partner,
+            "query": canonical(query),
+            "rows": rows,
+            "privacy": summary["privacy"],
+            "mechanism": summary["mechanism"],
+            "accuracy": summary["accuracy"],
+            "policy_version": self.policies.version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+
+    def _respond(self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant,
+                 partner: str) -> dict[str, Any]:
+        """The stored, signed document plus the caller's current budget (not signed)."""
+        assert stored.document is not None  # noqa: S101 - only finished releases get here
+        document = dict(stored.document)
+        document["budget"] = self._budget_view(dataset, self._remaining(dataset, grant, partner))
+        return document
+
+    def _budget_view(self, dataset: DatasetPolicy, remaining: Remaining) -> dict[str, Any]:
+        unit = dataset.budget_unit
+        return {"partner_remaining": {unit: float(remaining.partner)},
+                "dataset_remaining": {unit: float(remaining.dataset)}}
+
+    def _remaining(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Remaining:
+        return Remaining(
+            partner=max(grant.budget - self.ledger.spent(dataset.id, partner), Fraction(0)),
+            dataset=max(dataset.global_budget - self.ledger.spent(dataset.id, "*"), Fraction(0)),
+        )
+
+    def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
+        own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
+        if own is not None or not dataset.share_releases:
+            return own
+        shared = self.releases.find(dataset=dataset.id, query_key=key, partner=None)
+        return shared if shared is not None and shared.status == DONE else None
+
+    def _await(self, stored: StoredRelease) -> StoredRelease:
+        deadline = time.monotonic() + WAIT_FOR_PENDING
+        current: StoredRelease | None = stored
+        while current is not None and current.status != DONE:
+            if time.monotonic() > deadline:
+                raise Conflict("an identical query is being answered; retry shortly")
+            time.sleep(0.05)
+            current = self.releases.get(stored.release_id)
+        if current is None:
+            raise Conflict("an identical query failed; retry")
+        return current
+
+    def _discard(self, release_id: str, principal: Principal, dataset: str, *,
+                 reason: str) -> None:
+        with self.database.write() as conn:
+            if self.releases.discard_pending(conn, release_id):
+                self.audit.append(conn, actor=principal.actor, action="release.discard",
+                                  dataset=dataset,
+                                  details={"release_id": release_id, "reason": reason})
+
+    def _record_refusal(self, principal: Principal, dataset: str, reason: str,
+                        detail: str) -> None:
+        with self.database.write() as conn:
+            self.audit.append(conn, actor=principal.actor, action="query.refuse",
+                              dataset=dataset, details={"reason": reason, "detail": detail})
+
+    # -- reading releases and budgets ------------------------------------------------------
+
+    def list_releases(self, principal: Principal, *, limit: int = 100,
+                      before: str | None = None) -> list[dict[str, Any]]:
+        if principal.role == "dpo":
+            stored = self.releases.list(partners=None, limit=limit, before=before)
+        else:
+            partner = self.partner(principal)
+            stored = self.releases.list(partners=[partner.id], limit=limit, before=before)
+        return [dict(s.document or {}) for s in stored]
+
+    def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
+        stored = self.releases.get(release_id)
+        if stored is None or stored.status != DONE or not self._may_read(principal, stored):
+            raise NotFound(f"no release {release_id!r}")
+        return dict(stored.document or {})
+
+    def _may_read(self, principal: Principal, stored: StoredRelease) -> bool:
+        if principal.role == "dpo":
+            return True
+        if principal.role != "partner":
+            return False
+        if stored.partner == principal.subject:
+            return True
+        # A shared release is readable by another partner only if that partner could have
+        # asked the same question now: same grant rules as a query, at no cost.
+        dataset = self.policies.datasets.get(stored.dataset)
+        partner = self.policies.partners.get(principal.subject or "")
+        if not (dataset and dataset.share_releases and partner and stored.document):
+            return False
+        query = stored.document.get("query", {})
+        dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
+        try:
+            check_grant(partner, dataset, statistic=str(query.get("statistic")),
+                        dimensions=dimensions, cost=Fraction(0), today=date.today())
+        except PolicyViolation:
+            return False
+        return True
+
+    def budgets(self, principal: Principal) -> list[dict[str, Any]]:
+        """Granted, spent and remaining per grant, with each dataset's global budget."""
+        if principal.role == "dpo":
+            partners = sorted(self.policies.partners.values(), key=lambda p: p.id)
+        elif principal.role == "partner":
+            partners = [self.partner(principal)]
+        else:
+            raise Forbidden("budgets are for partners and DPOs")
+        spent = self.ledger.all_spent()
+        rows = []
+        for partner in partners:
+            for grant in partner.grants:
+                dataset = self.policies.datasets.get(grant.dataset)
+                if dataset is None:
+                    continue
+                own = spent.get((dataset.id, partner.id), Fraction(0))
+                total = spent.get((dataset.id, "*"), Fraction(0))
+                rows.append({
+                    "partner": partner.id, "dataset": dataset.id, "unit": dataset.budget_unit,
+                    "granted": float(grant.budget), "spent": float(own),
+                    "remaining": float(max(grant.budget - own, Fraction(0))),
+                    "expires": grant.expires.isoformat() if grant.expires else None,
+                    "dataset_global": float(dataset.global_budget),
+                    "dataset_spent": float(total),
+                    "dataset_remaining": float(max(dataset.global_budget - total, Fraction(0))),
+                })
+        return rows
+
+
+def _free(privacy: Mapping[str, Any]) -> dict[str, Any]:
+    """A plan's privacy summary with every cost set to zero."""
+    free = dict(privacy, epsilon=0.0, cost={unit: "0" for unit in privacy.get("cost", {})})
+    if "rho" in free:
+        free["rho"] = 0.0
+    return free

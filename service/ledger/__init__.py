@@ -1,0 +1,1 @@
+"""Privacy budgets and releases: atomic charges, the release store and its cache."""

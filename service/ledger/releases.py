@@ -1,0 +1,113 @@
+"""The release store: every differentially private answer, kept so it is never recomputed.
+
+A release row is created *pending* in the same transaction as its charge. The unique
+constraint on (dataset, partner, canonical query) means two identical queries racing each
+other cannot both be charged and answered with independent noise, which would let the
+partner average the noise away.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, update
+
+from service.database.engine import Database
+from service.database.schema import releases
+
+PENDING, DONE = "pending", "done"
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    release_id: str
+    dataset: str
+    partner: str
+    query_key: str
+    request_hash: str
+    status: str
+    document: Mapping[str, Any] | None
+    created_at: datetime
+
+    def is_stale(self, after: timedelta) -> bool:
+        """Pending for longer than ``after``: its worker died between charge and release."""
+        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
+        return self.status == PENDING and datetime.now(UTC) - created > after
+
+
+def _stored(row: Any) -> StoredRelease:
+    return StoredRelease(
+        release_id=row.id, dataset=row.dataset, partner=row.partner, query_key=row.query_key,
+        request_hash=row.request_hash, status=row.status,
+        document=json.loads(row.document) if row.document else None, created_at=row.created_at,
+    )
+
+
+class ReleaseStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
+        """The release of this exact query by ``partner`` (any partner when ``None``)."""
+        query = select(releases).where(releases.c.dataset == dataset,
+                                       releases.c.query_key == query_key)
+        if partner is not None:
+            query = query.where(releases.c.partner == partner)
+        query = query.order_by(releases.c.status.asc(), releases.c.created_at.asc())
+        with self.database.read() as conn:
+            row = conn.execute(query).first()
+        return _stored(row) if row else None
+
+    def find_idempotent(self, partner: str, key: str) -> StoredRelease | None:
+        with self.database.read() as conn:
+            row = conn.execute(select(releases).where(
+                releases.c.partner == partner, releases.c.idempotency_key == key)).first()
+        return _stored(row) if row else None
+
+    def get(self, release_id: str) -> StoredRelease | None:
+        with self.database.read() as conn:
+            row = conn.execute(select(releases).where(releases.c.id == release_id)).first()
+        return _stored(row) if row else None
+
+    def list(self, *, partners: list[str] | None, datasets: list[str] | None = None,
+             limit: int = 100, before: str | None = None) -> list[StoredRelease]:
+        """Finished releases, newest first; ``partners=None`` means all partners."""
+        query = select(releases).where(releases.c.status == DONE)
+        if partners is not None:
+            query = query.where(releases.c.partner.in_(partners))
+        if datasets is not None:
+            query = query.where(releases.c.dataset.in_(datasets))
+        if before is not None:
+            query = query.where(releases.c.id < before)
+        query = query.order_by(releases.c.created_at.desc(), releases.c.id.desc()).limit(limit)
+        with self.database.read() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
+    @staticmethod
+    def insert_pending(conn: Connection, *, release_id: str, dataset: str, partner: str,
+                       query_key: str, request_hash: str, idempotency_key: str | None,
+                       policy_version: str) -> None:
+        conn.execute(releases.insert().values(
+            id=release_id, dataset=dataset, partner=partner, query_key=query_key,
+            idempotency_key=idempotency_key, request_hash=request_hash, status=PENDING,
+            policy_version=policy_version, created_at=datetime.now(UTC),
+        ))
+
+    @staticmethod
+    def complete(conn: Connection, release_id: str, document: Mapping[str, Any],
+                 measurement: str) -> None:
+        conn.execute(update(releases).where(releases.c.id == release_id).values(
+            status=DONE, measurement=measurement,
+            document=json.dumps(document, sort_keys=True, separators=(",", ":")),
+        ))
+
+    @staticmethod
+    def discard_pending(conn: Connection, release_id: str) -> bool:
+        """Remove a pending release whose computation failed; its charge stays spent."""
+        gone = conn.execute(delete(releases).where(
+            releases.c.id == release_id, releases.c.status == PENDING)).rowcount
+        return bool(gone)
