@@ -1,0 +1,437 @@
+"""The HTML dashboard: budgets over time, releases and their charts, refusals, expiring grants.
+
+Server-rendered (Jinja2, autoescaped) with inline SVG charts from ``service.api.charts``; it
+needs no JavaScript and no network. It shows only what the API already shows its caller:
+releases (already differentially private) and budget and audit metadata — never a raw
+value. A DPO sees every partner; a partner sees its own grants and releases.
+
+Signing in trades a bearer token, posted in a form body (never a URL), for a server-side
+session. The browser's cookie holds only a random session id, signed with a key derived
+from the keyring so that every worker and instance accepts it; the database keeps only the
+id's SHA-256, the principal, a CSRF token and an expiry. Each request re-checks the token
+the session was opened with, so revoking a token ends its sessions at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    has_request_context,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from markupsafe import Markup
+from sqlalchemy import delete, or_, select
+from werkzeug.exceptions import HTTPException
+
+from service.api.charts import Line, StepLine, band_chart, burndown_chart
+from service.audit.log import AuditLog
+from service.auth.registry import Principal, TokenRegistry, Unauthenticated
+from service.crypto.keyring import Keyring
+from service.database.engine import Database
+from service.database.schema import sessions, tokens
+from service.exchange import Exchange, Forbidden, NotFound
+from service.ledger.budgets import ChargeLine
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+SESSION_LIFETIME = timedelta(hours=8)
+EXPIRY_WARNING = timedelta(days=60)
+REFUSALS_SINCE = timedelta(days=30)
+RECENT = 20
+MAX_RELEASE_LINES = 7
+SIGN_IN_FAILED = "That token cannot sign in to the dashboard."
+# Everything the pages load comes from this service; nothing may frame them.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
+                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+# -- the session secret and cookie -----------------------------------------------------------
+
+
+def session_secret(keyring: Keyring) -> bytes:
+    """The key that signs dashboard cookies, derived from the keyring's audit key.
+
+    HKDF with its own label gives a key independent of the audit chain's; deriving it from
+    the keyring (rather than a per-machine file) lets every worker and every instance that
+    mounts the same keyring accept the same cookies, and nothing secret sits in the code.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"dpx dashboard session cookie v1").derive(keyring.audit_key())
+
+
+class SessionCookie(SecureCookieSessionInterface):
+    """Flask's signed cookie, marked Secure when configured or when the request is https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        configured = bool(app.config["SESSION_COOKIE_SECURE"])
+        return configured or (has_request_context() and request.is_secure)
+
+
+# -- the server-side session store ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A live dashboard session: who signed in and the CSRF token of its forms."""
+
+    principal: Principal
+    csrf_token: str
+
+
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
+
+
+class DashboardSessions:
+    """Sessions in the database, shared by every worker; only hashed ids are stored."""
+
+    def __init__(self, database: Database, audit: AuditLog) -> None:
+        self.database = database
+        self.audit = audit
+
+    def open(self, principal: Principal) -> str:
+        """Start a session for ``principal`` and return its id (to be kept by the browser)."""
+        session_id = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with self.database.write() as conn:
+            self._purge(conn, now)
+            conn.execute(sessions.insert().values(
+                id_hash=_session_hash(session_id), token_id=principal.token_id,
+                role=principal.role, subject=principal.subject,
+                csrf_token=secrets.token_urlsafe(32), created_at=now,
+                expires_at=now + SESSION_LIFETIME))
+            self.audit.append(conn, actor=principal.actor, action="dashboard.sign_in")
+        return session_id
+
+    def find(self, session_id: str) -> SignedIn | None:
+        """The live session with this id: unexpired, and its token neither revoked nor expired."""
+        now = datetime.now(UTC)
+        query = (
+            select(sessions.c.token_id, sessions.c.role, sessions.c.subject,
+                   sessions.c.csrf_token)
+            .join(tokens, tokens.c.id == sessions.c.token_id)
+            .where(sessions.c.id_hash == _session_hash(session_id),
+                   sessions.c.expires_at > now,
+                   or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
+                   or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
+        )
+        with self.database.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return SignedIn(Principal(row.token_id, row.role, row.subject), row.csrf_token)
+
+    def close(self, session_id: str, principal: Principal) -> None:
+        """End the session now; its cookie is worthless afterwards."""
+        with self.database.write() as conn:
+            conn.execute(delete(sessions).where(sessions.c.id_hash == _session_hash(session_id)))
+            self.audit.append(conn, actor=principal.actor, action="dashboard.sign_out")
+
+    @staticmethod
+    def _purge(conn: Any, now: datetime) -> None:
+        revoked = select(tokens.c.id).where(tokens.c.revoked_at <= now)
+        conn.execute(delete(sessions).where(or_(sessions.c.expires_at <= now,
+                                                sessions.c.token_id.in_(revoked))))
+
+
+def _store() -> DashboardSessions:
+    return DashboardSessions(current_app.extensions["dpx.database"],
+                             current_app.extensions["dpx.audit"])
+
+
+def _exchange() -> Exchange:
+    exchange: Exchange = current_app.extensions["dpx.exchange"]
+    return exchange
+
+
+def _check_csrf(expected: str | None) -> None:
+    offered = request.form.get("csrf_token", "")
+    if not expected or not hmac.compare_digest(offered.encode(), expected.encode()):
+        abort(400, "This form has expired or did not come from this dashboard. "
+                   "Reload the page and try again.")
+
+
+def signed_in(view: View) -> View:
+    """Run ``view`` for a live session (``g.signed_in``); otherwise go to the sign-in page."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session_id = session.get("sid")
+        found = _store().find(session_id) if isinstance(session_id, str) else None
+        if found is None or found.principal.role not in ("dpo", "partner"):
+            session.clear()
+            return redirect(url_for("dashboard.sign_in"), code=303)
+        g.signed_in = found
+        return view(*args, **kwargs)
+
+    return cast(View, wrapper)
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> tuple[str, int]:
+    status = error.code or 500
+    return _error_page(status, error.description or error.name), status
+
+
+@bp.errorhandler(NotFound)
+def not_found(error: NotFound) -> tuple[str, int]:
+    return _error_page(404, "There is nothing here, or nothing you may see."), 404
+
+
+@bp.errorhandler(Forbidden)
+def forbidden(error: Forbidden) -> tuple[str, int]:
+    return _error_page(403, str(error)), 403
+
+
+def _error_page(status: int, message: str) -> str:
+    return render_template("dashboard_error.html", status=status, message=message,
+                           signed_in=g.get("signed_in"))
+
+
+# -- signing in and out ---------------------------------------------------------------------
+
+
+@bp.get("/sign-in")
+def sign_in() -> Any:
+    """The sign-in form (a signed-in visitor goes straight to the dashboard)."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str) and _store().find(session_id) is not None:
+        return redirect(url_for("dashboard.overview"), code=303)
+    return render_template("dashboard_sign_in.html", csrf_token=_sign_in_csrf(), error=None)
+
+
+@bp.post("/sign-in")
+def sign_in_submit() -> Any:
+    """Trade a token for a session; every kind of bad token gets the same answer."""
+    _check_csrf(session.get("sign_in_csrf"))
+    registry: TokenRegistry = current_app.extensions["dpx.tokens"]
+    try:
+        principal = registry.authenticate(request.form.get("token", "").strip() or None)
+    except Unauthenticated:
+        principal = None
+    if principal is None or principal.role not in ("dpo", "partner"):
+        return render_template("dashboard_sign_in.html", csrf_token=_sign_in_csrf(),
+                               error=SIGN_IN_FAILED), 401
+    session_id = _store().open(principal)
+    # A fresh cookie: nothing from before sign-in (session fixation) carries over.
+    session.clear()
+    session["sid"] = session_id
+    return redirect(url_for("dashboard.overview"), code=303)
+
+
+def _sign_in_csrf() -> str:
+    # Before sign-in there is no server-side session, so the sign-in form's CSRF token
+    # lives in the signed cookie; it only stops other sites from signing a browser in.
+    token = session.get("sign_in_csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["sign_in_csrf"] = token
+    return token
+
+
+@bp.post("/sign-out")
+@signed_in
+def sign_out() -> Any:
+    """End the session server-side and clear the cookie."""
+    current: SignedIn = g.signed_in
+    _check_csrf(current.csrf_token)
+    _store().close(session["sid"], current.principal)
+    session.clear()
+    return redirect(url_for("dashboard.sign_in"), code=303)
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+@bp.get("/")
+@bp.get("")
+@signed_in
+def overview() -> str:
+    """The DPO's view of every partner, or a partner's view of its own grants."""
+    current: SignedIn = g.signed_in
+    caller = current.principal
+    exchange = _exchange()
+    budgets = exchange.budgets(caller)
+    now = datetime.now(UTC)
+    history = exchange.ledger.history(
+        partner=None if caller.role == "dpo" else caller.subject)
+    context: dict[str, Any] = {
+        "budgets": budgets,
+        "burndowns": _burndowns(exchange, budgets, history, now, with_global=caller.role == "dpo"),
+        "releases": [_release_summary(d) for d in exchange.list_releases(caller, limit=RECENT)],
+    }
+    if caller.role == "dpo":
+        context["refusals"] = _refusals(current_app.extensions["dpx.audit"], now)
+        context["expiring"] = _expiring_grants(exchange, now.date())
+    return render_template("dashboard_overview.html", signed_in=current, **context)
+
+
+@bp.get("/releases/<string:release_id>")
+@signed_in
+def release(release_id: str) -> str:
+    """One release: its query, cost and accuracy, a chart when grouped by month, its rows."""
+    current: SignedIn = g.signed_in
+    document = _exchange().get_release(current.principal, release_id)
+    return render_template("dashboard_release.html", signed_in=current,
+                           release=_release_summary(document), document=document,
+                           rows=_release_rows(document), chart=_release_chart(document))
+
+
+# -- what the pages show --------------------------------------------------------------------
+
+
+def _burndowns(exchange: Exchange, budgets: Sequence[dict[str, Any]],
+               history: Sequence[ChargeLine], now: datetime, *,
+               with_global: bool) -> list[Markup]:
+    """One burn-down chart per dataset: each grant's remaining budget (and the global cap's)."""
+    start = _window_start(history, now)
+    charts = []
+    for dataset in sorted({row["dataset"] for row in budgets}):
+        rows = [row for row in budgets if row["dataset"] == dataset]
+        unit = rows[0]["unit"]
+        spend = [line for line in history if line.dataset == dataset]
+        lines = []
+        if with_global:
+            lines.append(_burndown(f"global cap {rows[0]['dataset_global']:g}",
+                                   rows[0]["dataset_global"], spend))
+        for row in rows:
+            own = [line for line in spend if line.partner == row["partner"]]
+            lines.append(_burndown(f"{row['partner']} (grant {row['granted']:g})",
+                                   row["granted"], own))
+        charts.append(Markup(burndown_chart(  # noqa: S704 - charts.py escapes all text
+            lines, start=start, end=now, title=f"{dataset}: {unit} remaining", unit=unit)))
+    return charts
+
+
+def _window_start(history: Sequence[ChargeLine], now: datetime) -> datetime:
+    """From a little before the first charge, so that the first step is visible; a day
+    back when nothing was charged yet."""
+    if not history:
+        return now - timedelta(days=1)
+    span = max(now - history[0].created_at, timedelta(minutes=1))
+    return history[0].created_at - span / 10
+
+
+def _burndown(label: str, budget: float, spend: Iterable[ChargeLine]) -> StepLine:
+    remaining = Fraction(budget)
+    steps = []
+    for line in spend:
+        remaining -= line.amount
+        steps.append((line.created_at, float(max(remaining, Fraction(0)))))
+    return StepLine(label, budget, steps)
+
+
+def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:
+    refused = [entry for entry in audit.entries(since=now - REFUSALS_SINCE)
+               if entry.action == "query.refuse"]
+    return [{"at": entry.body()["at"][:19].replace("T", " ") + " UTC", "actor": entry.actor,
+             "dataset": entry.dataset, "reason": entry.details.get("reason", ""),
+             "detail": entry.details.get("detail", "")}
+            for entry in reversed(refused[-RECENT * 2:])]
+
+
+def _expiring_grants(exchange: Exchange, today: date) -> list[dict[str, Any]]:
+    found = []
+    for partner in sorted(exchange.policies.partners.values(), key=lambda p: p.id):
+        for grant in partner.grants:
+            if grant.expires is None or grant.expires > today + EXPIRY_WARNING:
+                continue
+            days = (grant.expires - today).days
+            found.append({"partner": partner.id, "dataset": grant.dataset,
+                          "expires": grant.expires.isoformat(), "expired": days < 0,
+                          "days": days})
+    return sorted(found, key=lambda row: row["expires"])
+
+
+def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
+    query = document.get("query", {})
+    privacy = document.get("privacy", {})
+    unit = "rho" if privacy.get("definition") == "zcdp" else "epsilon"
+    filters = "; ".join(f"{name}: {', '.join(str(v) for v in values)}"
+                        for name, values in (query.get("filters") or {}).items())
+    return {
+        "release_id": document.get("release_id", ""),
+        "dataset": document.get("dataset", ""),
+        "partner": document.get("partner", ""),
+        "statistic": query.get("statistic", ""),
+        "measure": query.get("measure"),
+        "group_by": ", ".join(query.get("group_by") or []) or "—",
+        "filters": filters or "none",
+        "cost": f"{unit} {privacy.get(unit, 0):g}",
+        "created_at": document.get("created_at", ""),
+    }
+
+
+def _release_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    group_by = list(document.get("query", {}).get("group_by") or [])
+    return [{"cell": [str(row.get(name, "")) for name in group_by],
+             "value": row.get("value"), "ci": row.get("ci") or [None, None]}
+            for row in document.get("rows", [])]
+
+
+def _release_chart(document: dict[str, Any]) -> Markup | None:
+    """A line per combination of the other dimensions over months, with its interval band."""
+    group_by = list(document.get("query", {}).get("group_by") or [])
+    if "month" not in group_by:
+        return None
+    others = [name for name in group_by if name != "month"]
+    months: list[str] = []
+    series: dict[tuple[str, ...], dict[str, tuple[float, float, float]]] = {}
+    for row in document.get("rows", []):
+        month = str(row["month"])
+        if month not in months:
+            months.append(month)
+        low, high = row["ci"]
+        key = tuple(str(row[name]) for name in others)
+        series.setdefault(key, {})[month] = (float(row["value"]), float(low), float(high))
+    if not series or len(series) > MAX_RELEASE_LINES or any(
+            len(points) != len(months) for points in series.values()):
+        return None
+    lines = [Line(label=", ".join(key) or "all",
+                  values=[points[m][0] for m in months],
+                  band=[(points[m][1], points[m][2]) for m in months])
+             for key, points in series.items()]
+    summary = _release_summary(document)
+    title = f"{summary['statistic']} by {summary['group_by']} ({summary['dataset']})"
+    alpha = document.get("accuracy", {}).get("alpha")
+    label = f"{summary['statistic']}, band: {1 - alpha:.0%} interval" if alpha else ""
+    return Markup(band_chart(months, lines, title=title,  # noqa: S704 - charts.py escapes
+                             y_label=label))
