@@ -30,7 +30,11 @@ from service.observability.logs import ACCESS_LOG_FORMAT, logging_config  # noqa
 
 bind = os.environ.get("DPX_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("DPX_WORKERS", "2"))
-worker_class = "sync"
+# Threads let a worker overlap one request's fsync with another's work and keep client
+# connections alive; SQLite writers still queue on BEGIN IMMEDIATE, PostgreSQL on row locks.
+worker_class = "gthread"
+threads = int(os.environ.get("DPX_THREADS", "4"))
+keepalive = 5
 timeout = 60
 graceful_timeout = 20
 accesslog = "-"

@@ -220,10 +220,10 @@ class Exchange:
         release_id = "rel_" + secrets.token_hex(10)
         try:
             with self.database.write() as conn:
-                self.ledger.charge(conn, dataset=dataset.id, partner=partner.id,
-                                   unit=dataset.budget_unit, amount=plan.cost,
-                                   partner_budget=grant.budget,
-                                   global_budget=dataset.global_budget)
+                remaining = self.ledger.charge(
+                    conn, dataset=dataset.id, partner=partner.id, unit=dataset.budget_unit,
+                    amount=plan.cost, partner_budget=grant.budget,
+                    global_budget=dataset.global_budget)
                 self.releases.insert_pending(
                     conn, release_id=release_id, dataset=dataset.id, partner=partner.id,
                     query_key=key, request_hash=request_hash, idempotency_key=idempotency_key,
@@ -254,9 +254,7 @@ class Exchange:
         except Exception:
             self._discard(release_id, principal, dataset.id, reason="failed")
             raise
-        stored = self.releases.get(release_id)
-        assert stored is not None and stored.status == DONE  # noqa: S101 - just committed
-        return Answer(self._respond(stored, dataset, grant, partner.id), cached=False)
+        return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
 
     def _document(self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query,
                   plan: QueryPlan, values: list[Any]) -> dict[str, Any]:
@@ -294,10 +292,9 @@ class Exchange:
                 "dataset_remaining": {unit: float(remaining.dataset)}}
 
     def _remaining(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Remaining:
-        return Remaining(
-            partner=max(grant.budget - self.ledger.spent(dataset.id, partner), Fraction(0)),
-            dataset=max(dataset.global_budget - self.ledger.spent(dataset.id, "*"), Fraction(0)),
-        )
+        return self.ledger.remaining(dataset=dataset.id, partner=partner,
+                                     partner_budget=grant.budget,
+                                     global_budget=dataset.global_budget)
 
     def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
         own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)

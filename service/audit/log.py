@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from service.crypto.keyring import Keyring
 from service.crypto.signing import canonical_json
@@ -32,6 +32,12 @@ from service.database.engine import Database
 from service.database.schema import audit_head, audit_log
 
 GENESIS_MAC = "0" * 64
+
+# Built once: every append runs these two statements on the single head row.
+_ADVANCE_HEAD = (update(audit_head).where(audit_head.c.id == 1)
+                 .values(seq=audit_head.c.seq + 1)
+                 .returning(audit_head.c.seq, audit_head.c.mac))
+_SET_HEAD_MAC = update(audit_head).where(audit_head.c.id == 1).values(mac=bindparam("head_mac"))
 
 
 @dataclass(frozen=True)
@@ -92,24 +98,19 @@ class AuditLog:
     def append(self, conn: Connection, *, actor: str, action: str,
                dataset: str | None = None, details: Mapping[str, Any] | None = None) -> int:
         """Append one entry inside ``conn``'s transaction and return its sequence number."""
-        head = conn.execute(
-            update(audit_head)
-            .where(audit_head.c.id == 1)
-            .values(seq=audit_head.c.seq + 1)
-            .returning(audit_head.c.seq, audit_head.c.mac)
-        ).one()
+        head = conn.execute(_ADVANCE_HEAD).one()
         seq, prev_mac = int(head.seq), str(head.mac)
         at = datetime.now(UTC)
         details = dict(details or {})
         body = {"seq": seq, "at": _iso(at), "actor": actor, "action": action,
                 "dataset": dataset, "details": details}
         mac = _mac(self.keyring.audit_key(), seq, prev_mac, body)
-        conn.execute(audit_log.insert().values(
-            seq=seq, at=at, actor=actor, action=action, dataset=dataset,
-            details=json.dumps(details, sort_keys=True, separators=(",", ":")),
-            prev_mac=prev_mac, mac=mac,
-        ))
-        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(mac=mac))
+        conn.execute(audit_log.insert(), {
+            "seq": seq, "at": at, "actor": actor, "action": action, "dataset": dataset,
+            "details": json.dumps(details, sort_keys=True, separators=(",", ":")),
+            "prev_mac": prev_mac, "mac": mac,
+        })
+        conn.execute(_SET_HEAD_MAC, {"head_mac": mac})
         if seq % self.checkpoint_every == 0 and "after_commit" in conn.info:
             conn.info["after_commit"].append(lambda: self._checkpoint(seq, mac))
         return seq

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 _WRITE = "dpx_write"
 
@@ -29,9 +29,11 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            # NullPool: a connection per transaction keeps forked gunicorn workers from
-            # sharing SQLite handles; opening one costs microseconds.
-            self.engine: Engine = create_engine(url, poolclass=NullPool)
+            # A small pool per process: the PRAGMAs run once per connection, not once per
+            # transaction. gunicorn's post_fork hook disposes of the pool a worker inherits.
+            self.engine: Engine = create_engine(
+                url, poolclass=QueuePool, pool_size=8, max_overflow=8,
+                connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:

@@ -143,9 +143,8 @@ def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alph
 def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
                    alpha: float) -> Plan:
     bound = float_at_most(cost)
-    scale = _scale_for_cost(definition, sensitivity, bound)
+    scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
-    measurement = build_measurement(definition, scale)
     if not measurement.check(sensitivity, bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return Plan(
@@ -160,8 +159,10 @@ def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
     )
 
 
-def _scale_for_cost(definition: Definition, sensitivity: int, bound: float) -> float:
-    """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound.
+def _measurement_for_cost(definition: Definition, sensitivity: int,
+                          bound: float) -> tuple[float, dp.Measurement]:
+    """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound,
+    and the measurement at that scale.
 
     Starts from the textbook scale (d / epsilon; d / sqrt(2 rho)) and steps up one float at a
     time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
@@ -172,13 +173,15 @@ def _scale_for_cost(definition: Definition, sensitivity: int, bound: float) -> f
     else:
         scale = sensitivity / math.sqrt(2 * bound)
     for _ in range(_NUDGES):
-        if build_measurement(definition, scale).check(sensitivity, bound):
-            return scale
+        measurement = build_measurement(definition, scale)
+        if measurement.check(sensitivity, bound):
+            return scale, measurement
         scale = math.nextafter(scale, math.inf)
     builder: Callable[[float], dp.Measurement] = lambda s: build_measurement(  # noqa: E731
         definition, s
     )
-    return float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
+    scale = float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
+    return scale, build_measurement(definition, scale)
 
 
 def plan_for_accuracy(

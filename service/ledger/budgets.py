@@ -83,9 +83,26 @@ class Ledger:
         )
 
     def _spent(self, conn: Connection, dataset: str, partner: str) -> int:
+        return self._account(conn, dataset, partner) or 0
+
+    @staticmethod
+    def _account(conn: Connection, dataset: str, partner: str) -> int | None:
         value = conn.execute(select(budget_accounts.c.spent_nano).where(
             budget_accounts.c.dataset == dataset, budget_accounts.c.partner == partner)).scalar()
-        return int(value or 0)
+        return None if value is None else int(value)
+
+    @staticmethod
+    def _add(conn: Connection, dataset: str, account: str, cost: int, limit: int) -> int | None:
+        """Add ``cost`` to an account if it stays within ``limit``; the new spend, or None."""
+        row = conn.execute(
+            update(budget_accounts)
+            .where(budget_accounts.c.dataset == dataset,
+                   budget_accounts.c.partner == account,
+                   budget_accounts.c.spent_nano + cost <= limit)
+            .values(spent_nano=budget_accounts.c.spent_nano + cost)
+            .returning(budget_accounts.c.spent_nano)
+        ).first()
+        return None if row is None else int(row.spent_nano)
 
     def charge(self, conn: Connection, *, dataset: str, partner: str, unit: str,
                amount: Fraction, partner_budget: Fraction, global_budget: Fraction) -> Remaining:
@@ -95,20 +112,19 @@ class Ledger:
         block of ``Database.write`` does that when the exception propagates).
         """
         cost = to_nano(amount)
-        self._ensure_accounts(conn, dataset, partner)
         limits = ((partner, to_nano(partner_budget), "partner"),
                   (GLOBAL, to_nano(global_budget), "dataset"))
         after: dict[str, int] = {}
         for account, limit, scope in limits:
-            row = conn.execute(
-                update(budget_accounts)
-                .where(budget_accounts.c.dataset == dataset,
-                       budget_accounts.c.partner == account,
-                       budget_accounts.c.spent_nano + cost <= limit)
-                .values(spent_nano=budget_accounts.c.spent_nano + cost)
-                .returning(budget_accounts.c.spent_nano)
-            ).first()
-            if row is None:
+            spent_after = self._add(conn, dataset, account, cost, limit)
+            if spent_after is None:
+                # Either over the limit, or no account yet (first charge on this dataset or
+                # by this partner; a concurrent first charge may be opening it right now).
+                # Open the accounts if needed and try once more: the retry tells them apart.
+                if self._account(conn, dataset, account) is None:
+                    self._ensure_accounts(conn, dataset, partner)
+                spent_after = self._add(conn, dataset, account, cost, limit)
+            if spent_after is None:
                 spent = {"partner": self._spent(conn, dataset, partner),
                          "dataset": self._spent(conn, dataset, GLOBAL)}
                 # Accounts already updated in this transaction carry the refused cost, which
@@ -120,7 +136,7 @@ class Ledger:
                     dataset=global_budget - from_nano(spent["dataset"]),
                 )
                 raise BudgetExhausted(unit, _floor_zero(remaining), scope)
-            after[scope] = int(row.spent_nano)
+            after[scope] = spent_after
         return _floor_zero(Remaining(partner=partner_budget - from_nano(after["partner"]),
                                      dataset=global_budget - from_nano(after["dataset"])))
 
@@ -131,6 +147,15 @@ class Ledger:
         conn.execute(charges.insert().values(
             dataset=dataset, partner=partner, release_id=release_id, definition=definition,
             amount_nano=to_nano(amount), created_at=datetime.now(UTC)))
+
+    def remaining(self, *, dataset: str, partner: str, partner_budget: Fraction,
+                  global_budget: Fraction) -> Remaining:
+        """What is left of a grant and of the dataset's global budget, read together."""
+        with self.database.read() as conn:
+            own = self._spent(conn, dataset, partner)
+            total = self._spent(conn, dataset, GLOBAL)
+        return _floor_zero(Remaining(partner=partner_budget - from_nano(own),
+                                     dataset=global_budget - from_nano(total)))
 
     def spent(self, dataset: str, partner: str) -> Fraction:
         with self.database.read() as conn:
