@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,13 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.live_server import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +23,11 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _environment() -> dict[str, str]:
-    # The clone must not inherit this run's settings or virtualenv.
+    # The clone must not inherit this run's settings or virtualenv; it keeps the test
+    # database, so that under CI its PostgreSQL tests run too.
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("DPX_", "VIRTUAL_ENV", "PYTEST"))}
+            if k == "DPX_TEST_DATABASE_URL"
+            or not k.startswith(("DPX_", "VIRTUAL_ENV", "PYTEST"))}
 
 
 @pytest.mark.slow
@@ -47,7 +42,7 @@ def test_scripts_test_builds_the_venv_and_runs_tests(fresh_clone: Path) -> None:
 
 @pytest.mark.slow
 def test_scripts_run_serves_datasets_to_the_demo_partner(fresh_clone: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(_environment(), DPX_BIND=f"127.0.0.1:{port}")
     process = subprocess.Popen(["scripts/run"], cwd=fresh_clone, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -79,3 +74,5 @@ def test_scripts_run_serves_datasets_to_the_demo_partner(fresh_clone: Path) -> N
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        assert process.stdout is not None
+        process.stdout.close()

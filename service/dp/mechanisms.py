@@ -147,16 +147,7 @@ def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
     if not measurement.check(sensitivity, bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
-    return Plan(
-        definition=definition,
-        mechanism=mechanism_name(definition),
-        sensitivity=sensitivity,
-        scale=scale,
-        cost=cost,
-        alpha=alpha,
-        accuracy=scale_to_accuracy(definition, scale, alpha),
-        measurement=measurement,
-    )
+    return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
 def _measurement_for_cost(definition: Definition, sensitivity: int,
@@ -198,6 +189,12 @@ def plan_for_accuracy(
     cost = ceil_nano(float(measurement.map(sensitivity)))  # type: ignore[no-untyped-call]
     if not measurement.check(sensitivity, float_at_most(cost)):
         raise ValueError(f"the measurement at scale {scale} does not confirm cost {cost}")
+    return _plan(definition, sensitivity, scale, cost, alpha, measurement)
+
+
+def _plan(definition: Definition, sensitivity: int, scale: float, cost: Fraction, alpha: float,
+          measurement: dp.Measurement) -> Plan:
+    """A plan whose ``measurement`` was confirmed to lose at most ``cost`` at ``sensitivity``."""
     return Plan(
         definition=definition,
         mechanism=mechanism_name(definition),
