@@ -11,40 +11,28 @@ import http.client
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import requests
 from click.testing import CliRunner
 
 from service.cli import main as dpx
+from tests.live_server import ROOT, environment, serve
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PARTNERS = ("no-police", "interpol-sg")
 
 
 @dataclass(frozen=True)
-class LiveServer:
+class LiveDpx:
+    """The live server's URL, the environment it runs with, and a token per partner."""
+
     url: str
     env: dict[str, str]
     tokens: dict[str, str]
     """Partner id -> bearer token."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _dpx(env: dict[str, str | None], *args: str) -> str:
@@ -54,56 +42,23 @@ def _dpx(env: dict[str, str | None], *args: str) -> str:
     return done.stdout
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        # SIGINT is gunicorn's quick shutdown: nothing is in flight once the tests are done.
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDpx]:
     base = tmp_path_factory.mktemp("live")
     shutil.copytree(ROOT / "policies", base / "policies")
+    variables = {"DPX_DATA_DIR": str(base / "var"), "DPX_POLICY_DIR": str(base / "policies")}
     # None unsets a variable for the admin commands: the server is configured by these alone.
     overrides: dict[str, str | None] = {name: None for name in os.environ
                                         if name.startswith("DPX_")}
-    overrides.update(DPX_DATA_DIR=str(base / "var"), DPX_POLICY_DIR=str(base / "policies"),
-                     DPX_WORKERS="2")
-    env = {name: value for name, value in {**os.environ, **overrides}.items()
-           if value is not None}
+    overrides.update(variables)
     _dpx(overrides, "init")
     _dpx(overrides, "demo-data", "--dataset", "uk-helpline-2024", "--contacts", "20000")
     tokens = {partner: _dpx(overrides, "issue-token", "--partner", partner).strip()
               for partner in PARTNERS}
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = base / "gunicorn.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{port}", "service.wsgi:app"],
-            env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn was not ready within 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield LiveServer(url=url, env=env, tokens=tokens)
-    finally:
-        _stop(process)
+    # SIGINT is gunicorn's quick shutdown: nothing is in flight once the tests are done.
+    with serve(variables, workers=2, log_path=base / "gunicorn.log",
+               stop_signal=signal.SIGINT) as server:
+        yield LiveDpx(url=server.url, env=environment(variables), tokens=tokens)
 
 
 @dataclass
@@ -177,7 +132,7 @@ def _handler(upstream: str, proxy: Proxy, lock: threading.Lock) -> type[BaseHTTP
 
 
 @pytest.fixture
-def proxy(live: LiveServer) -> Iterator[Proxy]:
+def proxy(live: LiveDpx) -> Iterator[Proxy]:
     lock = threading.Lock()
     state = Proxy(url="")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(live.url, state, lock))

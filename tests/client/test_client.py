@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from live_dpx import LiveServer, Proxy
+from live_dpx import LiveDpx, Proxy
 
 from service.client import (
     AuthError,
@@ -29,7 +29,7 @@ UK = "uk-helpline-2024"
 
 
 @pytest.fixture
-def client(live: LiveServer) -> Iterator[DpxClient]:
+def client(live: LiveDpx) -> Iterator[DpxClient]:
     with DpxClient(live.url, live.tokens["no-police"], timeout=30, backoff=0.01) as connected:
         yield connected
 
@@ -111,7 +111,7 @@ def test_to_pandas_needs_pandas() -> None:
         assert release.to_pandas().shape == (1, 3)
 
 
-def test_problems_raise_typed_errors(client: DpxClient, live: LiveServer) -> None:
+def test_problems_raise_typed_errors(client: DpxClient, live: LiveDpx) -> None:
     with pytest.raises(ForbiddenError, match="allows statistics count") as refused:
         client.query(dataset=UK, statistic="sum", measure="minutes", epsilon=0.1)
     assert not isinstance(refused.value, BudgetExhaustedError)
@@ -124,7 +124,7 @@ def test_problems_raise_typed_errors(client: DpxClient, live: LiveServer) -> Non
     assert unauthenticated.value.status == 401
 
 
-def test_an_exhausted_budget_raises_with_what_is_left(live: LiveServer) -> None:
+def test_an_exhausted_budget_raises_with_what_is_left(live: LiveDpx) -> None:
     # interpol-sg holds epsilon 1.0 on the UK dataset, at most 0.25 a query.
     with DpxClient(live.url, live.tokens["interpol-sg"]) as interpol:
         for month in ("2024-01", "2024-02", "2024-03", "2024-04"):
@@ -135,7 +135,7 @@ def test_an_exhausted_budget_raises_with_what_is_left(live: LiveServer) -> None:
 
 
 def test_a_lost_response_is_retried_with_the_same_key_and_charged_once(
-        live: LiveServer, proxy: Proxy) -> None:
+        live: LiveDpx, proxy: Proxy) -> None:
     proxy.faults["POST /v1/queries"] = ["lose"]
     with DpxClient(proxy.url, live.tokens["no-police"], backoff=0.01) as client:
         before = _spent(client)
@@ -150,7 +150,7 @@ def test_a_lost_response_is_retried_with_the_same_key_and_charged_once(
 
 @pytest.mark.parametrize(("fault", "epsilon"), [("503", 0.05), ("429", 0.06)])
 def test_busy_answers_are_retried_with_the_same_key(
-        live: LiveServer, proxy: Proxy, fault: str, epsilon: float) -> None:
+        live: LiveDpx, proxy: Proxy, fault: str, epsilon: float) -> None:
     proxy.faults["POST /v1/queries"] = [fault, fault]
     with DpxClient(proxy.url, live.tokens["no-police"], backoff=0.01) as client:
         before = _spent(client)
@@ -160,7 +160,7 @@ def test_busy_answers_are_retried_with_the_same_key(
     assert len(keys) == 3 and len(set(keys)) == 1
 
 
-def test_retries_end_with_a_typed_error(live: LiveServer, proxy: Proxy) -> None:
+def test_retries_end_with_a_typed_error(live: LiveDpx, proxy: Proxy) -> None:
     proxy.faults["GET /v1/budgets"] = ["503"] * 3
     with DpxClient(proxy.url, live.tokens["no-police"], retries=2, backoff=0.01) as client, \
             pytest.raises(UnavailableError, match="try again"):

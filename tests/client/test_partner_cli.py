@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from live_dpx import LiveServer
+from live_dpx import LiveDpx
 
 from service.client.cli import main
 
@@ -20,7 +20,7 @@ UK = "uk-helpline-2024"
 MONTHS = [f"2024-{m:02d}" for m in range(1, 13)]
 
 
-def partner(live: LiveServer, *args: str, token: str | None = None) -> Result:
+def partner(live: LiveDpx, *args: str, token: str | None = None) -> Result:
     env = {"DPX_URL": live.url, "DPX_TOKEN": live.tokens["no-police"] if token is None else token}
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
@@ -30,7 +30,7 @@ def as_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def test_query_prints_a_table_with_intervals_and_the_remaining_budget(live: LiveServer) -> None:
+def test_query_prints_a_table_with_intervals_and_the_remaining_budget(live: LiveDpx) -> None:
     result = partner(live, "query", "--dataset", UK, "--count", "--by", "month",
                      "--filter", "referral_source=police_warning", "--epsilon", "0.2")
     assert result.exit_code == 0, result.output
@@ -41,7 +41,7 @@ def test_query_prints_a_table_with_intervals_and_the_remaining_budget(live: Live
     assert "remaining budget: epsilon 1.8 of your grant" in result.stdout
 
 
-def test_query_json_is_the_signed_release_and_a_repeat_is_cached(live: LiveServer) -> None:
+def test_query_json_is_the_signed_release_and_a_repeat_is_cached(live: LiveDpx) -> None:
     args = ["query", "--dataset", UK, "--by", "channel", "--filter", "month=2024-01..2024-06",
             "--epsilon", "0.1", "--json"]
     first = as_json(partner(live, *args))
@@ -59,7 +59,7 @@ def test_query_json_is_the_signed_release_and_a_repeat_is_cached(live: LiveServe
     assert first["release_id"] in [r["release_id"] for r in listed["releases"]]
 
 
-def test_estimate_buys_accuracy_and_spends_nothing(live: LiveServer) -> None:
+def test_estimate_buys_accuracy_and_spends_nothing(live: LiveDpx) -> None:
     before = as_json(partner(live, "budgets", "--json"))
     estimate = as_json(partner(live, "estimate", "--dataset", UK, "--by", "month",
                                "--max-error", "200", "--alpha", "0.1", "--json"))
@@ -73,7 +73,7 @@ def test_estimate_buys_accuracy_and_spends_nothing(live: LiveServer) -> None:
     assert "epsilon 0.3" in table.stdout and "discrete_laplace" in table.stdout
 
 
-def test_datasets_and_budgets_tables(live: LiveServer) -> None:
+def test_datasets_and_budgets_tables(live: LiveDpx) -> None:
     datasets = partner(live, "datasets")
     assert datasets.exit_code == 0, datasets.output
     assert UK in datasets.stdout and "nl-helpline-2024" in datasets.stdout
@@ -92,7 +92,7 @@ def test_datasets_and_budgets_tables(live: LiveServer) -> None:
     (["release", "rel_nope"], None, "no release 'rel_nope' (not_found, HTTP 404)"),
 ])
 def test_errors_are_one_readable_line_and_exit_1(
-        live: LiveServer, args: list[str], token: str | None, message: str) -> None:
+        live: LiveDpx, args: list[str], token: str | None, message: str) -> None:
     result = partner(live, *args, token=token)
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -100,13 +100,13 @@ def test_errors_are_one_readable_line_and_exit_1(
     assert message in result.stderr
 
 
-def test_a_malformed_filter_is_a_usage_error(live: LiveServer) -> None:
+def test_a_malformed_filter_is_a_usage_error(live: LiveDpx) -> None:
     result = partner(live, "query", "--dataset", UK, "--filter", "channel", "--epsilon", "0.1")
     assert result.exit_code == 2
     assert "DIMENSION=VALUE" in result.stderr
 
 
-def test_the_console_script_is_installed(live: LiveServer) -> None:
+def test_the_console_script_is_installed(live: LiveDpx) -> None:
     script = Path(sys.executable).parent / "dpx-partner"
     done = subprocess.run([str(script), "budgets", "--json"], capture_output=True, text=True,
                           env={**live.env, "DPX_URL": live.url,

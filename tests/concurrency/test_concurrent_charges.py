@@ -9,28 +9,22 @@ store and the audit chain must agree with what the partners were told.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
-import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from service.components import Components
 from service.config import Settings
-from service.crypto.keyring import Keyring
 from service.database.engine import Database
-from service.database.migrate import upgrade
-from tests.conftest import PG_URL, ROOT, postgres_schema_url
+from tests.live_server import serve, settings_variables
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +49,6 @@ grants:
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @dataclass
 class Deployment:
     """Running gunicorn instances over one database, and in-process access to that database."""
@@ -76,92 +63,22 @@ class Deployment:
                              timeout=120)
 
 
-def _start(settings: Settings, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = dict(os.environ, DPX_DATA_DIR=str(settings.data_dir),
-               DPX_DATABASE_URL=settings.database_url, DPX_KEYRING=str(settings.keyring_path),
-               DPX_POLICY_DIR=str(settings.policy_dir), DPX_AUDIT_CHECKPOINT_EVERY="10",
-               DPX_BIND=f"127.0.0.1:{port}", DPX_WORKERS=str(workers))
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
-             "service.wsgi:app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return process, f"http://127.0.0.1:{port}"
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"gunicorn at {url} was not ready within 60 s:\n{log.read_text()}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.fixture
-def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A fresh database for the servers (overrides conftest's to own the schema's lifetime)."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dpx.sqlite3'}"
-        return
-    if not PG_URL:
-        pytest.skip("DPX_TEST_DATABASE_URL is not set")
-    schema = "dpx_race_" + secrets.token_hex(6)
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield postgres_schema_url(schema)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture
-def deployment(backend: str, tmp_path: Path, database_url: str,
-               policy_dir: Path) -> Iterator[Deployment]:
+def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Deployment]:
     """SQLite: one gunicorn with 4 workers. PostgreSQL: two gunicorns with 2 workers each."""
     for partner, grant in PARTNERS.items():
-        (policy_dir / "partners" / f"{partner}.yaml").write_text(
+        (settings.policy_dir / "partners" / f"{partner}.yaml").write_text(
             _partner_policy(partner, grant), encoding="utf-8")
-    data_dir = tmp_path / "var"
-    data_dir.mkdir()
-    settings = Settings(data_dir=data_dir, database_url=database_url,
-                        keyring_path=data_dir / "keyring.json", policy_dir=policy_dir,
-                        audit_checkpoint_every=10)
-    Keyring.create(settings.keyring_path)
-    database = Database(database_url)
-    upgrade(database)
-    database.dispose()
     components = Components.open(settings)
     tokens = {partner: components.tokens.issue("partner", partner).token
               for partner in PARTNERS}
     owner = components.tokens.issue("owner", DATASET).token
     layout = [4] if backend == "sqlite" else [2, 2]
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        urls = []
-        for index, workers in enumerate(layout):
-            log = tmp_path / f"gunicorn-{index}.log"
-            process, url = _start(settings, workers, log)
-            processes.append(process)
-            _wait_ready(process, url, log)
-            urls.append(url)
+    with ExitStack() as servers:
+        servers.callback(components.database.dispose)
+        urls = [servers.enter_context(serve(settings_variables(settings), workers=workers,
+                                            log_path=tmp_path / f"gunicorn-{index}.log")).url
+                for index, workers in enumerate(layout)]
         records = [{"month": month, "country": "GB", "channel": channel,
                     "caller_type": "other", "referral_source": "other", "minutes": 10}
                    for month in MONTHS for channel in ("phone", "chat") for _ in range(3)]
@@ -171,10 +88,6 @@ def deployment(backend: str, tmp_path: Path, database_url: str,
                                         "Content-Type": "application/json"})
         assert upload.status_code == 201, upload.text
         yield Deployment(urls=urls, components=components, tokens=tokens)
-    finally:
-        for process in processes:
-            _stop(process)
-        components.database.dispose()
 
 
 def _distinct_queries(n: int) -> list[dict[str, Any]]:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
-from dp_policies import demo_dataset
 
 from service.policy.model import DatasetPolicy
+from tests.dataset_policies import demo_dataset
 
 
 @pytest.fixture

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import polars as pl
-from dp_policies import MONTHS
 
 from service.dp.aggregate import true_aggregates
 from service.dp.query import build_query
 from service.policy.model import DatasetPolicy
+from tests.dataset_policies import MONTHS
 
 DIMENSIONS = ("month", "country", "channel", "caller_type", "referral_source")
 
@@ -86,10 +85,7 @@ def test_a_hundred_thousand_stored_cells_aggregate_quickly(pure_dataset: Dataset
         schema_overrides={"contacts": pl.Int64, "minutes": pl.Int64},
     )
     query = _query(pure_dataset, group_by=["month", "channel"])
-    true_aggregates(cells, query, pure_dataset)
-    started = time.perf_counter()
     result = true_aggregates(cells, query, pure_dataset)
-    elapsed = time.perf_counter() - started
+    # Speed is measured by scripts/bench query; here, many stored rows add up exactly.
     assert sum(result.counts) == n
-    # A few ms on the reference machine; the bound leaves room for a loaded CI host.
-    assert elapsed < 0.5
+    assert len(result.counts) == 12 * 4

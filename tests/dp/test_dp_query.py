@@ -8,7 +8,6 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from dp_policies import MONTHS, demo_dataset
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from service.dp.query import (
     query_key,
 )
 from service.policy.model import DatasetPolicy
+from tests.dataset_policies import MONTHS, demo_dataset
 
 DIMENSIONS = "month, country, channel, caller_type, referral_source"
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import struct
 import subprocess
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,20 +22,14 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.live_server import ROOT, environment, serve
+
 BIN = ROOT / ".venv" / "bin"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 MONTHS = 12
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)
@@ -57,49 +49,18 @@ def _dpx(env: dict[str, str], *args: str) -> str:
 @pytest.fixture
 def server(tmp_path: Path, policy_dir: Path) -> Iterator[Server]:
     """gunicorn (2 workers) over a fresh data dir with 20,000 synthetic contacts and a release."""
-    port = free_port()
-    env = dict(os.environ, DPX_DATA_DIR=str(tmp_path / "data"), DPX_POLICY_DIR=str(policy_dir),
-               DPX_BIND=f"127.0.0.1:{port}", DPX_WORKERS="2")
-    for name in ("DPX_DATABASE_URL", "DPX_KEYRING", "DPX_KEYRING_PASSPHRASE", "DPX_ENV"):
-        env.pop(name, None)
+    variables = {"DPX_DATA_DIR": str(tmp_path / "data"), "DPX_POLICY_DIR": str(policy_dir)}
+    env = environment(variables)
     _dpx(env, "init")
     _dpx(env, "demo-data", "--dataset", "uk-helpline-2024", "--contacts", "20000")
     token = _dpx(env, "issue-token", "--partner", "no-police").strip()
-    log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
-             "service.wsgi:app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(process, url, log)
-        released = requests.post(f"{url}/v1/queries", timeout=60,
+    with serve(variables, workers=2, log_path=tmp_path / "gunicorn.log") as live:
+        released = requests.post(f"{live.url}/v1/queries", timeout=60,
                                  headers={"Authorization": f"Bearer {token}"},
                                  json={"dataset": "uk-helpline-2024", "statistic": "count",
                                        "group_by": ["month"], "epsilon": 0.5})
         assert released.status_code == 201, released.text
-        yield Server(url, token, released.json()["release_id"])
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"gunicorn at {url} was not ready within 60 s:\n{log.read_text()}")
+        yield Server(live.url, token, released.json()["release_id"])
 
 
 @pytest.fixture

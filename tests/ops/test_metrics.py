@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.components import Components
 from service.store.demo import generate_contacts
 from service.store.ingest import parse_batch
-from tests.ops.live_server import ROOT, LiveServer, deploy, serve
+from tests.live_server import ROOT, LiveServer, deploy, serve, settings_variables
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     token = components.tokens.issue("partner", "no-police").token
     components.database.dispose()
     headers = {"Authorization": f"Bearer {token}"}
-    with serve(settings, workers=2) as server:
+    with serve(settings_variables(settings), workers=2,
+               log_path=settings.data_dir / "gunicorn.log") as server:
         ids = []
         outcomes = []
         for body in (_query(), _query(group_by=["channel"]),

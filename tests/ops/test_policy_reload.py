@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from service.components import Components
-from tests.ops.live_server import ROOT, deploy, serve
+from tests.live_server import ROOT, deploy, serve, settings_variables
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,8 @@ def test_sighup_puts_a_valid_change_in_force_and_keeps_the_last_good_set(
     partner_file = policies / "partners" / "no-police.yaml"
     original = partner_file.read_text()
 
-    with serve(settings, workers=2) as server:
+    with serve(settings_variables(settings), workers=2,
+               log_path=settings.data_dir / "gunicorn.log") as server:
         assert _grant_budgets(server.url, headers) == {2.0}
 
         partner_file.write_text(original.replace("budget: {epsilon: 2.0}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
-from fractions import Fraction
 
 import polars as pl
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from service.policy.model import DatasetPolicy, Dimension, Measure
+from service.policy.model import DatasetPolicy, Measure
 from service.store.cells import (
     CellFormatError,
     cells_schema,
@@ -22,25 +21,10 @@ from service.store.cells import (
     merge_cells,
 )
 from service.store.ingest import parse_batch
+from tests.dataset_policies import CHANNELS, month_channel_dataset
 
 MONTHS = ("2024-01", "2024-02")
-CHANNELS = ("phone", "chat", "email", "web")
-
-DATASET = DatasetPolicy(
-    id="uk-helpline-2024",
-    title="test dataset (synthetic)",
-    owner="lucy-faithfull-uk",
-    definition="pure",
-    unit="person",
-    max_contacts_per_person=10,
-    max_contacts_per_cell=None,
-    delta=None,
-    global_budget=Fraction(8),
-    share_releases=False,
-    dimensions=(Dimension("month", "month", MONTHS), Dimension("channel", "categorical", CHANNELS)),
-    measures=(Measure("minutes", 0, 120),),
-    source="tests",
-)
+DATASET = month_channel_dataset(MONTHS)
 
 
 def ingested(*rows: str) -> pl.DataFrame:

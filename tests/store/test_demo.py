@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 
 import polars as pl
@@ -12,44 +11,9 @@ from polars.testing import assert_frame_equal
 from service.policy.model import DatasetPolicy, Dimension, Measure
 from service.store.demo import SYNTHETIC_PERSON_PREFIX, generate_contacts, police_campaign_month
 from service.store.ingest import parse_batch
+from tests.dataset_policies import MONTHS, demo_dataset
 
-MONTHS = tuple(f"2024-{month:02d}" for month in range(1, 13))
-HELPLINE = DatasetPolicy(
-    id="uk-helpline-2024",
-    title="Stop It Now UK contacts, 2024 (synthetic demo data)",
-    owner="lucy-faithfull-uk",
-    definition="pure",
-    unit="person",
-    max_contacts_per_person=10,
-    max_contacts_per_cell=None,
-    delta=None,
-    global_budget=Fraction(8),
-    share_releases=False,
-    dimensions=(
-        Dimension("month", "month", MONTHS),
-        Dimension("country", "categorical", ("GB", "IE")),
-        Dimension("channel", "categorical", ("phone", "chat", "email", "web")),
-        Dimension(
-            "caller_type",
-            "categorical",
-            ("self_concerned", "family_friend", "professional", "survivor", "other"),
-        ),
-        Dimension(
-            "referral_source",
-            "categorical",
-            (
-                "social_media_ad",
-                "police_warning",
-                "search_warning",
-                "professional",
-                "word_of_mouth",
-                "other",
-            ),
-        ),
-    ),
-    measures=(Measure("minutes", 0, 120),),
-    source="tests",
-)
+HELPLINE = demo_dataset(source="tests")
 
 # A schema the helpline patterns know nothing about: no month, unknown names, two measures.
 UNFAMILIAR = DatasetPolicy(
@@ -181,10 +145,8 @@ def test_a_negative_number_of_contacts_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_a_million_demo_contacts_in_about_a_second() -> None:
-    started = time.perf_counter()
+def test_a_million_demo_contacts_are_generated_whole() -> None:
+    # Speed is measured by scripts/bench ingest; here, the scale `dpx demo-data` promises.
     records = generate_contacts(HELPLINE, contacts=1_000_000, seed=3)
-    elapsed = time.perf_counter() - started
     assert records.height == 1_000_000
-    # Measured at ~0.55 s on 2 cores; the margin absorbs a busy test machine.
-    assert elapsed < 3.0
+    assert records["person"].null_count() == 0

@@ -3,51 +3,21 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import replace
-from fractions import Fraction
 
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.policy.model import DatasetPolicy, Dimension, Measure
+from service.policy.model import DatasetPolicy, Measure
 from service.store.errors import InvalidBatch, RowError
 from service.store.ingest import Form, parse_batch
+from tests.dataset_policies import CHANNELS, month_channel_dataset
 
 MONTHS = ("2024-01", "2024-02", "2024-03")
-CHANNELS = ("phone", "chat", "email", "web")
-
-
-def make_dataset(
-    *,
-    max_contacts_per_person: int = 3,
-    max_contacts_per_cell: int | None = None,
-    measures: tuple[Measure, ...] = (Measure("minutes", 0, 120),),
-) -> DatasetPolicy:
-    return DatasetPolicy(
-        id="uk-helpline-2024",
-        title="test dataset (synthetic)",
-        owner="lucy-faithfull-uk",
-        definition="pure",
-        unit="person",
-        max_contacts_per_person=max_contacts_per_person,
-        max_contacts_per_cell=max_contacts_per_cell,
-        delta=None,
-        global_budget=Fraction(8),
-        share_releases=False,
-        dimensions=(
-            Dimension("month", "month", MONTHS),
-            Dimension("channel", "categorical", CHANNELS),
-        ),
-        measures=measures,
-        source="tests",
-    )
-
-
-DATASET = make_dataset()
+DATASET = month_channel_dataset(MONTHS, max_contacts_per_person=3)
 
 
 def csv(*lines: str) -> bytes:
@@ -157,7 +127,7 @@ def test_json_cell_rows() -> None:
 
 
 def test_a_dataset_without_measures_has_contacts_only() -> None:
-    dataset = make_dataset(measures=())
+    dataset = replace(DATASET, measures=())
     cells = contacts_csv(csv("month,channel", "2024-01,chat", "2024-01,chat"), dataset)
     assert cells.columns == ["month", "channel", "contacts"]
     assert cells_rows(cells) == [("2024-01", "chat", 2)]
@@ -203,7 +173,7 @@ def test_a_person_over_the_bound_keeps_their_first_contacts_in_file_order() -> N
 
 
 def test_truncation_keeps_the_earliest_contacts_even_when_interleaved() -> None:
-    dataset = make_dataset(max_contacts_per_person=2)
+    dataset = replace(DATASET, max_contacts_per_person=2)
     body = csv(
         "month,channel,minutes,person",
         "2024-03,web,1,a",
@@ -221,7 +191,7 @@ def test_truncation_keeps_the_earliest_contacts_even_when_interleaved() -> None:
 
 
 def test_the_per_cell_bound_limits_one_persons_contacts_in_each_cell() -> None:
-    dataset = make_dataset(max_contacts_per_person=4, max_contacts_per_cell=1)
+    dataset = replace(DATASET, max_contacts_per_person=4, max_contacts_per_cell=1)
     body = csv(
         "month,channel,minutes,person",
         "2024-01,chat,10,p",
@@ -245,7 +215,7 @@ def test_the_per_cell_bound_limits_one_persons_contacts_in_each_cell() -> None:
 
 
 def test_blanks_around_a_pseudonym_do_not_make_another_person() -> None:
-    dataset = make_dataset(max_contacts_per_person=1)
+    dataset = replace(DATASET, max_contacts_per_person=1)
     body = csv("month,channel,minutes,person", "2024-01,chat,1,p1", "2024-01,chat,1, p1 ")
     result = parse_batch(body, content_type="text/csv", form="contacts", dataset=dataset)
     assert (result.contacts, result.truncated, result.persons) == (1, 1, 1)
@@ -275,7 +245,7 @@ def test_without_a_person_column_no_contact_is_truncated() -> None:
 def test_cells_match_a_row_by_row_reference(
     rows: list[tuple[str, str, int, str]], bound: int, cell_bound: int | None
 ) -> None:
-    dataset = make_dataset(max_contacts_per_person=bound, max_contacts_per_cell=cell_bound)
+    dataset = replace(DATASET, max_contacts_per_person=bound, max_contacts_per_cell=cell_bound)
     lines = ["month,channel,minutes,person"] + [f"{m},{c},{v},{p}" for m, c, v, p in rows]
     result = parse_batch(csv(*lines), content_type="text/csv", form="contacts", dataset=dataset)
 
@@ -417,7 +387,7 @@ def test_each_bad_value_is_reported_with_its_row_and_column(
 
 
 def test_a_cell_sum_below_the_lower_bound_is_rejected() -> None:
-    dataset = make_dataset(measures=(Measure("minutes", 5, 120),))
+    dataset = replace(DATASET, measures=(Measure("minutes", 5, 120),))
     error = rejected(
         csv("month,channel,contacts,minutes", "2024-01,chat,3,14"), form="cells", dataset=dataset
     )
@@ -427,7 +397,7 @@ def test_a_cell_sum_below_the_lower_bound_is_rejected() -> None:
 
 
 def test_a_cell_sum_check_is_exact_for_huge_counts() -> None:
-    dataset = make_dataset(measures=(Measure("minutes", 0, 1000),))
+    dataset = replace(DATASET, measures=(Measure("minutes", 0, 1000),))
     huge = 2**60  # 1000 * huge overflows 64 bits; the bound check must not wrap around
     body = csv("month,channel,contacts,minutes", f"2024-01,chat,{huge},{huge * 4}")
     result = parse_batch(body, content_type="text/csv", form="cells", dataset=dataset)
@@ -535,8 +505,8 @@ def test_an_empty_person_is_a_row_error() -> None:
 
 
 @pytest.mark.slow
-def test_a_million_contact_rows_ingest_in_about_half_a_second() -> None:
-    dataset = replace(make_dataset(max_contacts_per_person=10), max_contacts_per_cell=5)
+def test_a_million_contact_rows_ingest_with_every_person_bounded() -> None:
+    dataset = replace(DATASET, max_contacts_per_person=10, max_contacts_per_cell=5)
     persons = pl.int_range(0, 1_000_000, eager=True) % 400_000
     frame = pl.DataFrame(
         {
@@ -547,12 +517,8 @@ def test_a_million_contact_rows_ingest_in_about_half_a_second() -> None:
         }
     )
     body = frame.write_csv().encode()
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        result = parse_batch(body, content_type="text/csv", form="contacts", dataset=dataset)
-        best = min(best, time.perf_counter() - started)
+    # Speed is measured by scripts/bench ingest; here, correctness at that scale.
+    result = parse_batch(body, content_type="text/csv", form="contacts", dataset=dataset)
     assert result.contacts == 1_000_000
     assert result.persons == 400_000
-    # About 0.5 s on an idle 2-core machine; the margin absorbs a busy one.
-    assert best < 2.0
+    assert result.truncated == 0  # each person has 2 or 3 contacts, within both bounds

@@ -1,4 +1,8 @@
-"""Dataset policies for the DP engine tests, built from the real policy model types."""
+"""Dataset policies for the tests, built from the real policy model types.
+
+``demo_dataset`` is the demo UK helpline dataset of ``policies/datasets``; ``month_channel_dataset``
+is the same dataset cut down to two dimensions. Each takes any field to replace as a keyword.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from service.policy.model import DatasetPolicy, Dimension, Measure
 
 MONTHS = tuple(f"2024-{month:02d}" for month in range(1, 13))
+CHANNELS = ("phone", "chat", "email", "web")
 
 
 def demo_dataset(**changes: Any) -> DatasetPolicy:
@@ -27,7 +32,7 @@ def demo_dataset(**changes: Any) -> DatasetPolicy:
         dimensions=(
             Dimension("month", "month", MONTHS),
             Dimension("country", "categorical", ("GB", "IE")),
-            Dimension("channel", "categorical", ("phone", "chat", "email", "web")),
+            Dimension("channel", "categorical", CHANNELS),
             Dimension(
                 "caller_type",
                 "categorical",
@@ -50,3 +55,17 @@ def demo_dataset(**changes: Any) -> DatasetPolicy:
         source="policies/datasets/uk-helpline-2024.yaml",
     )
     return replace(base, **changes)
+
+
+def month_channel_dataset(months: tuple[str, ...], **changes: Any) -> DatasetPolicy:
+    """The demo UK dataset with only the dimensions month (over ``months``) and channel,
+    with any field replaced."""
+    reduced = demo_dataset(
+        title="test dataset (synthetic)",
+        dimensions=(
+            Dimension("month", "month", months),
+            Dimension("channel", "categorical", CHANNELS),
+        ),
+        source="tests",
+    )
+    return replace(reduced, **changes)
