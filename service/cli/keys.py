@@ -74,7 +74,7 @@ def _rotate(rotation: KeyRotation, reencrypt: bool, retire_id: str | None,
         report = rotation.run(plan, batch_size=batch_size, on_progress=on_progress)
     rate = report.moved / report.seconds if report.seconds > 0 else 0.0
     click.echo(f"rotation to {report.kek_id} finished: {report.moved} batches moved in "
-               f"{report.seconds:.1f} s ({rate:.0f}/s)")
+               f"{report.seconds:.2f} s ({rate:.0f}/s)")
     old = [u.kek_id for u in rotation.usage() if u.kek_id != report.kek_id]
     if old:
         click.echo(f"retire old keys when no service needs them: "
