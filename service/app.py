@@ -19,6 +19,7 @@ from service.api import (
     signing_keys,
 )
 from service.api.problems import ProblemApi, register_problem_handlers
+from service.auth.sessions import session_secret
 from service.components import Components
 from service.config import Settings
 from service.observability.logs import configure_logging
@@ -100,7 +101,7 @@ def register_api(app: Flask) -> None:
 
 def register_dashboard(app: Flask, settings: Settings) -> None:
     """The HTML dashboard: a plain blueprint on the app, so it stays out of the OpenAPI spec."""
-    app.secret_key = dashboard.session_secret(app.extensions["dpx.keyring"])
+    app.secret_key = session_secret(app.extensions["dpx.keyring"])
     app.session_interface = dashboard.SessionCookie()
     app.config.update(
         SESSION_COOKIE_NAME="dpx_session",

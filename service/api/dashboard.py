@@ -14,18 +14,14 @@ the session was opened with, so revoking a token ends its sessions at once.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flask import (
     Blueprint,
     Flask,
@@ -42,22 +38,18 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
-from sqlalchemy import delete, or_, select
 from werkzeug.exceptions import HTTPException
 
 from service.api.charts import Line, StepLine, band_chart, burndown_chart
 from service.audit.log import AuditLog
-from service.auth.registry import Principal, TokenRegistry, Unauthenticated
-from service.crypto.keyring import Keyring
-from service.database.engine import Database
-from service.database.schema import sessions, tokens
+from service.auth.registry import TokenRegistry, Unauthenticated
+from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import ChargeLine
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                static_folder="static", static_url_path="/static")
 
-SESSION_LIFETIME = timedelta(hours=8)
 EXPIRY_WARNING = timedelta(days=60)
 REFUSALS_SINCE = timedelta(days=30)
 RECENT = 20
@@ -76,18 +68,7 @@ _SECURITY_HEADERS = {
 View = TypeVar("View", bound=Callable[..., Any])
 
 
-# -- the session secret and cookie -----------------------------------------------------------
-
-
-def session_secret(keyring: Keyring) -> bytes:
-    """The key that signs dashboard cookies, derived from the keyring's audit key.
-
-    HKDF with its own label gives a key independent of the audit chain's; deriving it from
-    the keyring (rather than a per-machine file) lets every worker and every instance that
-    mounts the same keyring accept the same cookies, and nothing secret sits in the code.
-    """
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"dpx dashboard session cookie v1").derive(keyring.audit_key())
+# -- the session cookie --------------------------------------------------------------------
 
 
 class SessionCookie(SecureCookieSessionInterface):
@@ -96,73 +77,6 @@ class SessionCookie(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         configured = bool(app.config["SESSION_COOKIE_SECURE"])
         return configured or (has_request_context() and request.is_secure)
-
-
-# -- the server-side session store ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SignedIn:
-    """A live dashboard session: who signed in and the CSRF token of its forms."""
-
-    principal: Principal
-    csrf_token: str
-
-
-def _session_hash(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
-
-
-class DashboardSessions:
-    """Sessions in the database, shared by every worker; only hashed ids are stored."""
-
-    def __init__(self, database: Database, audit: AuditLog) -> None:
-        self.database = database
-        self.audit = audit
-
-    def open(self, principal: Principal) -> str:
-        """Start a session for ``principal`` and return its id (to be kept by the browser)."""
-        session_id = secrets.token_urlsafe(32)
-        now = datetime.now(UTC)
-        with self.database.write() as conn:
-            self._purge(conn, now)
-            conn.execute(sessions.insert().values(
-                id_hash=_session_hash(session_id), token_id=principal.token_id,
-                role=principal.role, subject=principal.subject,
-                csrf_token=secrets.token_urlsafe(32), created_at=now,
-                expires_at=now + SESSION_LIFETIME))
-            self.audit.append(conn, actor=principal.actor, action="dashboard.sign_in")
-        return session_id
-
-    def find(self, session_id: str) -> SignedIn | None:
-        """The live session with this id: unexpired, and its token neither revoked nor expired."""
-        now = datetime.now(UTC)
-        query = (
-            select(sessions.c.token_id, sessions.c.role, sessions.c.subject,
-                   sessions.c.csrf_token)
-            .join(tokens, tokens.c.id == sessions.c.token_id)
-            .where(sessions.c.id_hash == _session_hash(session_id),
-                   sessions.c.expires_at > now,
-                   or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
-                   or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
-        )
-        with self.database.read() as conn:
-            row = conn.execute(query).first()
-        if row is None:
-            return None
-        return SignedIn(Principal(row.token_id, row.role, row.subject), row.csrf_token)
-
-    def close(self, session_id: str, principal: Principal) -> None:
-        """End the session now; its cookie is worthless afterwards."""
-        with self.database.write() as conn:
-            conn.execute(delete(sessions).where(sessions.c.id_hash == _session_hash(session_id)))
-            self.audit.append(conn, actor=principal.actor, action="dashboard.sign_out")
-
-    @staticmethod
-    def _purge(conn: Any, now: datetime) -> None:
-        revoked = select(tokens.c.id).where(tokens.c.revoked_at <= now)
-        conn.execute(delete(sessions).where(or_(sessions.c.expires_at <= now,
-                                                sessions.c.token_id.in_(revoked))))
 
 
 def _store() -> DashboardSessions:
