@@ -38,7 +38,7 @@ from service.dp.accounting import format_cost
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
-from service.ledger.budgets import BudgetExhausted, Ledger, Remaining
+from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseStore, StoredRelease
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
@@ -384,7 +384,7 @@ class Exchange:
                 if dataset is None:
                     continue
                 own = spent.get((dataset.id, partner.id), Fraction(0))
-                total = spent.get((dataset.id, "*"), Fraction(0))
+                total = spent.get((dataset.id, GLOBAL), Fraction(0))
                 rows.append({
                     "partner": partner.id, "dataset": dataset.id, "unit": dataset.budget_unit,
                     "granted": float(grant.budget), "spent": float(own),

@@ -20,6 +20,7 @@ from service.api.schemas import (
     UploadArgsSchema,
 )
 from service.exchange import Exchange
+from service.ledger.budgets import GLOBAL
 from service.policy.model import DatasetPolicy, Grant
 
 blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets",
@@ -33,7 +34,7 @@ def _exchange() -> Exchange:
 
 def render_dataset(exchange: Exchange, dataset: DatasetPolicy, grant: Grant | None,
                    partner: str | None) -> dict[str, Any]:
-    global_spent = exchange.ledger.spent(dataset.id, "*")
+    global_spent = exchange.ledger.spent(dataset.id, GLOBAL)
     view: dict[str, Any] = {
         "id": dataset.id,
         "title": dataset.title,

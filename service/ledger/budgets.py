@@ -21,21 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.database.engine import Database
 from service.database.schema import budget_accounts, charges
+from service.dp.accounting import from_nano, to_nano
 
-NANO = 10**9
 GLOBAL = "*"
-
-
-def to_nano(amount: Fraction) -> int:
-    """Exact nano-units of a budget amount; costs are validated to be whole nano-units."""
-    scaled = amount * NANO
-    if scaled.denominator != 1:
-        raise ValueError(f"{amount} is not a whole number of nano-units")
-    return int(scaled)
-
-
-def from_nano(units: int) -> Fraction:
-    return Fraction(units, NANO)
 
 
 @dataclass(frozen=True)
