@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 # Before anything imports prometheus_client: the variable chooses its multiprocess mode.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
-                      str(Path(os.environ.get("DPX_DATA_DIR") or "var") / "prometheus"))
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", str(Path(os.environ.get("DPX_DATA_DIR") or "var") / "prometheus")
+)
 
 from flask import Flask  # noqa: E402
 

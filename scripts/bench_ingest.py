@@ -56,8 +56,9 @@ def main() -> None:
             polars_times.append(time.perf_counter() - start)
 
             start = time.perf_counter()
-            aggregated = parse_batch(body, content_type="text/csv", form="contacts",
-                                     dataset=dataset)
+            aggregated = parse_batch(
+                body, content_type="text/csv", form="contacts", dataset=dataset
+            )
             middle = time.perf_counter()
             store.add(dataset, aggregated, form="contacts", actor="bench")
             end = time.perf_counter()
@@ -68,14 +69,20 @@ def main() -> None:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         dpx = statistics.median(dpx_times)
         reference = statistics.median(polars_times)
-        print(f"ingest benchmark: {args.contacts:,} contact rows, {len(body) / 2**20:.1f} MiB CSV, "
-              f"median of {args.repeat}")
-        print(f"  dpx validate+aggregate+encrypt+store: {dpx:6.3f} s  "
-              f"{args.contacts / dpx:12,.0f} rows/s")
+        print(
+            f"ingest benchmark: {args.contacts:,} contact rows, {len(body) / 2**20:.1f} MiB CSV, "
+            f"median of {args.repeat}"
+        )
+        print(
+            f"  dpx validate+aggregate+encrypt+store: {dpx:6.3f} s  "
+            f"{args.contacts / dpx:12,.0f} rows/s"
+        )
         for name, times in stages.items():
             print(f"    {name:26s} {statistics.median(times):6.3f} s")
-        print(f"  polars read_csv + group_by alone:     {reference:6.3f} s  "
-              f"{args.contacts / reference:12,.0f} rows/s")
+        print(
+            f"  polars read_csv + group_by alone:     {reference:6.3f} s  "
+            f"{args.contacts / reference:12,.0f} rows/s"
+        )
         print(f"  ratio dpx / polars-alone: {dpx / reference:.2f}x")
         print(f"  peak memory (max RSS): {peak_mib:,.0f} MiB")
         verdict = "meets" if dpx <= GOAL_SECONDS else "misses"

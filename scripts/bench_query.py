@@ -108,15 +108,31 @@ def write_policies(target: Path) -> None:
     source = yaml.safe_load((ROOT / "policies/datasets" / f"{DATASET}.yaml").read_text())
     source["privacy"]["global_budget"] = {"epsilon": 1_000_000}
     (target / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
-    partner = {"id": PARTNER, "name": "Benchmark partner", "jurisdiction": "GB",
-               "grants": [{"dataset": DATASET, "budget": {"epsilon": 1_000_000},
-                           "statistics": ["count"], "dimensions": GROUP_BY}]}
+    partner = {
+        "id": PARTNER,
+        "name": "Benchmark partner",
+        "jurisdiction": "GB",
+        "grants": [
+            {
+                "dataset": DATASET,
+                "budget": {"epsilon": 1_000_000},
+                "statistics": ["count"],
+                "dimensions": GROUP_BY,
+            }
+        ],
+    }
     (target / "partners" / f"{PARTNER}.yaml").write_text(yaml.safe_dump(partner, sort_keys=False))
 
 
 def dpx(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([str(ROOT / ".venv/bin/dpx"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/dpx"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         sys.exit(f"dpx {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout.strip()
@@ -150,9 +166,19 @@ def start_server(env: dict[str, str], workers: int, log: Path) -> Server:
     with log.open("wb") as out:
         # Access logs off: the bench measures the service, not line writes to a file.
         process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
-             "--access-logfile", "/dev/null", "service.wsgi:app"],
-            cwd=ROOT, env=server_env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                str(ROOT / ".venv/bin/gunicorn"),
+                "--config",
+                str(ROOT / "gunicorn.conf.py"),
+                "--access-logfile",
+                "/dev/null",
+                "service.wsgi:app",
+            ],
+            cwd=ROOT,
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -176,8 +202,7 @@ def distinct_costs() -> Iterator[str]:
         yield str(BASE_EPSILON + index * STEP_EPSILON)
 
 
-def run_phase(url: str, token: str, costs: Iterator[str], *, queries: int,
-              clients: int) -> Phase:
+def run_phase(url: str, token: str, costs: Iterator[str], *, queries: int, clients: int) -> Phase:
     """``queries`` distinct charged queries from ``clients`` concurrent clients."""
     lock = threading.Lock()
     latencies: list[float] = []
@@ -188,11 +213,14 @@ def run_phase(url: str, token: str, costs: Iterator[str], *, queries: int,
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
-        body = {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY,
-                "epsilon": cost}
+        body = {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
         start = time.perf_counter()
-        response = session.post(f"{url}/v1/queries", json=body, timeout=120,
-                                headers={"Authorization": f"Bearer {token}"})
+        response = session.post(
+            f"{url}/v1/queries",
+            json=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         elapsed = time.perf_counter() - start
         with lock:
             if response.status_code == 201:
@@ -223,12 +251,15 @@ def timed(function: Callable[[], Any], runs: int) -> list[float]:
     return times
 
 
-def measure_floor(cells: pl.DataFrame, dataset: DatasetPolicy, work: Path,
-                  runs: int) -> dict[str, float]:
+def measure_floor(
+    cells: pl.DataFrame, dataset: DatasetPolicy, work: Path, runs: int
+) -> dict[str, float]:
     """Median seconds of each step of a charged release done with the bare primitives."""
     domain = pl.DataFrame(
         list(itertools.product(*(dataset.dimension(name).values for name in GROUP_BY))),
-        schema=GROUP_BY, orient="row")
+        schema=GROUP_BY,
+        orient="row",
+    )
     sensitivity = dataset.max_contacts_per_person
     scale = sensitivity / float(BASE_EPSILON)
     space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
@@ -252,8 +283,10 @@ def measure_floor(cells: pl.DataFrame, dataset: DatasetPolicy, work: Path,
 
     def commit() -> None:
         connection.execute("BEGIN IMMEDIATE")
-        connection.execute("INSERT INTO charges (release, nano) VALUES (?, ?)",
-                           (f"rel_{next(counter):020d}", 1_000_000))
+        connection.execute(
+            "INSERT INTO charges (release, nano) VALUES (?, ?)",
+            (f"rel_{next(counter):020d}", 1_000_000),
+        )
         connection.execute("COMMIT")
 
     def release() -> None:
@@ -280,7 +313,9 @@ def measure_context(rows: pl.DataFrame, dataset: DatasetPolicy, runs: int) -> li
     frame = rows.select(GROUP_BY).lazy()
     keys = pl.DataFrame(
         list(itertools.product(*(dataset.dimension(name).values for name in GROUP_BY))),
-        schema=GROUP_BY, orient="row")
+        schema=GROUP_BY,
+        orient="row",
+    )
 
     def release() -> None:
         context = dp.Context.compositor(
@@ -306,64 +341,112 @@ def verdict(ok: bool) -> str:
     return "meets" if ok else "MISSES"
 
 
-def report(args: argparse.Namespace, floor: dict[str, float], phases: list[Phase],
-           context: list[float], cells: int) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    floor: dict[str, float],
+    phases: list[Phase],
+    context: list[float],
+    cells: int,
+) -> dict[str, Any]:
     context_median = statistics.median(context)
     sequential, concurrent = phases
-    print(f"\nquery benchmark: {args.contacts:,} synthetic contacts ({cells:,} stored cells), "
-          f"count by month x channel (48 cells), gunicorn {args.workers} workers")
+    print(
+        f"\nquery benchmark: {args.contacts:,} synthetic contacts ({cells:,} stored cells), "
+        f"count by month x channel (48 cells), gunicorn {args.workers} workers"
+    )
     print("\n  service over HTTP (distinct queries, each charged, noised, signed, stored)")
     for phase in phases:
-        print(f"    {phase.clients} client(s): {len(phase.latencies):5d} releases  "
-              f"p50 {ms(phase.p50)}  p95 {ms(phase.p95)}  {phase.per_second:8.1f} releases/s"
-              + (f"  ({phase.failures} failed)" if phase.failures else ""))
+        print(
+            f"    {phase.clients} client(s): {len(phase.latencies):5d} releases  "
+            f"p50 {ms(phase.p50)}  p95 {ms(phase.p95)}  {phase.per_second:8.1f} releases/s"
+            + (f"  ({phase.failures} failed)" if phase.failures else "")
+        )
     print(f"\n  (a) physical floor of a charged release, in-process (median of {args.floor_runs})")
     for step, seconds in floor.items():
         print(f"    {step:28s} {ms(seconds)}")
-    print(f"\n  (b) OpenDP Context API over the {args.contacts:,} rows "
-          f"(median of {len(context)}): {ms(context_median)}")
+    print(
+        f"\n  (b) OpenDP Context API over the {args.contacts:,} rows "
+        f"(median of {len(context)}): {ms(context_median)}"
+    )
     floor_total = floor["total"]
     print("\n  ratios and goals")
     for phase in phases:
         ratio = phase.p50 / floor_total
-        print(f"    p50 / floor, {phase.clients} client(s):     {ratio:8.1f}x   goal <= "
-              f"{GOAL_FLOOR_RATIO:g}x: {verdict(ratio <= GOAL_FLOOR_RATIO)}")
+        print(
+            f"    p50 / floor, {phase.clients} client(s):     {ratio:8.1f}x   goal <= "
+            f"{GOAL_FLOOR_RATIO:g}x: {verdict(ratio <= GOAL_FLOOR_RATIO)}"
+        )
     for phase in phases:
         ratio = context_median / phase.p50
-        print(f"    Context / p50, {phase.clients} client(s):   {ratio:8.1f}x   goal >= "
-              f"{GOAL_CONTEXT_RATIO:g}x: {verdict(ratio >= GOAL_CONTEXT_RATIO)}")
+        print(
+            f"    Context / p50, {phase.clients} client(s):   {ratio:8.1f}x   goal >= "
+            f"{GOAL_CONTEXT_RATIO:g}x: {verdict(ratio >= GOAL_CONTEXT_RATIO)}"
+        )
     rate = concurrent.per_second
-    print(f"    releases/s, {concurrent.clients} clients:      {rate:8.1f}    goal >= "
-          f"{GOAL_RELEASES_PER_SECOND:g}/s: {verdict(rate >= GOAL_RELEASES_PER_SECOND)}")
+    print(
+        f"    releases/s, {concurrent.clients} clients:      {rate:8.1f}    goal >= "
+        f"{GOAL_RELEASES_PER_SECOND:g}/s: {verdict(rate >= GOAL_RELEASES_PER_SECOND)}"
+    )
     return {
-        "contacts": args.contacts, "stored_cells": cells, "workers": args.workers,
-        "phases": [{"clients": p.clients, "releases": len(p.latencies), "failed": p.failures,
-                    "p50_s": p.p50, "p95_s": p.p95, "releases_per_s": p.per_second}
-                   for p in phases],
-        "floor_s": floor, "context_s": context,
-        "ratios": {"p50_over_floor": [p.p50 / floor_total for p in phases],
-                   "context_over_p50": [context_median / p.p50 for p in phases],
-                   "releases_per_s": rate},
+        "contacts": args.contacts,
+        "stored_cells": cells,
+        "workers": args.workers,
+        "phases": [
+            {
+                "clients": p.clients,
+                "releases": len(p.latencies),
+                "failed": p.failures,
+                "p50_s": p.p50,
+                "p95_s": p.p95,
+                "releases_per_s": p.per_second,
+            }
+            for p in phases
+        ],
+        "floor_s": floor,
+        "context_s": context,
+        "ratios": {
+            "p50_over_floor": [p.p50 / floor_total for p in phases],
+            "context_over_p50": [context_median / p.p50 for p in phases],
+            "releases_per_s": rate,
+        },
         "sequential_p50_s": sequential.p50,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Charged releases over HTTP next to the physical floor and the Context API.")
-    parser.add_argument("--contacts", type=int, default=1_000_000,
-                        help="synthetic contacts in the dataset (default 1,000,000)")
-    parser.add_argument("--queries", type=int, default=2000,
-                        help="distinct queries with 8 clients (default 2000); a fifth of it, "
-                             "at least 20, with one client")
+        description="Charged releases over HTTP next to the physical floor and the Context API."
+    )
+    parser.add_argument(
+        "--contacts",
+        type=int,
+        default=1_000_000,
+        help="synthetic contacts in the dataset (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=2000,
+        help="distinct queries with 8 clients (default 2000); a fifth of it, "
+        "at least 20, with one client",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--floor-runs", type=int, default=200)
     parser.add_argument("--context-runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if min(args.contacts, args.queries, args.clients, args.workers, args.floor_runs,
-           args.context_runs) < 1:
+    if (
+        min(
+            args.contacts,
+            args.queries,
+            args.clients,
+            args.workers,
+            args.floor_runs,
+            args.context_runs,
+        )
+        < 1
+    ):
         parser.error("every count must be at least 1")
 
     work = Path(tempfile.mkdtemp(prefix="dpx-bench-query-"))
@@ -371,13 +454,25 @@ def main() -> None:
         policy_dir = work / "policies"
         write_policies(policy_dir)
         data_dir = work / "var"
-        env = dict(os.environ, DPX_DATA_DIR=str(data_dir), DPX_POLICY_DIR=str(policy_dir),
-                   DPX_DATABASE_URL=f"sqlite:///{data_dir / 'dpx.sqlite3'}")
+        env = dict(
+            os.environ,
+            DPX_DATA_DIR=str(data_dir),
+            DPX_POLICY_DIR=str(policy_dir),
+            DPX_DATABASE_URL=f"sqlite:///{data_dir / 'dpx.sqlite3'}",
+        )
         env.pop("DPX_KEYRING", None)
         print(f"preparing {args.contacts:,} synthetic contacts in {work} ...", flush=True)
         dpx(env, "init")
-        dpx(env, "demo-data", "--dataset", DATASET, "--contacts", str(args.contacts),
-            "--seed", str(SEED))
+        dpx(
+            env,
+            "demo-data",
+            "--dataset",
+            DATASET,
+            "--contacts",
+            str(args.contacts),
+            "--seed",
+            str(SEED),
+        )
         token = dpx(env, "issue-token", "--partner", PARTNER).splitlines()[0]
 
         components = Components.open(Settings.from_env(env))
@@ -394,10 +489,12 @@ def main() -> None:
             print("measuring the service over HTTP ...", flush=True)
             # Warm-up: every worker decrypts the cells once and builds its caches.
             run_phase(server.url, token, costs, queries=4 * args.workers, clients=args.workers)
-            sequential = run_phase(server.url, token, costs,
-                                   queries=max(20, args.queries // 5), clients=1)
-            concurrent = run_phase(server.url, token, costs, queries=args.queries,
-                                   clients=args.clients)
+            sequential = run_phase(
+                server.url, token, costs, queries=max(20, args.queries // 5), clients=1
+            )
+            concurrent = run_phase(
+                server.url, token, costs, queries=args.queries, clients=args.clients
+            )
         finally:
             server.stop()
 

@@ -58,16 +58,30 @@ class Deployment:
         for number, payload in enumerate(payloads):
             batch_id = f"bat_{number:020d}"
             sealed = seal(self.keyring, payload, dataset=DATASET, batch_id=batch_id)
-            rows.append({"id": batch_id, "dataset": DATASET, "form": "cells", "rows": 1,
-                         "contacts": 1, "cells": 1, "truncated": 0, "clamped": 0,
-                         "kek_id": sealed.kek_id, "blob": sealed.blob, "created_at": now})
+            rows.append(
+                {
+                    "id": batch_id,
+                    "dataset": DATASET,
+                    "form": "cells",
+                    "rows": 1,
+                    "contacts": 1,
+                    "cells": 1,
+                    "truncated": 0,
+                    "clamped": 0,
+                    "kek_id": sealed.kek_id,
+                    "blob": sealed.blob,
+                    "created_at": now,
+                }
+            )
         with self.database.write() as conn:
             conn.execute(batches.insert(), rows)
 
     def blobs(self) -> list[tuple[str, bytes]]:
         with self.database.read() as conn:
-            return [(row.id, bytes(row.blob))
-                    for row in conn.execute(batches.select().order_by(batches.c.id))]
+            return [
+                (row.id, bytes(row.blob))
+                for row in conn.execute(batches.select().order_by(batches.c.id))
+            ]
 
 
 def rewrap_benchmark(work: Path, count: int, batch_size: int) -> None:
@@ -77,11 +91,15 @@ def rewrap_benchmark(work: Path, count: int, batch_size: int) -> None:
     report = deployment.rotation.run(plan, batch_size=batch_size)
     assert report.moved == count  # noqa: S101 - a benchmark that moved less measured nothing
     projected = report.seconds * REWRAP_GOAL_BATCHES / count
-    print(f"rewrap: {count} batches in {report.seconds:.2f} s "
-          f"({count / report.seconds:,.0f} batches/s, {batch_size} per transaction)")
-    print(f"  projected for {REWRAP_GOAL_BATCHES:,}: {projected:.2f} s; goal <= "
-          f"{REWRAP_GOAL_SECONDS:.0f} s -> {projected / REWRAP_GOAL_SECONDS:.2f} of the "
-          f"allowed time ({'met' if projected <= REWRAP_GOAL_SECONDS else 'NOT met'})")
+    print(
+        f"rewrap: {count} batches in {report.seconds:.2f} s "
+        f"({count / report.seconds:,.0f} batches/s, {batch_size} per transaction)"
+    )
+    print(
+        f"  projected for {REWRAP_GOAL_BATCHES:,}: {projected:.2f} s; goal <= "
+        f"{REWRAP_GOAL_SECONDS:.0f} s -> {projected / REWRAP_GOAL_SECONDS:.2f} of the "
+        f"allowed time ({'met' if projected <= REWRAP_GOAL_SECONDS else 'NOT met'})"
+    )
     deployment.database.dispose()
 
 
@@ -89,8 +107,9 @@ def raw_aes_gcm(payloads: list[bytes]) -> float:
     """Seconds for one AES-256-GCM decryption and one encryption of every payload."""
     old, new = AESGCM(AESGCM.generate_key(256)), AESGCM(AESGCM.generate_key(256))
     nonces = [os.urandom(12) for _ in payloads]
-    sealed = [old.encrypt(nonce, payload, b"ad") for nonce, payload in zip(nonces, payloads,
-                                                                             strict=True)]
+    sealed = [
+        old.encrypt(nonce, payload, b"ad") for nonce, payload in zip(nonces, payloads, strict=True)
+    ]
     began = time.perf_counter()
     for nonce, ciphertext in zip(nonces, sealed, strict=True):
         new.encrypt(os.urandom(12), old.decrypt(nonce, ciphertext, b"ad"), b"ad")
@@ -108,17 +127,25 @@ def envelope_reencrypt(keyring: Keyring, blobs: list[tuple[str, bytes]]) -> floa
 def storage_alone(database: Database, blobs: list[tuple[str, bytes]], batch_size: int) -> float:
     """Seconds to read every blob and write it back unchanged, ``batch_size`` per durable
     transaction: the database work of a re-encryption with no cryptography at all."""
-    write_back = (update(batches).where(batches.c.id == bindparam("batch_id"))
-                  .values(blob=bindparam("new_blob")))
+    write_back = (
+        update(batches)
+        .where(batches.c.id == bindparam("batch_id"))
+        .values(blob=bindparam("new_blob"))
+    )
     began = time.perf_counter()
     for start in range(0, len(blobs), batch_size):
         with database.read() as conn:
-            chunk = conn.execute(select(batches.c.id, batches.c.blob).where(
-                batches.c.id.in_([batch_id for batch_id, _ in blobs[start:start + batch_size]])
-            )).all()
+            chunk = conn.execute(
+                select(batches.c.id, batches.c.blob).where(
+                    batches.c.id.in_(
+                        [batch_id for batch_id, _ in blobs[start : start + batch_size]]
+                    )
+                )
+            ).all()
         with database.write() as conn:
-            conn.execute(write_back, [{"batch_id": row.id, "new_blob": bytes(row.blob)}
-                                      for row in chunk])
+            conn.execute(
+                write_back, [{"batch_id": row.id, "new_blob": bytes(row.blob)} for row in chunk]
+            )
     return time.perf_counter() - began
 
 
@@ -141,32 +168,43 @@ def reencrypt_benchmark(work: Path, count: int, payload_kib: int, batch_size: in
     raw_rate = total_mb / raw
     print(f"re-encryption of {count} batches x {payload_kib} KiB = {total_mb:.1f} MB")
     print(f"  raw AES-256-GCM (decrypt + encrypt): {raw_rate:,.0f} MB/s")
-    for label, seconds in (("envelope reencrypt", envelope),
-                           ("whole rotation (database included)", report.seconds)):
+    for label, seconds in (
+        ("envelope reencrypt", envelope),
+        ("whole rotation (database included)", report.seconds),
+    ):
         rate = total_mb / seconds
         ratio = rate / raw_rate
         verdict = "met" if ratio >= REENCRYPT_GOAL_RATIO else "NOT met"
-        print(f"  {label}: {rate:,.0f} MB/s = {ratio:.0%} of raw; goal >= "
-              f"{REENCRYPT_GOAL_RATIO:.0%} ({verdict})")
+        print(
+            f"  {label}: {rate:,.0f} MB/s = {ratio:.0%} of raw; goal >= "
+            f"{REENCRYPT_GOAL_RATIO:.0%} ({verdict})"
+        )
     floor = raw + storage
-    print(f"  storage alone (read and write back the same blobs, durable): "
-          f"{total_mb / storage:,.0f} MB/s")
-    print(f"  whole rotation vs its floor (raw AES-GCM + storage alone): "
-          f"{floor / report.seconds:.0%} of the floor's throughput")
+    print(
+        f"  storage alone (read and write back the same blobs, durable): "
+        f"{total_mb / storage:,.0f} MB/s"
+    )
+    print(
+        f"  whole rotation vs its floor (raw AES-GCM + storage alone): "
+        f"{floor / report.seconds:.0%} of the floor's throughput"
+    )
     deployment.database.dispose()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=REWRAP_GOAL_BATCHES,
-                        help="small batches to rewrap")
-    parser.add_argument("--batch-size", type=int, default=500,
-                        help="batches per rotation transaction")
-    parser.add_argument("--large-batches", type=int, default=200,
-                        help="batches to re-encrypt")
-    parser.add_argument("--payload-kib", type=int, default=256,
-                        help="size of each re-encrypted batch")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batches", type=int, default=REWRAP_GOAL_BATCHES, help="small batches to rewrap"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=500, help="batches per rotation transaction"
+    )
+    parser.add_argument("--large-batches", type=int, default=200, help="batches to re-encrypt")
+    parser.add_argument(
+        "--payload-kib", type=int, default=256, help="size of each re-encrypted batch"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dpx-bench-rotate-"))
     try:

@@ -89,11 +89,16 @@ def register_request_ids(app: Flask) -> None:
 
 
 def register_api(app: Flask) -> None:
-    api = ProblemApi(app, spec_kwargs={
-        "info": {"description": "Differentially private statistics exchange for "
-                                "child-protection helplines."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    })
+    api = ProblemApi(
+        app,
+        spec_kwargs={
+            "info": {
+                "description": "Differentially private statistics exchange for "
+                "child-protection helplines."
+            },
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
     for module in (health, datasets, queries, releases, budgets, signing_keys, audit):
         api.register_blueprint(module.blp)
     logging.getLogger("dpx").setLevel(logging.INFO)

@@ -39,14 +39,30 @@ class Components:
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)
-        audit = AuditLog(database, keyring, settings.audit_checkpoint_path,
-                         settings.audit_checkpoint_every)
+        audit = AuditLog(
+            database, keyring, settings.audit_checkpoint_path, settings.audit_checkpoint_every
+        )
         store = BatchStore(database, keyring, audit)
         ledger = Ledger(database)
         releases = ReleaseStore(database)
-        exchange = Exchange(database=database, keyring=keyring, policies=policies, store=store,
-                            ledger=ledger, releases=releases, audit=audit,
-                            max_cells=settings.max_cells)
-        return cls(settings=settings, database=database, keyring=keyring, audit=audit,
-                   tokens=TokenRegistry(database, audit), store=store, ledger=ledger,
-                   releases=releases, exchange=exchange)
+        exchange = Exchange(
+            database=database,
+            keyring=keyring,
+            policies=policies,
+            store=store,
+            ledger=ledger,
+            releases=releases,
+            audit=audit,
+            max_cells=settings.max_cells,
+        )
+        return cls(
+            settings=settings,
+            database=database,
+            keyring=keyring,
+            audit=audit,
+            tokens=TokenRegistry(database, audit),
+            store=store,
+            ledger=ledger,
+            releases=releases,
+            exchange=exchange,
+        )

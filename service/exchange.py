@@ -74,9 +74,18 @@ class Answer:
 
 
 class Exchange:
-    def __init__(self, *, database: Database, keyring: Keyring, policies: PolicySet,
-                 store: BatchStore, ledger: Ledger, releases: ReleaseStore, audit: AuditLog,
-                 max_cells: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        keyring: Keyring,
+        policies: PolicySet,
+        store: BatchStore,
+        ledger: Ledger,
+        releases: ReleaseStore,
+        audit: AuditLog,
+        max_cells: int = 10_000,
+    ) -> None:
         self.database = database
         self.keyring = keyring
         self._policies = policies
@@ -99,8 +108,12 @@ class Exchange:
             previous = self._policies.version
             self._policies = policies
         with self.database.write() as conn:
-            self.audit.append(conn, actor=actor, action="policy.reload",
-                              details={"from": previous, "to": policies.version})
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="policy.reload",
+                details={"from": previous, "to": policies.version},
+            )
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:
         dataset = self.policies.datasets.get(dataset_id)
@@ -124,8 +137,9 @@ class Exchange:
         partner = self.partner(principal)
         return [(d, g) for d in datasets if (g := partner.grant_for(d.id)) is not None]
 
-    def visible_dataset(self, principal: Principal, dataset_id: str) -> tuple[DatasetPolicy,
-                                                                             Grant | None]:
+    def visible_dataset(
+        self, principal: Principal, dataset_id: str
+    ) -> tuple[DatasetPolicy, Grant | None]:
         for dataset, grant in self.visible_datasets(principal):
             if dataset.id == dataset_id:
                 return dataset, grant
@@ -133,28 +147,40 @@ class Exchange:
 
     # -- uploads --------------------------------------------------------------------------
 
-    def upload(self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str,
-               form: str) -> StoredBatch:
+    def upload(
+        self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str, form: str
+    ) -> StoredBatch:
         """Validate, aggregate, seal and store one batch; a rejected batch stores nothing."""
         dataset = self.dataset(dataset_id)
         if principal.role != "owner" or principal.subject != dataset.id:
             raise Forbidden(f"only the owner of {dataset.id} may upload to it")
-        aggregated = parse_batch(body, content_type=content_type, form=form,  # type: ignore[arg-type]
-                                 dataset=dataset)
+        aggregated = parse_batch(
+            body,
+            content_type=content_type,
+            form=form,  # type: ignore[arg-type]
+            dataset=dataset,
+        )
         return self.store.add(dataset, aggregated, form=form, actor=principal.actor)
 
     # -- queries --------------------------------------------------------------------------
 
-    def _prepare(self, principal: Principal, raw: Mapping[str, Any]
-                 ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
+    def _prepare(
+        self, principal: Principal, raw: Mapping[str, Any]
+    ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
         partner = self.partner(principal)
         dataset = self.dataset(str(raw.get("dataset", "")))
         query = build_query(raw, dataset, max_cells=self.max_cells)
         plan = plan_query(query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
         try:
-            grant = check_grant(partner, dataset, statistic=query.statistic,
-                                dimensions=dimensions, cost=plan.cost, today=date.today())
+            grant = check_grant(
+                partner,
+                dataset,
+                statistic=query.statistic,
+                dimensions=dimensions,
+                cost=plan.cost,
+                today=date.today(),
+            )
         except PolicyViolation as refusal:
             self._record_refusal(principal, dataset.id, "policy", str(refusal))
             raise
@@ -177,65 +203,112 @@ class Exchange:
             "budget": self._budget_view(dataset, remaining),
         }
 
-    def run(self, principal: Principal, raw: Mapping[str, Any], *,
-            idempotency_key: str | None = None) -> Answer:
+    def run(
+        self, principal: Principal, raw: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Answer:
         """Answer a query with a release: stored when repeated, otherwise charged then noised."""
         partner, dataset, grant, query, plan = self._prepare(principal, raw)
         key = query_key(query)
         request_hash = hashlib.sha256(
-            json.dumps(dict(raw), sort_keys=True, default=str).encode()).hexdigest()
+            json.dumps(dict(raw), sort_keys=True, default=str).encode()
+        ).hexdigest()
         if idempotency_key is not None:
             earlier = self.releases.find_idempotent(partner.id, idempotency_key)
             if earlier is not None:
                 if earlier.request_hash != request_hash:
                     raise Conflict("this Idempotency-Key was already used for another request")
-                return Answer(self._respond(self._await(earlier), dataset, grant, partner.id),
-                              cached=False)
+                return Answer(
+                    self._respond(self._await(earlier), dataset, grant, partner.id), cached=False
+                )
         for _attempt in range(3):
             stored = self._cached(dataset, partner.id, key)
             if stored is not None and stored.status == DONE:
                 return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
             if stored is not None and not stored.is_stale(STALE_PENDING):
-                return Answer(self._respond(self._await(stored), dataset, grant, partner.id),
-                              cached=True)
+                return Answer(
+                    self._respond(self._await(stored), dataset, grant, partner.id), cached=True
+                )
             if stored is not None:
                 self._discard(stored.release_id, principal, dataset.id, reason="stale")
             try:
-                return self._charge_and_release(principal, partner, dataset, grant, query,
-                                                plan, key, request_hash, idempotency_key)
+                return self._charge_and_release(
+                    principal,
+                    partner,
+                    dataset,
+                    grant,
+                    query,
+                    plan,
+                    key,
+                    request_hash,
+                    idempotency_key,
+                )
             except RowConflict:
                 # An identical query (or the same Idempotency-Key) was charged by a
                 # concurrent request: answer from its release instead of charging again.
                 if idempotency_key is not None:
                     earlier = self.releases.find_idempotent(partner.id, idempotency_key)
                     if earlier is not None:
-                        return Answer(self._respond(self._await(earlier), dataset, grant,
-                                                    partner.id), cached=False)
+                        return Answer(
+                            self._respond(self._await(earlier), dataset, grant, partner.id),
+                            cached=False,
+                        )
                 continue
         raise Conflict("an identical query is being answered; retry shortly")
 
-    def _charge_and_release(self, principal: Principal, partner: PartnerPolicy,
-                            dataset: DatasetPolicy, grant: Grant, query: Query, plan: QueryPlan,
-                            key: str, request_hash: str, idempotency_key: str | None) -> Answer:
+    def _charge_and_release(
+        self,
+        principal: Principal,
+        partner: PartnerPolicy,
+        dataset: DatasetPolicy,
+        grant: Grant,
+        query: Query,
+        plan: QueryPlan,
+        key: str,
+        request_hash: str,
+        idempotency_key: str | None,
+    ) -> Answer:
         release_id = "rel_" + secrets.token_hex(10)
         try:
             with self.database.write() as conn:
                 remaining = self.ledger.charge(
-                    conn, dataset=dataset.id, partner=partner.id, unit=dataset.budget_unit,
-                    amount=plan.cost, partner_budget=grant.budget,
-                    global_budget=dataset.global_budget)
+                    conn,
+                    dataset=dataset.id,
+                    partner=partner.id,
+                    unit=dataset.budget_unit,
+                    amount=plan.cost,
+                    partner_budget=grant.budget,
+                    global_budget=dataset.global_budget,
+                )
                 self.releases.insert_pending(
-                    conn, release_id=release_id, dataset=dataset.id, partner=partner.id,
-                    query_key=key, request_hash=request_hash, idempotency_key=idempotency_key,
-                    policy_version=self.policies.version)
-                self.ledger.record(conn, release_id=release_id, dataset=dataset.id,
-                                   partner=partner.id, definition=dataset.definition,
-                                   amount=plan.cost)
-                self.audit.append(conn, actor=principal.actor, action="budget.charge",
-                                  dataset=dataset.id,
-                                  details={"release_id": release_id, "partner": partner.id,
-                                           dataset.budget_unit: format_cost(plan.cost),
-                                           "query_key": key})
+                    conn,
+                    release_id=release_id,
+                    dataset=dataset.id,
+                    partner=partner.id,
+                    query_key=key,
+                    request_hash=request_hash,
+                    idempotency_key=idempotency_key,
+                    policy_version=self.policies.version,
+                )
+                self.ledger.record(
+                    conn,
+                    release_id=release_id,
+                    dataset=dataset.id,
+                    partner=partner.id,
+                    definition=dataset.definition,
+                    amount=plan.cost,
+                )
+                self.audit.append(
+                    conn,
+                    actor=principal.actor,
+                    action="budget.charge",
+                    dataset=dataset.id,
+                    details={
+                        "release_id": release_id,
+                        "partner": partner.id,
+                        dataset.budget_unit: format_cost(plan.cost),
+                        "query_key": key,
+                    },
+                )
         except BudgetExhausted as exhausted:
             self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
             raise
@@ -247,17 +320,27 @@ class Exchange:
             document["signature"] = sign_document(self.keyring, document)
             with self.database.write() as conn:
                 self.releases.complete(conn, release_id, document, measurement_json(plan))
-                self.audit.append(conn, actor=principal.actor, action="release.create",
-                                  dataset=dataset.id,
-                                  details={"release_id": release_id, "query_key": key,
-                                           "cells": len(values)})
+                self.audit.append(
+                    conn,
+                    actor=principal.actor,
+                    action="release.create",
+                    dataset=dataset.id,
+                    details={"release_id": release_id, "query_key": key, "cells": len(values)},
+                )
         except Exception:
             self._discard(release_id, principal, dataset.id, reason="failed")
             raise
         return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
 
-    def _document(self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query,
-                  plan: QueryPlan, values: list[Any]) -> dict[str, Any]:
+    def _document(
+        self,
+        release_id: str,
+        dataset: DatasetPolicy,
+        partner: str,
+        query: Query,
+        plan: QueryPlan,
+        values: list[Any],
+    ) -> dict[str, Any]:
         summary = plan_summary(plan)
         rows = []
         for noisy in values:
@@ -278,8 +361,9 @@ class Exchange:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
 
-    def _respond(self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant,
-                 partner: str) -> dict[str, Any]:
+    def _respond(
+        self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
+    ) -> dict[str, Any]:
         """The stored, signed document plus the caller's current budget (not signed)."""
         assert stored.document is not None  # noqa: S101 - only finished releases get here
         document = dict(stored.document)
@@ -288,13 +372,18 @@ class Exchange:
 
     def _budget_view(self, dataset: DatasetPolicy, remaining: Remaining) -> dict[str, Any]:
         unit = dataset.budget_unit
-        return {"partner_remaining": {unit: float(remaining.partner)},
-                "dataset_remaining": {unit: float(remaining.dataset)}}
+        return {
+            "partner_remaining": {unit: float(remaining.partner)},
+            "dataset_remaining": {unit: float(remaining.dataset)},
+        }
 
     def _remaining(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Remaining:
-        return self.ledger.remaining(dataset=dataset.id, partner=partner,
-                                     partner_budget=grant.budget,
-                                     global_budget=dataset.global_budget)
+        return self.ledger.remaining(
+            dataset=dataset.id,
+            partner=partner,
+            partner_budget=grant.budget,
+            global_budget=dataset.global_budget,
+        )
 
     def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
         own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
@@ -315,24 +404,32 @@ class Exchange:
             raise Conflict("an identical query failed; retry")
         return current
 
-    def _discard(self, release_id: str, principal: Principal, dataset: str, *,
-                 reason: str) -> None:
+    def _discard(self, release_id: str, principal: Principal, dataset: str, *, reason: str) -> None:
         with self.database.write() as conn:
             if self.releases.discard_pending(conn, release_id):
-                self.audit.append(conn, actor=principal.actor, action="release.discard",
-                                  dataset=dataset,
-                                  details={"release_id": release_id, "reason": reason})
+                self.audit.append(
+                    conn,
+                    actor=principal.actor,
+                    action="release.discard",
+                    dataset=dataset,
+                    details={"release_id": release_id, "reason": reason},
+                )
 
-    def _record_refusal(self, principal: Principal, dataset: str, reason: str,
-                        detail: str) -> None:
+    def _record_refusal(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         with self.database.write() as conn:
-            self.audit.append(conn, actor=principal.actor, action="query.refuse",
-                              dataset=dataset, details={"reason": reason, "detail": detail})
+            self.audit.append(
+                conn,
+                actor=principal.actor,
+                action="query.refuse",
+                dataset=dataset,
+                details={"reason": reason, "detail": detail},
+            )
 
     # -- reading releases and budgets ------------------------------------------------------
 
-    def list_releases(self, principal: Principal, *, limit: int = 100,
-                      before: str | None = None) -> list[dict[str, Any]]:
+    def list_releases(
+        self, principal: Principal, *, limit: int = 100, before: str | None = None
+    ) -> list[dict[str, Any]]:
         if principal.role == "dpo":
             stored = self.releases.list(partners=None, limit=limit, before=before)
         else:
@@ -362,8 +459,14 @@ class Exchange:
         query = stored.document.get("query", {})
         dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
         try:
-            check_grant(partner, dataset, statistic=str(query.get("statistic")),
-                        dimensions=dimensions, cost=Fraction(0), today=date.today())
+            check_grant(
+                partner,
+                dataset,
+                statistic=str(query.get("statistic")),
+                dimensions=dimensions,
+                cost=Fraction(0),
+                today=date.today(),
+            )
         except PolicyViolation:
             return False
         return True
@@ -385,15 +488,20 @@ class Exchange:
                     continue
                 own = spent.get((dataset.id, partner.id), Fraction(0))
                 total = spent.get((dataset.id, GLOBAL), Fraction(0))
-                rows.append({
-                    "partner": partner.id, "dataset": dataset.id, "unit": dataset.budget_unit,
-                    "granted": float(grant.budget), "spent": float(own),
-                    "remaining": float(max(grant.budget - own, Fraction(0))),
-                    "expires": grant.expires.isoformat() if grant.expires else None,
-                    "dataset_global": float(dataset.global_budget),
-                    "dataset_spent": float(total),
-                    "dataset_remaining": float(max(dataset.global_budget - total, Fraction(0))),
-                })
+                rows.append(
+                    {
+                        "partner": partner.id,
+                        "dataset": dataset.id,
+                        "unit": dataset.budget_unit,
+                        "granted": float(grant.budget),
+                        "spent": float(own),
+                        "remaining": float(max(grant.budget - own, Fraction(0))),
+                        "expires": grant.expires.isoformat() if grant.expires else None,
+                        "dataset_global": float(dataset.global_budget),
+                        "dataset_spent": float(total),
+                        "dataset_remaining": float(max(dataset.global_budget - total, Fraction(0))),
+                    }
+                )
         return rows
 
 

@@ -38,7 +38,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 BOTH_BACKENDS = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 """Apply to a test or module (``pytestmark = BOTH_BACKENDS``) to run it on both databases."""
 
 

@@ -44,8 +44,12 @@ def deploy(root: Path, policy_dir: Path) -> Settings:
     """An initialised deployment under ``root``: keyring (0600), migrated SQLite database."""
     data_dir = root / "var"
     data_dir.mkdir()
-    settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'dpx.sqlite3'}",
-                        keyring_path=data_dir / "keyring.json", policy_dir=policy_dir)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'dpx.sqlite3'}",
+        keyring_path=data_dir / "keyring.json",
+        policy_dir=policy_dir,
+    )
     Keyring.create(settings.keyring_path)
     database = Database(settings.database_url)
     upgrade(database)
@@ -67,8 +71,11 @@ def settings_variables(settings: Settings) -> dict[str, str]:
 def environment(variables: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its ``DPX_*`` and ``PROMETHEUS_*`` variables, plus
     ``variables``: a server or ``dpx`` command started with it is configured by those alone."""
-    inherited = {name: value for name, value in os.environ.items()
-                 if not name.startswith(("DPX_", "PROMETHEUS_"))}
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DPX_", "PROMETHEUS_"))
+    }
     return {**inherited, **variables}
 
 
@@ -99,20 +106,28 @@ class LiveServer:
 
 
 @contextmanager
-def serve(variables: Mapping[str, str], *, log_path: Path, workers: int = 2,
-          stop_signal: signal.Signals = signal.SIGTERM) -> Iterator[LiveServer]:
+def serve(
+    variables: Mapping[str, str],
+    *,
+    log_path: Path,
+    workers: int = 2,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Iterator[LiveServer]:
     """A ready gunicorn with ``workers`` workers configured by ``variables``, stopped on exit.
 
     Stopping sends ``stop_signal`` (SIGTERM: graceful; SIGINT: quick) and kills the master
     if it has not exited within 30 s.
     """
     port = free_port()
-    env = environment({**variables, "DPX_BIND": f"127.0.0.1:{port}",
-                       "DPX_WORKERS": str(workers)})
+    env = environment({**variables, "DPX_BIND": f"127.0.0.1:{port}", "DPX_WORKERS": str(workers)})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(GUNICORN), "--config", str(ROOT / "gunicorn.conf.py"), "service.wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
         _wait_ready(server)
@@ -125,16 +140,16 @@ def _wait_ready(server: LiveServer) -> None:
     deadline = time.monotonic() + READY_WITHIN
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n"
-                        f"{server.log_text()}")
+            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.log_text()}")
         try:
             if requests.get(server.url + "/readyz", timeout=2).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"gunicorn at {server.url} was not ready within {READY_WITHIN:.0f} s:\n"
-                f"{server.log_text()}")
+    pytest.fail(
+        f"gunicorn at {server.url} was not ready within {READY_WITHIN:.0f} s:\n{server.log_text()}"
+    )
 
 
 def _stop(process: subprocess.Popen[bytes], stop_signal: signal.Signals) -> None:

@@ -25,16 +25,23 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _environment() -> dict[str, str]:
     # The clone must not inherit this run's settings or virtualenv; it keeps the test
     # database, so that under CI its PostgreSQL tests run too.
-    return {k: v for k, v in os.environ.items()
-            if k == "DPX_TEST_DATABASE_URL"
-            or not k.startswith(("DPX_", "VIRTUAL_ENV", "PYTEST"))}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k == "DPX_TEST_DATABASE_URL" or not k.startswith(("DPX_", "VIRTUAL_ENV", "PYTEST"))
+    }
 
 
 @pytest.mark.slow
 def test_scripts_test_builds_the_venv_and_runs_tests(fresh_clone: Path) -> None:
     result = subprocess.run(
         ["scripts/test", "-q", "-m", "not slow", "tests/api/test_api_datasets.py"],
-        cwd=fresh_clone, env=_environment(), capture_output=True, text=True, timeout=1200)
+        cwd=fresh_clone,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
     assert (fresh_clone / ".venv" / "bin" / "dpx").exists()
@@ -44,9 +51,15 @@ def test_scripts_test_builds_the_venv_and_runs_tests(fresh_clone: Path) -> None:
 def test_scripts_run_serves_datasets_to_the_demo_partner(fresh_clone: Path) -> None:
     port = free_port()
     env = dict(_environment(), DPX_BIND=f"127.0.0.1:{port}")
-    process = subprocess.Popen(["scripts/run"], cwd=fresh_clone, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        ["scripts/run"],
+        cwd=fresh_clone,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         token = None
         output: list[str] = []
@@ -67,8 +80,11 @@ def test_scripts_run_serves_datasets_to_the_demo_partner(fresh_clone: Path) -> N
                     break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        response = requests.get(f"http://127.0.0.1:{port}/v1/datasets",
-                                headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = requests.get(
+            f"http://127.0.0.1:{port}/v1/datasets",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert response.status_code == 200
         assert "uk-helpline-2024" in {d["id"] for d in response.json()["datasets"]}
     finally:

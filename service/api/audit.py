@@ -25,7 +25,9 @@ class Audit(MethodView):
         """Entries after sequence number `after`, oldest first."""
         require("dpo")
         audit = current_app.extensions["dpx.audit"]
-        entries = [dict(e.body(), mac=e.mac)
-                   for e in audit.entries(after=args["after"], limit=args["limit"])]
+        entries = [
+            dict(e.body(), mac=e.mac)
+            for e in audit.entries(after=args["after"], limit=args["limit"])
+        ]
         next_after = entries[-1]["seq"] if len(entries) == args["limit"] else None
         return {"entries": entries, "next_after": next_after}

@@ -18,10 +18,26 @@ blp = Blueprint("budgets", __name__, url_prefix="/v1/budgets", description="Priv
 @blp.route("")
 class Budgets(MethodView):
     @blp.doc(security=BEARER)
-    @blp.response(200, BudgetListSchema, example={"budgets": [{
-        "partner": "no-police", "dataset": "uk-helpline-2024", "unit": "epsilon",
-        "granted": 2.0, "spent": 0.2, "remaining": 1.8, "expires": "2027-06-30",
-        "dataset_global": 8.0, "dataset_spent": 0.7, "dataset_remaining": 7.3}]})
+    @blp.response(
+        200,
+        BudgetListSchema,
+        example={
+            "budgets": [
+                {
+                    "partner": "no-police",
+                    "dataset": "uk-helpline-2024",
+                    "unit": "epsilon",
+                    "granted": 2.0,
+                    "spent": 0.2,
+                    "remaining": 1.8,
+                    "expires": "2027-06-30",
+                    "dataset_global": 8.0,
+                    "dataset_spent": 0.7,
+                    "dataset_remaining": 7.3,
+                }
+            ]
+        },
+    )
     @problem_responses(blp, 401, 403)
     def get(self) -> dict[str, Any]:
         """A partner's own budgets, or every partner's for a DPO."""

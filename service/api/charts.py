@@ -72,8 +72,9 @@ class _Frame:
         return _LEFT + fraction * (WIDTH - _LEFT - _RIGHT)
 
 
-def band_chart(categories: Sequence[str], lines: Sequence[Line], *, title: str,
-               y_label: str = "") -> str:
+def band_chart(
+    categories: Sequence[str], lines: Sequence[Line], *, title: str, y_label: str = ""
+) -> str:
     """An SVG line chart over ``categories`` with a confidence band per line.
 
     Each line becomes one ``<polyline>`` with exactly ``len(categories)`` points, a circle
@@ -83,11 +84,15 @@ def band_chart(categories: Sequence[str], lines: Sequence[Line], *, title: str,
     """
     for line in lines:
         if len(line.values) != len(categories):
-            raise ValueError(f"line {line.label!r} has {len(line.values)} values for "
-                             f"{len(categories)} categories")
+            raise ValueError(
+                f"line {line.label!r} has {len(line.values)} values for "
+                f"{len(categories)} categories"
+            )
         if line.band is not None and len(line.band) != len(categories):
-            raise ValueError(f"line {line.label!r} has {len(line.band)} intervals for "
-                             f"{len(categories)} categories")
+            raise ValueError(
+                f"line {line.label!r} has {len(line.band)} intervals for "
+                f"{len(categories)} categories"
+            )
     numbers = [v for line in lines for v in line.values]
     numbers += [v for line in lines for pair in (line.band or ()) for v in pair]
     _check_finite(numbers)
@@ -109,11 +114,15 @@ def band_chart(categories: Sequence[str], lines: Sequence[Line], *, title: str,
         if line.band is not None:
             upper = [(x_of(i), frame.y(high)) for i, (_low, high) in enumerate(line.band)]
             lower = [(x_of(i), frame.y(low)) for i, (low, _high) in enumerate(line.band)]
-            parts.append(f'<polygon class="band" points="{_points(upper + lower[::-1])}" '
-                         f'fill="{colour}" fill-opacity="0.18" stroke="none"/>')
+            parts.append(
+                f'<polygon class="band" points="{_points(upper + lower[::-1])}" '
+                f'fill="{colour}" fill-opacity="0.18" stroke="none"/>'
+            )
         points = [(x_of(i), frame.y(v)) for i, v in enumerate(line.values)]
-        parts.append(f'<polyline class="series" points="{_points(points)}" fill="none" '
-                     f'stroke="{colour}" stroke-width="2"/>')
+        parts.append(
+            f'<polyline class="series" points="{_points(points)}" fill="none" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
         for index, (px, py) in enumerate(points):
             tip = f"{categories[index]}: {_number(line.values[index])}"
             if line.band is not None:
@@ -121,14 +130,17 @@ def band_chart(categories: Sequence[str], lines: Sequence[Line], *, title: str,
                 tip += f" ({_number(low)} to {_number(high)})"
             if len(lines) > 1:
                 tip = f"{line.label}, {tip}"
-            parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}">'
-                         f"<title>{escape(tip)}</title></circle>")
+            parts.append(
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}">'
+                f"<title>{escape(tip)}</title></circle>"
+            )
     parts.append(_legend([line.label for line in lines]) if len(lines) > 1 else "")
     return _svg(title, parts, legend_rows=_legend_rows(len(lines)) if len(lines) > 1 else 0)
 
 
-def burndown_chart(lines: Sequence[StepLine], *, start: datetime, end: datetime, title: str,
-                   unit: str) -> str:
+def burndown_chart(
+    lines: Sequence[StepLine], *, start: datetime, end: datetime, title: str, unit: str
+) -> str:
     """An SVG step chart of budget remaining from ``start`` to ``end``, one line per account.
 
     Each line is flat at ``start`` value until its first step, drops at each step's time and
@@ -150,8 +162,9 @@ def burndown_chart(lines: Sequence[StepLine], *, start: datetime, end: datetime,
 
     parts = [_axes(frame, title, unit)]
     for tick in _time_ticks(start, end):
-        parts.append(_text(x_at(tick), frame.bottom + 16, _time_label(tick, end - start),
-                           anchor="middle"))
+        parts.append(
+            _text(x_at(tick), frame.bottom + 16, _time_label(tick, end - start), anchor="middle")
+        )
     for number, line in enumerate(lines):
         colour = PALETTE[number % len(PALETTE)]
         value = line.start
@@ -161,11 +174,15 @@ def burndown_chart(lines: Sequence[StepLine], *, start: datetime, end: datetime,
             points.append((x_at(at), frame.y(after)))
             value = after
         points.append((x_at(end), frame.y(value)))
-        parts.append(f'<polyline class="series" points="{_points(points)}" fill="none" '
-                     f'stroke="{colour}" stroke-width="2"/>')
-        parts.append(f'<circle cx="{points[-1][0]:.1f}" cy="{points[-1][1]:.1f}" r="3" '
-                     f'fill="{colour}"><title>{escape(line.label)}: {_number(value)} {escape(unit)}'
-                     " remaining</title></circle>")
+        parts.append(
+            f'<polyline class="series" points="{_points(points)}" fill="none" '
+            f'stroke="{colour}" stroke-width="2"/>'
+        )
+        parts.append(
+            f'<circle cx="{points[-1][0]:.1f}" cy="{points[-1][1]:.1f}" r="3" '
+            f'fill="{colour}"><title>{escape(line.label)}: {_number(value)} {escape(unit)}'
+            " remaining</title></circle>"
+        )
     parts.append(_legend([line.label for line in lines]))
     return _svg(title, parts, legend_rows=_legend_rows(len(lines)))
 
@@ -199,19 +216,27 @@ def _axes(frame: _Frame, title: str, y_label: str) -> str:
     parts = [_text(_LEFT, 16, title, anchor="start", size=13, weight="bold")]
     for tick in _nice_ticks(frame.low, frame.high):
         y = frame.y(tick)
-        parts.append(f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
-                     f'stroke="#d0d0d0" stroke-width="1"/>')
+        parts.append(
+            f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="#d0d0d0" stroke-width="1"/>'
+        )
         parts.append(_text(_LEFT - 6, y + 4, _number(tick), anchor="end"))
-    parts.append(f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{frame.bottom}" '
-                 f'stroke="#606060" stroke-width="1"/>')
+    parts.append(
+        f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{frame.bottom}" '
+        f'stroke="#606060" stroke-width="1"/>'
+    )
     zero = frame.y(0.0) if frame.low <= 0 <= frame.high else frame.bottom
-    parts.append(f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{zero:.1f}" y2="{zero:.1f}" '
-                 f'stroke="#606060" stroke-width="1"/>')
+    parts.append(
+        f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{zero:.1f}" y2="{zero:.1f}" '
+        f'stroke="#606060" stroke-width="1"/>'
+    )
     if y_label:
-        parts.append(f'<text x="14" y="{(frame.bottom + _TOP) / 2:.1f}" font-size="11" '
-                     f'text-anchor="middle" fill="#333333" '
-                     f'transform="rotate(-90 14 {(frame.bottom + _TOP) / 2:.1f})">'
-                     f"{escape(y_label)}</text>")
+        parts.append(
+            f'<text x="14" y="{(frame.bottom + _TOP) / 2:.1f}" font-size="11" '
+            f'text-anchor="middle" fill="#333333" '
+            f'transform="rotate(-90 14 {(frame.bottom + _TOP) / 2:.1f})">'
+            f"{escape(y_label)}</text>"
+        )
     return "".join(parts)
 
 
@@ -227,8 +252,7 @@ def _legend(labels: Sequence[str]) -> str:
         x = _LEFT + column * column_width
         y = HEIGHT + row * _LEGEND_ROW + 4
         colour = PALETTE[index % len(PALETTE)]
-        parts.append(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="12" height="4" '
-                     f'fill="{colour}"/>')
+        parts.append(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="12" height="4" fill="{colour}"/>')
         parts.append(_text(x + 18, y, label, anchor="start"))
     return "".join(parts)
 
@@ -248,23 +272,35 @@ def _time_label(at: datetime, span: timedelta) -> str:
 
 def _svg(title: str, parts: Sequence[str], *, legend_rows: int) -> str:
     height = HEIGHT + legend_rows * _LEGEND_ROW
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{WIDTH}" '
-            f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
-            f'aria-label="{escape(title)}" font-family="sans-serif">'
-            f"<title>{escape(title)}</title>"
-            f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>'
-            + "".join(parts) + "</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{WIDTH}" '
+        f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="{escape(title)}" font-family="sans-serif">'
+        f"<title>{escape(title)}</title>"
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>'
+        + "".join(parts)
+        + "</svg>"
+    )
 
 
 def _empty(title: str, message: str) -> str:
-    return _svg(title, [_text(_LEFT, 16, title, anchor="start", size=13, weight="bold"),
-                        _text(WIDTH / 2, HEIGHT / 2, message, anchor="middle")], legend_rows=0)
+    return _svg(
+        title,
+        [
+            _text(_LEFT, 16, title, anchor="start", size=13, weight="bold"),
+            _text(WIDTH / 2, HEIGHT / 2, message, anchor="middle"),
+        ],
+        legend_rows=0,
+    )
 
 
-def _text(x: float, y: float, content: str, *, anchor: str, size: int = 11,
-          weight: str = "normal") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" font-weight="{weight}" '
-            f'text-anchor="{anchor}" fill="#333333">{escape(content)}</text>')
+def _text(
+    x: float, y: float, content: str, *, anchor: str, size: int = 11, weight: str = "normal"
+) -> str:
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" font-weight="{weight}" '
+        f'text-anchor="{anchor}" fill="#333333">{escape(content)}</text>'
+    )
 
 
 def _points(points: Sequence[tuple[float, float]]) -> str:

@@ -47,8 +47,14 @@ from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import ChargeLine
 
-bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
-               static_folder="static", static_url_path="/static")
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 EXPIRY_WARNING = timedelta(days=60)
 REFUSALS_SINCE = timedelta(days=30)
@@ -57,8 +63,10 @@ MAX_RELEASE_LINES = 7
 SIGN_IN_FAILED = "That token cannot sign in to the dashboard."
 # Everything the pages load comes from this service; nothing may frame them.
 _SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -80,8 +88,9 @@ class SessionCookie(SecureCookieSessionInterface):
 
 
 def _store() -> DashboardSessions:
-    return DashboardSessions(current_app.extensions["dpx.database"],
-                             current_app.extensions["dpx.audit"])
+    return DashboardSessions(
+        current_app.extensions["dpx.database"], current_app.extensions["dpx.audit"]
+    )
 
 
 def _exchange() -> Exchange:
@@ -92,8 +101,11 @@ def _exchange() -> Exchange:
 def _check_csrf(expected: str | None) -> None:
     offered = request.form.get("csrf_token", "")
     if not expected or not hmac.compare_digest(offered.encode(), expected.encode()):
-        abort(400, "This form has expired or did not come from this dashboard. "
-                   "Reload the page and try again.")
+        abort(
+            400,
+            "This form has expired or did not come from this dashboard. "
+            "Reload the page and try again.",
+        )
 
 
 def signed_in(view: View) -> View:
@@ -136,8 +148,9 @@ def forbidden(error: Forbidden) -> tuple[str, int]:
 
 
 def _error_page(status: int, message: str) -> str:
-    return render_template("dashboard_error.html", status=status, message=message,
-                           signed_in=g.get("signed_in"))
+    return render_template(
+        "dashboard_error.html", status=status, message=message, signed_in=g.get("signed_in")
+    )
 
 
 # -- signing in and out ---------------------------------------------------------------------
@@ -162,8 +175,9 @@ def sign_in_submit() -> Any:
     except Unauthenticated:
         principal = None
     if principal is None or principal.role not in ("dpo", "partner"):
-        return render_template("dashboard_sign_in.html", csrf_token=_sign_in_csrf(),
-                               error=SIGN_IN_FAILED), 401
+        return render_template(
+            "dashboard_sign_in.html", csrf_token=_sign_in_csrf(), error=SIGN_IN_FAILED
+        ), 401
     session_id = _store().open(principal)
     # A fresh cookie: nothing from before sign-in (session fixation) carries over.
     session.clear()
@@ -205,8 +219,7 @@ def overview() -> str:
     exchange = _exchange()
     budgets = exchange.budgets(caller)
     now = datetime.now(UTC)
-    history = exchange.ledger.history(
-        partner=None if caller.role == "dpo" else caller.subject)
+    history = exchange.ledger.history(partner=None if caller.role == "dpo" else caller.subject)
     context: dict[str, Any] = {
         "budgets": budgets,
         "burndowns": _burndowns(exchange, budgets, history, now, with_global=caller.role == "dpo"),
@@ -224,17 +237,27 @@ def release(release_id: str) -> str:
     """One release: its query, cost and accuracy, a chart when grouped by month, its rows."""
     current: SignedIn = g.signed_in
     document = _exchange().get_release(current.principal, release_id)
-    return render_template("dashboard_release.html", signed_in=current,
-                           release=_release_summary(document), document=document,
-                           rows=_release_rows(document), chart=_release_chart(document))
+    return render_template(
+        "dashboard_release.html",
+        signed_in=current,
+        release=_release_summary(document),
+        document=document,
+        rows=_release_rows(document),
+        chart=_release_chart(document),
+    )
 
 
 # -- what the pages show --------------------------------------------------------------------
 
 
-def _burndowns(exchange: Exchange, budgets: Sequence[dict[str, Any]],
-               history: Sequence[ChargeLine], now: datetime, *,
-               with_global: bool) -> list[Markup]:
+def _burndowns(
+    exchange: Exchange,
+    budgets: Sequence[dict[str, Any]],
+    history: Sequence[ChargeLine],
+    now: datetime,
+    *,
+    with_global: bool,
+) -> list[Markup]:
     """One burn-down chart per dataset: each grant's remaining budget (and the global cap's)."""
     start = _window_start(history, now)
     charts = []
@@ -244,14 +267,23 @@ def _burndowns(exchange: Exchange, budgets: Sequence[dict[str, Any]],
         spend = [line for line in history if line.dataset == dataset]
         lines = []
         if with_global:
-            lines.append(_burndown(f"global cap {rows[0]['dataset_global']:g}",
-                                   rows[0]["dataset_global"], spend))
+            lines.append(
+                _burndown(
+                    f"global cap {rows[0]['dataset_global']:g}", rows[0]["dataset_global"], spend
+                )
+            )
         for row in rows:
             own = [line for line in spend if line.partner == row["partner"]]
-            lines.append(_burndown(f"{row['partner']} (grant {row['granted']:g})",
-                                   row["granted"], own))
-        charts.append(Markup(burndown_chart(  # noqa: S704 - charts.py escapes all text
-            lines, start=start, end=now, title=f"{dataset}: {unit} remaining", unit=unit)))
+            lines.append(
+                _burndown(f"{row['partner']} (grant {row['granted']:g})", row["granted"], own)
+            )
+        charts.append(
+            Markup(  # noqa: S704 - charts.py escapes all text
+                burndown_chart(
+                    lines, start=start, end=now, title=f"{dataset}: {unit} remaining", unit=unit
+                )
+            )
+        )
     return charts
 
 
@@ -274,12 +306,21 @@ def _burndown(label: str, budget: float, spend: Iterable[ChargeLine]) -> StepLin
 
 
 def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:
-    refused = [entry for entry in audit.entries(since=now - REFUSALS_SINCE)
-               if entry.action == "query.refuse"]
-    return [{"at": entry.body()["at"][:19].replace("T", " ") + " UTC", "actor": entry.actor,
-             "dataset": entry.dataset, "reason": entry.details.get("reason", ""),
-             "detail": entry.details.get("detail", "")}
-            for entry in reversed(refused[-RECENT * 2:])]
+    refused = [
+        entry
+        for entry in audit.entries(since=now - REFUSALS_SINCE)
+        if entry.action == "query.refuse"
+    ]
+    return [
+        {
+            "at": entry.body()["at"][:19].replace("T", " ") + " UTC",
+            "actor": entry.actor,
+            "dataset": entry.dataset,
+            "reason": entry.details.get("reason", ""),
+            "detail": entry.details.get("detail", ""),
+        }
+        for entry in reversed(refused[-RECENT * 2 :])
+    ]
 
 
 def _expiring_grants(exchange: Exchange, today: date) -> list[dict[str, Any]]:
@@ -289,9 +330,15 @@ def _expiring_grants(exchange: Exchange, today: date) -> list[dict[str, Any]]:
             if grant.expires is None or grant.expires > today + EXPIRY_WARNING:
                 continue
             days = (grant.expires - today).days
-            found.append({"partner": partner.id, "dataset": grant.dataset,
-                          "expires": grant.expires.isoformat(), "expired": days < 0,
-                          "days": days})
+            found.append(
+                {
+                    "partner": partner.id,
+                    "dataset": grant.dataset,
+                    "expires": grant.expires.isoformat(),
+                    "expired": days < 0,
+                    "days": days,
+                }
+            )
     return sorted(found, key=lambda row: row["expires"])
 
 
@@ -299,8 +346,10 @@ def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
     query = document.get("query", {})
     privacy = document.get("privacy", {})
     unit = "rho" if privacy.get("definition") == "zcdp" else "epsilon"
-    filters = "; ".join(f"{name}: {', '.join(str(v) for v in values)}"
-                        for name, values in (query.get("filters") or {}).items())
+    filters = "; ".join(
+        f"{name}: {', '.join(str(v) for v in values)}"
+        for name, values in (query.get("filters") or {}).items()
+    )
     return {
         "release_id": document.get("release_id", ""),
         "dataset": document.get("dataset", ""),
@@ -316,9 +365,14 @@ def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
 
 def _release_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     group_by = list(document.get("query", {}).get("group_by") or [])
-    return [{"cell": [str(row.get(name, "")) for name in group_by],
-             "value": row.get("value"), "ci": row.get("ci") or [None, None]}
-            for row in document.get("rows", [])]
+    return [
+        {
+            "cell": [str(row.get(name, "")) for name in group_by],
+            "value": row.get("value"),
+            "ci": row.get("ci") or [None, None],
+        }
+        for row in document.get("rows", [])
+    ]
 
 
 def _release_chart(document: dict[str, Any]) -> Markup | None:
@@ -336,16 +390,24 @@ def _release_chart(document: dict[str, Any]) -> Markup | None:
         low, high = row["ci"]
         key = tuple(str(row[name]) for name in others)
         series.setdefault(key, {})[month] = (float(row["value"]), float(low), float(high))
-    if not series or len(series) > MAX_RELEASE_LINES or any(
-            len(points) != len(months) for points in series.values()):
+    if (
+        not series
+        or len(series) > MAX_RELEASE_LINES
+        or any(len(points) != len(months) for points in series.values())
+    ):
         return None
-    lines = [Line(label=", ".join(key) or "all",
-                  values=[points[m][0] for m in months],
-                  band=[(points[m][1], points[m][2]) for m in months])
-             for key, points in series.items()]
+    lines = [
+        Line(
+            label=", ".join(key) or "all",
+            values=[points[m][0] for m in months],
+            band=[(points[m][1], points[m][2]) for m in months],
+        )
+        for key, points in series.items()
+    ]
     summary = _release_summary(document)
     title = f"{summary['statistic']} by {summary['group_by']} ({summary['dataset']})"
     alpha = document.get("accuracy", {}).get("alpha")
     label = f"{summary['statistic']}, band: {1 - alpha:.0%} interval" if alpha else ""
-    return Markup(band_chart(months, lines, title=title,  # noqa: S704 - charts.py escapes
-                             y_label=label))
+    return Markup(  # noqa: S704 - charts.py escapes all text
+        band_chart(months, lines, title=title, y_label=label)
+    )

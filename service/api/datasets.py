@@ -23,8 +23,12 @@ from service.exchange import Exchange
 from service.ledger.budgets import GLOBAL
 from service.policy.model import DatasetPolicy, Grant
 
-blp = Blueprint("datasets", __name__, url_prefix="/v1/datasets",
-                description="Datasets and uploads of contact batches")
+blp = Blueprint(
+    "datasets",
+    __name__,
+    url_prefix="/v1/datasets",
+    description="Datasets and uploads of contact batches",
+)
 
 
 def _exchange() -> Exchange:
@@ -32,8 +36,9 @@ def _exchange() -> Exchange:
     return exchange
 
 
-def render_dataset(exchange: Exchange, dataset: DatasetPolicy, grant: Grant | None,
-                   partner: str | None) -> dict[str, Any]:
+def render_dataset(
+    exchange: Exchange, dataset: DatasetPolicy, grant: Grant | None, partner: str | None
+) -> dict[str, Any]:
     global_spent = exchange.ledger.spent(dataset.id, GLOBAL)
     view: dict[str, Any] = {
         "id": dataset.id,
@@ -77,8 +82,12 @@ class Datasets(MethodView):
         """Datasets visible to the caller, with the caller's grant on each."""
         caller = principal()
         exchange = _exchange()
-        return {"datasets": [render_dataset(exchange, d, g, caller.subject)
-                             for d, g in exchange.visible_datasets(caller)]}
+        return {
+            "datasets": [
+                render_dataset(exchange, d, g, caller.subject)
+                for d, g in exchange.visible_datasets(caller)
+            ]
+        }
 
 
 @blp.route("/<string:dataset_id>")
@@ -96,13 +105,29 @@ class Dataset(MethodView):
 
 @blp.route("/<string:dataset_id>/batches")
 class Batches(MethodView):
-    @blp.doc(security=BEARER, requestBody={"required": True, "content": {
-        "text/csv": {"schema": {"type": "string"}, "example": CSV_UPLOAD_EXAMPLE},
-        "application/json": {
-            "schema": {"type": "array", "items": {"type": "object"}},
-            "example": [{"month": "2024-01", "country": "GB", "channel": "chat",
-                         "caller_type": "self_concerned", "referral_source": "social_media_ad",
-                         "minutes": 15, "person": "synthetic-0000124"}]}}})
+    @blp.doc(
+        security=BEARER,
+        requestBody={
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}, "example": CSV_UPLOAD_EXAMPLE},
+                "application/json": {
+                    "schema": {"type": "array", "items": {"type": "object"}},
+                    "example": [
+                        {
+                            "month": "2024-01",
+                            "country": "GB",
+                            "channel": "chat",
+                            "caller_type": "self_concerned",
+                            "referral_source": "social_media_ad",
+                            "minutes": 15,
+                            "person": "synthetic-0000124",
+                        }
+                    ],
+                },
+            },
+        },
+    )
     @blp.arguments(UploadArgsSchema, location="query")
     @blp.response(201, BatchSchema)
     @problem_responses(blp, 401, 403, 404, 413)
@@ -114,6 +139,7 @@ class Batches(MethodView):
         """
         caller = require("owner")
         body = request.get_data(cache=False)
-        batch = _exchange().upload(caller, dataset_id, body,
-                                   content_type=request.mimetype, form=args["form"])
+        batch = _exchange().upload(
+            caller, dataset_id, body, content_type=request.mimetype, form=args["form"]
+        )
         return asdict(batch)

@@ -28,8 +28,13 @@ PUBLIC: list[dict[str, list[str]]] = []
 
 ASSETS = Path(__file__).resolve().parent / "static" / "docs"
 
-blp = Blueprint("docs", __name__, description="This API's documentation",
-                static_folder=str(ASSETS), static_url_path="/docs/assets")
+blp = Blueprint(
+    "docs",
+    __name__,
+    description="This API's documentation",
+    static_folder=str(ASSETS),
+    static_url_path="/docs/assets",
+)
 
 
 def problem_responses(blp: Blueprint, *statuses: int) -> Callable[[V], V]:
@@ -65,9 +70,15 @@ _PAGE = """<!doctype html>
 
 @blp.route("/docs")
 class Docs(MethodView):
-    @blp.doc(security=PUBLIC, responses={"200": {
-        "description": "an HTML page that renders this OpenAPI document",
-        "content": {"text/html": {"schema": {"type": "string"}}}}})
+    @blp.doc(
+        security=PUBLIC,
+        responses={
+            "200": {
+                "description": "an HTML page that renders this OpenAPI document",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     def get(self) -> Response:
         """The API documentation page; its scripts and styles are served by dpx itself."""
         page = _PAGE.format(

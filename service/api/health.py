@@ -29,8 +29,11 @@ class Health(MethodView):
 @blp.route("/readyz")
 class Ready(MethodView):
     @blp.doc(security=PUBLIC)
-    @blp.response(200, HealthSchema, example={
-        "status": "ok", "checks": {"database": "ok", "keyring": "ok", "policies": "ok"}})
+    @blp.response(
+        200,
+        HealthSchema,
+        example={"status": "ok", "checks": {"database": "ok", "keyring": "ok", "policies": "ok"}},
+    )
     @problem_responses(blp, 503)
     def get(self) -> Any:
         """Database reachable with the current schema, keyring and policies loaded."""

@@ -41,10 +41,19 @@ TITLES = {
     "unavailable": "Not ready",
     "internal_error": "Internal error",
 }
-_BY_STATUS = {400: "invalid_request", 401: "unauthenticated", 403: "forbidden",
-              404: "not_found", 405: "invalid_request", 409: "conflict", 413: "payload_too_large",
-              415: "invalid_request", 422: "invalid_request", 429: "rate_limited",
-              503: "unavailable"}
+_BY_STATUS = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "invalid_request",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "invalid_request",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> Response:
@@ -85,10 +94,18 @@ def _http(error: HTTPException) -> Response:
     messages = data.get("messages") or data.get("errors")
     if messages:
         # webargs groups messages by location ("json", "query"); the field path is enough.
-        if isinstance(messages, Mapping) and set(messages) <= {"json", "query", "headers",
-                                                               "form", "files"}:
-            messages = {k: v for loc in messages.values() for k, v in loc.items()} \
-                if all(isinstance(v, Mapping) for v in messages.values()) else messages
+        if isinstance(messages, Mapping) and set(messages) <= {
+            "json",
+            "query",
+            "headers",
+            "form",
+            "files",
+        }:
+            messages = (
+                {k: v for loc in messages.values() for k, v in loc.items()}
+                if all(isinstance(v, Mapping) for v in messages.values())
+                else messages
+            )
         lines = _flatten(messages)
         return problem(status, code, "; ".join(lines), errors=lines)
     if status == 413:
@@ -103,19 +120,29 @@ def _http(error: HTTPException) -> Response:
 Handler = Callable[[Any], Response]
 
 HANDLERS: dict[type[Exception], Handler] = {
-    Unauthenticated: lambda e: problem(401, "unauthenticated",
-                                       "missing, malformed, unknown or revoked token"),
+    Unauthenticated: lambda e: problem(
+        401, "unauthenticated", "missing, malformed, unknown or revoked token"
+    ),
     Forbidden: lambda e: problem(403, "forbidden", str(e)),
     PolicyViolation: lambda e: problem(403, "forbidden", str(e), rule=e.rule),
     NotFound: lambda e: problem(404, "not_found", str(e)),
     InvalidQuery: lambda e: problem(400, "invalid_request", str(e), field=e.field),
     InvalidBatch: lambda e: problem(
-        422, "invalid_request", str(e).splitlines()[0], total_rejected=e.total,
-        errors=[{"row": r.row, "column": r.column, "reason": r.reason} for r in e.errors]),
+        422,
+        "invalid_request",
+        str(e).splitlines()[0],
+        total_rejected=e.total,
+        errors=[{"row": r.row, "column": r.column, "reason": r.reason} for r in e.errors],
+    ),
     BudgetExhausted: lambda e: problem(
-        403, "budget_exhausted", str(e),
-        remaining={"partner": {e.unit: float(e.remaining.partner)},
-                   "dataset": {e.unit: float(e.remaining.dataset)}}),
+        403,
+        "budget_exhausted",
+        str(e),
+        remaining={
+            "partner": {e.unit: float(e.remaining.partner)},
+            "dataset": {e.unit: float(e.remaining.dataset)},
+        },
+    ),
     Conflict: lambda e: problem(409, "conflict", str(e)),
     IntegrityError: lambda e: _integrity(e),
 }
@@ -123,62 +150,112 @@ HANDLERS: dict[type[Exception], Handler] = {
 
 def _integrity(error: Exception) -> Response:
     log.error("integrity check failed: %s", error)
-    return problem(500, "integrity_error",
-                   "stored data failed its integrity check; the operators have been told")
+    return problem(
+        500,
+        "integrity_error",
+        "stored data failed its integrity check; the operators have been told",
+    )
 
 
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled error")
-    return problem(500, "internal_error",
-                   "the service failed to answer; the request id identifies it in the log")
+    return problem(
+        500,
+        "internal_error",
+        "the service failed to answer; the request id identifies it in the log",
+    )
 
 
 PROBLEM_JSON = "application/problem+json"
 
 # Examples of the error bodies of each status, as the OpenAPI document shows them.
 _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
-    400: [("invalid_request", "filters.month: '2025-01' is not in 2024-01..2024-12",
-           {"field": "filters.month"})],
+    400: [
+        (
+            "invalid_request",
+            "filters.month: '2025-01' is not in 2024-01..2024-12",
+            {"field": "filters.month"},
+        )
+    ],
     401: [("unauthenticated", "missing, malformed, unknown or revoked token", {})],
-    403: [("forbidden", "grant for uk-helpline-2024 allows statistics count; 'sum' is not "
-           "allowed", {"rule": "statistic"}),
-          ("budget_exhausted", "this query would exceed the partner's grant: remaining "
-           "epsilon is 0.1",
-           {"remaining": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}}})],
+    403: [
+        (
+            "forbidden",
+            "grant for uk-helpline-2024 allows statistics count; 'sum' is not allowed",
+            {"rule": "statistic"},
+        ),
+        (
+            "budget_exhausted",
+            "this query would exceed the partner's grant: remaining epsilon is 0.1",
+            {"remaining": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}}},
+        ),
+    ],
     404: [("not_found", "no dataset 'xx-helpline-2024'", {})],
     409: [("conflict", "this Idempotency-Key was already used for another request", {})],
     413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
-    422: [("invalid_request", "statistic: Must be one of: count, sum, mean.",
-           {"errors": ["statistic: Must be one of: count, sum, mean."]})],
+    422: [
+        (
+            "invalid_request",
+            "statistic: Must be one of: count, sum, mean.",
+            {"errors": ["statistic: Must be one of: count, sum, mean."]},
+        )
+    ],
     429: [("rate_limited", "too many requests; retry after the Retry-After delay", {})],
-    503: [("unavailable", "database: unreachable",
-           {"checks": {"database": "unreachable", "keyring": "ok", "policies": "ok"}})],
-    500: [("internal_error",
-           "the service failed to answer; the request id identifies it in the log", {})],
+    503: [
+        (
+            "unavailable",
+            "database: unreachable",
+            {"checks": {"database": "unreachable", "keyring": "ok", "policies": "ok"}},
+        )
+    ],
+    500: [
+        (
+            "internal_error",
+            "the service failed to answer; the request id identifies it in the log",
+            {},
+        )
+    ],
 }
 
 
 def _example_body(status: int, code: str, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"type": PROBLEM_TYPE + code, "title": TITLES[code], "status": status,
-            "detail": detail, "code": code, "request_id": "req_5f0c2a9e1b7d4c36", **extra}
+    return {
+        "type": PROBLEM_TYPE + code,
+        "title": TITLES[code],
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": "req_5f0c2a9e1b7d4c36",
+        **extra,
+    }
 
 
 _HEADERS: dict[int, dict[str, Any]] = {
-    401: {"WWW-Authenticate": {"schema": {"type": "string"},
-                               "description": "Bearer realm=\"dpx\""}},
-    429: {"Retry-After": {"schema": {"type": "integer"},
-                          "description": "seconds to wait before retrying"}},
-    503: {"Retry-After": {"schema": {"type": "integer"},
-                          "description": "seconds to wait before retrying, when known"}},
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="dpx"'}},
+    429: {
+        "Retry-After": {
+            "schema": {"type": "integer"},
+            "description": "seconds to wait before retrying",
+        }
+    },
+    503: {
+        "Retry-After": {
+            "schema": {"type": "integer"},
+            "description": "seconds to wait before retrying, when known",
+        }
+    },
 }
 
 
 def _problem_response(description: str, status: int) -> dict[str, Any]:
-    examples = {code: {"value": _example_body(status, code, detail, extra)}
-                for code, detail, extra in _EXAMPLES.get(status, _EXAMPLES[500])}
+    examples = {
+        code: {"value": _example_body(status, code, detail, extra)}
+        for code, detail, extra in _EXAMPLES.get(status, _EXAMPLES[500])
+    }
     response: dict[str, Any] = {
         "description": description,
-        "content": {PROBLEM_JSON: {"schema": ProblemSchema, "examples": examples}}}
+        "content": {PROBLEM_JSON: {"schema": ProblemSchema, "examples": examples}},
+    }
     if status in _HEADERS:
         response["headers"] = _HEADERS[status]
     return response
@@ -207,22 +284,30 @@ class ProblemApi(Api):  # type: ignore[misc]
             self.spec.components.response(status.name, response, lazy=True)
         self.spec.components.response(
             self.DEFAULT_ERROR_RESPONSE_NAME,
-            _problem_response("any other error, as problem+json", 500), lazy=True)
+            _problem_response("any other error, as problem+json", 500),
+            lazy=True,
+        )
 
     def _register_doc_blueprint(self) -> None:
         super()._register_doc_blueprint()
-        rule = next(self._app.url_map.iter_rules(
-            f"{self._make_doc_blueprint_name()}.openapi_json"))
-        self.spec.path(rule=rule, operations={"get": {
-            "summary": "This OpenAPI document.",
-            "tags": [docs.blp.name],
-            "security": docs.PUBLIC,
-            "responses": {
-                "200": {"description": "the OpenAPI 3 document of this service",
-                        "content": {"application/json": {"schema": {"type": "object"}}}},
-                "default": self.DEFAULT_ERROR_RESPONSE_NAME,
+        rule = next(self._app.url_map.iter_rules(f"{self._make_doc_blueprint_name()}.openapi_json"))
+        self.spec.path(
+            rule=rule,
+            operations={
+                "get": {
+                    "summary": "This OpenAPI document.",
+                    "tags": [docs.blp.name],
+                    "security": docs.PUBLIC,
+                    "responses": {
+                        "200": {
+                            "description": "the OpenAPI 3 document of this service",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "default": self.DEFAULT_ERROR_RESPONSE_NAME,
+                    },
+                }
             },
-        }})
+        )
         self.register_blueprint(docs.blp)
 
 

@@ -21,8 +21,9 @@ from service.api.schemas import (
 from service.dp.errors import InvalidQuery
 from service.observability.metrics import count_answer, count_refusal
 
-blp = Blueprint("queries", __name__, url_prefix="/v1/queries",
-                description="Differentially private queries")
+blp = Blueprint(
+    "queries", __name__, url_prefix="/v1/queries", description="Differentially private queries"
+)
 
 
 @blp.route("/estimate")
@@ -40,18 +41,28 @@ class Estimate(MethodView):
 
 @blp.route("")
 class Queries(MethodView):
-    @blp.doc(security=BEARER, parameters=[{
-        "in": "header", "name": "Idempotency-Key", "required": False,
-        "schema": {"type": "string", "maxLength": 200},
-        "description": "an opaque key, one per logical request: a retry with the same key "
-                       "and body returns the first response and is never charged again",
-        "example": "idem_3q2Xc9vA0kP1mB7w"}])
+    @blp.doc(
+        security=BEARER,
+        parameters=[
+            {
+                "in": "header",
+                "name": "Idempotency-Key",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 200},
+                "description": "an opaque key, one per logical request: a retry with the same key "
+                "and body returns the first response and is never charged again",
+                "example": "idem_3q2Xc9vA0kP1mB7w",
+            }
+        ],
+    )
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
-    @blp.response(201, ReleaseSchema, description="a new release, charged",
-                  example=RELEASE_EXAMPLE)
-    @blp.alt_response(200, schema=ReleaseSchema,
-                      description="the stored release of an identical query, free",
-                      example=dict(RELEASE_EXAMPLE, cached=True))
+    @blp.response(201, ReleaseSchema, description="a new release, charged", example=RELEASE_EXAMPLE)
+    @blp.alt_response(
+        200,
+        schema=ReleaseSchema,
+        description="the stored release of an identical query, free",
+        example=dict(RELEASE_EXAMPLE, cached=True),
+    )
     @problem_responses(blp, 400, 401, 403, 404, 409, 413)
     def post(self, query: dict[str, Any]) -> Any:
         """Run a query. Repeats return the stored release (`cached: true`) and cost nothing.
@@ -64,8 +75,7 @@ class Queries(MethodView):
         if key is not None and (len(key) > 200 or not key.isprintable()):
             raise InvalidQuery("Idempotency-Key", "must be at most 200 printable characters")
         try:
-            answer = current_app.extensions["dpx.exchange"].run(caller, query,
-                                                                idempotency_key=key)
+            answer = current_app.extensions["dpx.exchange"].run(caller, query, idempotency_key=key)
         except Exception as refusal:
             count_refusal(refusal)
             raise

@@ -30,19 +30,26 @@ class Releases(MethodView):
         """The caller's releases (all partners' for a DPO), newest first."""
         caller = require("partner", "dpo")
         exchange = current_app.extensions["dpx.exchange"]
-        return {"releases": exchange.list_releases(caller, limit=args["limit"],
-                                                   before=args.get("before"))}
+        return {
+            "releases": exchange.list_releases(
+                caller, limit=args["limit"], before=args.get("before")
+            )
+        }
 
 
 @blp.route("/<string:release_id>")
 class Release(MethodView):
     @blp.doc(security=BEARER)
-    @blp.response(200, ReleaseSchema, example={
-        k: v for k, v in RELEASE_EXAMPLE.items() if k not in ("cached", "budget")})
+    @blp.response(
+        200,
+        ReleaseSchema,
+        example={k: v for k, v in RELEASE_EXAMPLE.items() if k not in ("cached", "budget")},
+    )
     @problem_responses(blp, 401, 403, 404)
     def get(self, release_id: str) -> dict[str, Any]:
         """One release; another partner's release is 404."""
         caller = require("partner", "dpo")
         document: dict[str, Any] = current_app.extensions["dpx.exchange"].get_release(
-            caller, release_id)
+            caller, release_id
+        )
         return document

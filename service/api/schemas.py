@@ -12,22 +12,42 @@ class ProblemSchema(Schema):
     title = fields.String()
     status = fields.Integer()
     detail = fields.String()
-    code = fields.String(metadata={
-        "description": "stable error code",
-        "enum": ["invalid_request", "unauthenticated", "forbidden", "not_found",
-                 "budget_exhausted", "payload_too_large", "rate_limited", "conflict",
-                 "integrity_error", "unavailable", "internal_error"],
-        "example": "forbidden"})
+    code = fields.String(
+        metadata={
+            "description": "stable error code",
+            "enum": [
+                "invalid_request",
+                "unauthenticated",
+                "forbidden",
+                "not_found",
+                "budget_exhausted",
+                "payload_too_large",
+                "rate_limited",
+                "conflict",
+                "integrity_error",
+                "unavailable",
+                "internal_error",
+            ],
+            "example": "forbidden",
+        }
+    )
     request_id = fields.String(metadata={"description": "names this request in the server log"})
-    errors = fields.List(fields.Raw(), metadata={
-        "description": "invalid_request: one message per bad field, or for an upload the "
-                       "rejected rows as {row, column, reason}"})
+    errors = fields.List(
+        fields.Raw(),
+        metadata={
+            "description": "invalid_request: one message per bad field, or for an upload the "
+            "rejected rows as {row, column, reason}"
+        },
+    )
     field = fields.String(metadata={"description": "invalid_request (400): the field at fault"})
     rule = fields.String(metadata={"description": "forbidden: the policy rule that refused"})
-    remaining = fields.Dict(metadata={
-        "description": "budget_exhausted: what the partner's grant and the dataset's global "
-                       "budget have left",
-        "example": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}}})
+    remaining = fields.Dict(
+        metadata={
+            "description": "budget_exhausted: what the partner's grant and the dataset's global "
+            "budget have left",
+            "example": {"partner": {"epsilon": 0.1}, "dataset": {"epsilon": 6.0}},
+        }
+    )
     total_rejected = fields.Integer(metadata={"description": "upload: rows rejected in all"})
     checks = fields.Dict(metadata={"description": "unavailable (503): each readiness check"})
 
@@ -81,10 +101,14 @@ class DatasetListSchema(Schema):
 
 
 class UploadArgsSchema(Schema):
-    form = fields.String(load_default="contacts",
-                         validate=validate.OneOf(["contacts", "cells"]),
-                         metadata={"description": "contacts: one row per contact; "
-                                   "cells: pre-aggregated rows with a contacts column"})
+    form = fields.String(
+        load_default="contacts",
+        validate=validate.OneOf(["contacts", "cells"]),
+        metadata={
+            "description": "contacts: one row per contact; "
+            "cells: pre-aggregated rows with a contacts column"
+        },
+    )
 
 
 class BatchSchema(Schema):
@@ -110,10 +134,14 @@ class QuerySchema(Schema):
     measure = fields.String(allow_none=True)
     group_by = fields.List(fields.String(), metadata={"example": ["month"]})
     filters = fields.Dict(
-        keys=fields.String(), values=fields.Raw(),
-        metadata={"description": "dimension -> list of values; a month dimension also takes "
-                  "{\"from\": \"2024-01\", \"to\": \"2024-06\"}",
-                  "example": {"channel": ["chat"]}})
+        keys=fields.String(),
+        values=fields.Raw(),
+        metadata={
+            "description": "dimension -> list of values; a month dimension also takes "
+            '{"from": "2024-01", "to": "2024-06"}',
+            "example": {"channel": ["chat"]},
+        },
+    )
     epsilon = fields.Float(allow_nan=False, metadata={"example": 0.5})
     rho = fields.Float(allow_nan=False)
     accuracy = fields.Nested(AccuracyTargetSchema)
@@ -132,12 +160,15 @@ class ReleaseSchema(Schema):
     partner = fields.String()
     cached = fields.Boolean()
     query = fields.Dict()
-    rows = fields.List(fields.Dict(), metadata={
-        "example": [{"month": "2024-01", "value": 412, "ci": [352, 472]}]})
-    privacy = fields.Dict(metadata={"example": {"definition": "pure", "epsilon": 0.5,
-                                                "delta": 0.0}})
-    mechanism = fields.Dict(metadata={"example": {"name": "discrete_laplace", "scale": 20.0,
-                                                  "sensitivity": 10}})
+    rows = fields.List(
+        fields.Dict(), metadata={"example": [{"month": "2024-01", "value": 412, "ci": [352, 472]}]}
+    )
+    privacy = fields.Dict(
+        metadata={"example": {"definition": "pure", "epsilon": 0.5, "delta": 0.0}}
+    )
+    mechanism = fields.Dict(
+        metadata={"example": {"name": "discrete_laplace", "scale": 20.0, "sensitivity": 10}}
+    )
     accuracy = fields.Dict(metadata={"example": {"alpha": 0.05, "max_error": 60}})
     budget = fields.Dict()
     policy_version = fields.String()
@@ -157,9 +188,13 @@ class ReleaseListArgsSchema(Schema):
 class EstimateSchema(Schema):
     dataset = fields.String()
     query = fields.Dict()
-    cached = fields.Boolean(metadata={"description": "true: an identical release exists, so "
-                                      "running the query returns it and costs nothing "
-                                      "(privacy then shows a zero cost)"})
+    cached = fields.Boolean(
+        metadata={
+            "description": "true: an identical release exists, so "
+            "running the query returns it and costs nothing "
+            "(privacy then shows a zero cost)"
+        }
+    )
     privacy = fields.Dict()
     mechanism = fields.Dict()
     accuracy = fields.Dict()
@@ -224,31 +259,52 @@ class HealthSchema(Schema):
 QUERY_EXAMPLES = {
     "count_by_month": {
         "summary": "Contacts referred by police warnings, per month, at epsilon 0.2",
-        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
-                  "filters": {"referral_source": ["police_warning"]}, "epsilon": 0.2},
+        "value": {
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month"],
+            "filters": {"referral_source": ["police_warning"]},
+            "epsilon": 0.2,
+        },
     },
     "month_range": {
         "summary": "Chat contacts in the first half year, per month",
-        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
-                  "filters": {"channel": ["chat"],
-                              "month": {"from": "2024-01", "to": "2024-06"}},
-                  "epsilon": 0.5},
+        "value": {
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month"],
+            "filters": {"channel": ["chat"], "month": {"from": "2024-01", "to": "2024-06"}},
+            "epsilon": 0.5,
+        },
     },
     "accuracy_target": {
         "summary": "The cheapest cost that keeps every value within 50 at 95% confidence",
-        "value": {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["channel"],
-                  "accuracy": {"max_error": 50, "alpha": 0.05}},
+        "value": {
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["channel"],
+            "accuracy": {"max_error": 50, "alpha": 0.05},
+        },
     },
     "zcdp_mean": {
         "summary": "Mean minutes per contact on a zCDP dataset, by channel",
-        "value": {"dataset": "nl-helpline-2024", "statistic": "mean", "measure": "minutes",
-                  "group_by": ["channel"], "rho": 0.05},
+        "value": {
+            "dataset": "nl-helpline-2024",
+            "statistic": "mean",
+            "measure": "minutes",
+            "group_by": ["channel"],
+            "rho": 0.05,
+        },
     },
 }
 
 _CANONICAL_QUERY = {
-    "alpha": 0.05, "dataset": "uk-helpline-2024", "statistic": "count", "measure": None,
-    "group_by": ["month"], "filters": {"referral_source": ["police_warning"]},
+    "alpha": 0.05,
+    "dataset": "uk-helpline-2024",
+    "statistic": "count",
+    "measure": None,
+    "group_by": ["month"],
+    "filters": {"referral_source": ["police_warning"]},
     "privacy": {"epsilon": "0.2"},
 }
 
@@ -268,16 +324,21 @@ RELEASE_EXAMPLE = {
     "partner": "no-police",
     "cached": False,
     "query": _CANONICAL_QUERY,
-    "rows": [{"month": "2024-01", "value": 412, "ci": [261.72, 562.28]},
-             {"month": "2024-02", "value": 388, "ci": [237.72, 538.28]}],
+    "rows": [
+        {"month": "2024-01", "value": 412, "ci": [261.72, 562.28]},
+        {"month": "2024-02", "value": 388, "ci": [237.72, 538.28]},
+    ],
     "privacy": {"definition": "pure", "epsilon": 0.2, "delta": 0.0},
     "mechanism": {"name": "discrete_laplace", "scale": 50.0, "sensitivity": 10},
     "accuracy": {"alpha": 0.05, "max_error": 150.28},
     "budget": {"partner_remaining": {"epsilon": 1.8}, "dataset_remaining": {"epsilon": 7.8}},
     "policy_version": "sha256:462a38d29be3a828…",
     "created_at": "2026-03-02T10:15:00Z",
-    "signature": {"alg": "Ed25519", "key_id": "sig-9c500a66",
-                  "value": "qWBvRoRZp16iyHiD7joocObvI7OKW1thUt8ix2313I0PMk1h26qa1YlA6k034Q…"},
+    "signature": {
+        "alg": "Ed25519",
+        "key_id": "sig-9c500a66",
+        "value": "qWBvRoRZp16iyHiD7joocObvI7OKW1thUt8ix2313I0PMk1h26qa1YlA6k034Q…",
+    },
 }
 
 CSV_UPLOAD_EXAMPLE = (

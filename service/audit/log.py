@@ -34,9 +34,12 @@ from service.database.schema import audit_head, audit_log
 GENESIS_MAC = "0" * 64
 
 # Built once: every append runs these two statements on the single head row.
-_ADVANCE_HEAD = (update(audit_head).where(audit_head.c.id == 1)
-                 .values(seq=audit_head.c.seq + 1)
-                 .returning(audit_head.c.seq, audit_head.c.mac))
+_ADVANCE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=audit_head.c.seq + 1)
+    .returning(audit_head.c.seq, audit_head.c.mac)
+)
 _SET_HEAD_MAC = update(audit_head).where(audit_head.c.id == 1).values(mac=bindparam("head_mac"))
 
 
@@ -88,35 +91,62 @@ def _mac(key: bytes, seq: int, prev_mac: str, body: Mapping[str, Any]) -> str:
 class AuditLog:
     """Appends to and verifies the audit chain of one database."""
 
-    def __init__(self, database: Database, keyring: Keyring, checkpoint_path: Path,
-                 checkpoint_every: int = 100) -> None:
+    def __init__(
+        self,
+        database: Database,
+        keyring: Keyring,
+        checkpoint_path: Path,
+        checkpoint_every: int = 100,
+    ) -> None:
         self.database = database
         self.keyring = keyring
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
 
-    def append(self, conn: Connection, *, actor: str, action: str,
-               dataset: str | None = None, details: Mapping[str, Any] | None = None) -> int:
+    def append(
+        self,
+        conn: Connection,
+        *,
+        actor: str,
+        action: str,
+        dataset: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
         """Append one entry inside ``conn``'s transaction and return its sequence number."""
         head = conn.execute(_ADVANCE_HEAD).one()
         seq, prev_mac = int(head.seq), str(head.mac)
         at = datetime.now(UTC)
         details = dict(details or {})
-        body = {"seq": seq, "at": _iso(at), "actor": actor, "action": action,
-                "dataset": dataset, "details": details}
+        body = {
+            "seq": seq,
+            "at": _iso(at),
+            "actor": actor,
+            "action": action,
+            "dataset": dataset,
+            "details": details,
+        }
         mac = _mac(self.keyring.audit_key(), seq, prev_mac, body)
-        conn.execute(audit_log.insert(), {
-            "seq": seq, "at": at, "actor": actor, "action": action, "dataset": dataset,
-            "details": json.dumps(details, sort_keys=True, separators=(",", ":")),
-            "prev_mac": prev_mac, "mac": mac,
-        })
+        conn.execute(
+            audit_log.insert(),
+            {
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "dataset": dataset,
+                "details": json.dumps(details, sort_keys=True, separators=(",", ":")),
+                "prev_mac": prev_mac,
+                "mac": mac,
+            },
+        )
         conn.execute(_SET_HEAD_MAC, {"head_mac": mac})
         if seq % self.checkpoint_every == 0 and "after_commit" in conn.info:
             conn.info["after_commit"].append(lambda: self._checkpoint(seq, mac))
         return seq
 
-    def entries(self, *, after: int = 0, limit: int | None = None,
-                since: datetime | None = None) -> Iterator[AuditEntry]:
+    def entries(
+        self, *, after: int = 0, limit: int | None = None, since: datetime | None = None
+    ) -> Iterator[AuditEntry]:
         """Entries in sequence order, starting after ``after`` (and at or after ``since``;
         a naive ``since`` is taken as UTC)."""
         with self.database.read() as conn:
@@ -124,8 +154,9 @@ class AuditLog:
         return self._entries(rows)
 
     @staticmethod
-    def _rows(conn: Connection, *, after: int = 0, limit: int | None = None,
-              since: datetime | None = None) -> list[Any]:
+    def _rows(
+        conn: Connection, *, after: int = 0, limit: int | None = None, since: datetime | None = None
+    ) -> list[Any]:
         query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq)
         if since is not None:
             # Timestamps are stored in UTC; SQLite keeps them without a zone, so the
@@ -141,9 +172,14 @@ class AuditLog:
     def _entries(rows: list[Any]) -> Iterator[AuditEntry]:
         for row in rows:
             yield AuditEntry(
-                seq=int(row.seq), at=row.at, actor=row.actor, action=row.action,
-                dataset=row.dataset, details=json.loads(row.details),
-                prev_mac=row.prev_mac, mac=row.mac,
+                seq=int(row.seq),
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                dataset=row.dataset,
+                details=json.loads(row.details),
+                prev_mac=row.prev_mac,
+                mac=row.mac,
             )
 
     @contextmanager
@@ -173,44 +209,70 @@ class AuditLog:
             rows = self._rows(conn)
         for entry in self._entries(rows):
             if entry.seq != expected_seq:
-                return Verification(False, count, expected_seq,
-                                    f"entry {expected_seq} is missing (next is {entry.seq})")
+                return Verification(
+                    False,
+                    count,
+                    expected_seq,
+                    f"entry {expected_seq} is missing (next is {entry.seq})",
+                )
             if entry.prev_mac != prev_mac:
-                return Verification(False, count, entry.seq,
-                                    f"entry {entry.seq} does not follow entry {entry.seq - 1}")
+                return Verification(
+                    False,
+                    count,
+                    entry.seq,
+                    f"entry {entry.seq} does not follow entry {entry.seq - 1}",
+                )
             if _mac(key, entry.seq, entry.prev_mac, entry.body()) != entry.mac:
-                return Verification(False, count, entry.seq,
-                                    f"entry {entry.seq} was altered (its MAC does not match)")
+                return Verification(
+                    False,
+                    count,
+                    entry.seq,
+                    f"entry {entry.seq} was altered (its MAC does not match)",
+                )
             macs[entry.seq] = entry.mac
             prev_mac, expected_seq, count = entry.mac, expected_seq + 1, count + 1
         if head is None:
             return Verification(False, count, count + 1, "the chain head row is missing")
         if int(head.seq) != count or head.mac != prev_mac:
             first_bad = count + 1 if int(head.seq) > count else int(head.seq)
-            return Verification(False, count, first_bad,
-                                f"the chain ends at entry {count} but its head says {head.seq}")
+            return Verification(
+                False,
+                count,
+                first_bad,
+                f"the chain ends at entry {count} but its head says {head.seq}",
+            )
         for line_number, checkpoint in checkpoints:
             if checkpoint is None or not self._checkpoint_signed(checkpoint):
                 # A forged or damaged line: its seq is not to be trusted, so it names none.
                 return Verification(
-                    False, count, None,
+                    False,
+                    count,
+                    None,
                     f"checkpoint line {line_number} of {self.checkpoint_path.name} "
-                    "is malformed or its signature is invalid")
+                    "is malformed or its signature is invalid",
+                )
             seq = int(checkpoint["seq"])
             if seq > count:
                 return Verification(
-                    False, count, count + 1,
-                    f"entries {count + 1}..{seq} were cut off (checkpoint at {seq})")
+                    False,
+                    count,
+                    count + 1,
+                    f"entries {count + 1}..{seq} were cut off (checkpoint at {seq})",
+                )
             if macs.get(seq) != checkpoint["mac"]:
-                return Verification(False, count, seq,
-                                    f"entry {seq} differs from its signed checkpoint")
+                return Verification(
+                    False, count, seq, f"entry {seq} differs from its signed checkpoint"
+                )
         return Verification(True, count)
 
     def _checkpoint(self, seq: int, mac: str) -> None:
         body = {"seq": seq, "mac": mac, "at": _iso(datetime.now(UTC))}
         signature = self.keyring.signing_private_key().sign(canonical_json(body))
-        record = dict(body, key_id=self.keyring.signing_key_id,
-                      signature=base64.b64encode(signature).decode("ascii"))
+        record = dict(
+            body,
+            key_id=self.keyring.signing_key_id,
+            signature=base64.b64encode(signature).decode("ascii"),
+        )
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         with self.checkpoint_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
@@ -236,13 +298,19 @@ class AuditLog:
         public = keys.get(str(checkpoint.get("key_id")))
         seq, mac, at = checkpoint.get("seq"), checkpoint.get("mac"), checkpoint.get("at")
         signature = checkpoint.get("signature")
-        if (public is None or type(seq) is not int or not isinstance(mac, str)
-                or not isinstance(at, str) or not isinstance(signature, str)):
+        if (
+            public is None
+            or type(seq) is not int
+            or not isinstance(mac, str)
+            or not isinstance(at, str)
+            or not isinstance(signature, str)
+        ):
             return False
         body = {"seq": seq, "mac": mac, "at": at}
         try:
             Ed25519PublicKey.from_public_bytes(base64.b64decode(public)).verify(
-                base64.b64decode(signature, validate=True), canonical_json(body))
+                base64.b64decode(signature, validate=True), canonical_json(body)
+            )
         except (InvalidSignature, ValueError, binascii.Error):
             return False
         return True

@@ -88,16 +88,27 @@ class TokenRegistry:
         token = new_token()
         token_id = "tok_" + secrets.token_hex(8)
         with self.database.write() as conn:
-            conn.execute(tokens.insert().values(
-                id=token_id, token_hash=token_hash(token), prefix=token_prefix(token),
-                role=role, subject=subject, created_at=_now(),
-            ))
-            self.audit.append(conn, actor=actor, action="token.issue",
-                              details={"token_id": token_id, "role": role, "subject": subject})
+            conn.execute(
+                tokens.insert().values(
+                    id=token_id,
+                    token_hash=token_hash(token),
+                    prefix=token_prefix(token),
+                    role=role,
+                    subject=subject,
+                    created_at=_now(),
+                )
+            )
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="token.issue",
+                details={"token_id": token_id, "role": role, "subject": subject},
+            )
         return IssuedToken(token_id, token, role, subject)
 
-    def revoke(self, token_id: str, *, actor: str = "admin:cli",
-               at: datetime | None = None) -> None:
+    def revoke(
+        self, token_id: str, *, actor: str = "admin:cli", at: datetime | None = None
+    ) -> None:
         """Revoke now (or at ``at``, for a grace period); unknown or revoked ids are an error."""
         with self.database.write() as conn:
             done = conn.execute(
@@ -107,15 +118,19 @@ class TokenRegistry:
             ).rowcount
             if done != 1:
                 raise TokenNotFound(token_id)
-            self.audit.append(conn, actor=actor, action="token.revoke",
-                              details={"token_id": token_id,
-                                       "effective": (at or _now()).isoformat()})
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="token.revoke",
+                details={"token_id": token_id, "effective": (at or _now()).isoformat()},
+            )
 
     def rotate(self, token_id: str, *, grace: timedelta, actor: str = "admin:cli") -> IssuedToken:
         """Issue a replacement with the same role; the old token works for ``grace`` more."""
         with self.database.read() as conn:
-            row = conn.execute(select(tokens).where(
-                tokens.c.id == token_id, tokens.c.revoked_at.is_(None))).first()
+            row = conn.execute(
+                select(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
+            ).first()
         if row is None:
             raise TokenNotFound(token_id)
         issued = self.issue(row.role, row.subject, actor=actor)
@@ -128,23 +143,36 @@ class TokenRegistry:
             raise Unauthenticated()
         now = _now()
         with self.database.read() as conn:
-            row = conn.execute(select(tokens).where(
-                tokens.c.token_hash == token_hash(presented),
-                or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
-            )).first()
+            row = conn.execute(
+                select(tokens).where(
+                    tokens.c.token_hash == token_hash(presented),
+                    or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
+                )
+            ).first()
         if row is None:
             raise Unauthenticated()
         last = _aware(row.last_used_at)
         # Coarse last-used stamps: one write a minute per token, not one per request.
         if last is None or now - last > timedelta(minutes=1):
             with self.database.write() as conn:
-                conn.execute(update(tokens).where(and_(tokens.c.id == row.id))
-                             .values(last_used_at=now))
+                conn.execute(
+                    update(tokens).where(and_(tokens.c.id == row.id)).values(last_used_at=now)
+                )
         return Principal(row.id, row.role, row.subject)
 
     def list(self) -> list[TokenInfo]:
         with self.database.read() as conn:
             rows = conn.execute(select(tokens).order_by(tokens.c.created_at)).all()
-        return [TokenInfo(r.id, r.prefix, r.role, r.subject, _aware(r.created_at) or _now(),
-                          _aware(r.last_used_at), _aware(r.expires_at), _aware(r.revoked_at))
-                for r in rows]
+        return [
+            TokenInfo(
+                r.id,
+                r.prefix,
+                r.role,
+                r.subject,
+                _aware(r.created_at) or _now(),
+                _aware(r.last_used_at),
+                _aware(r.expires_at),
+                _aware(r.revoked_at),
+            )
+            for r in rows
+        ]

@@ -34,8 +34,9 @@ def session_secret(keyring: Keyring) -> bytes:
     the keyring (rather than a per-machine file) lets every worker and every instance that
     mounts the same keyring accept the same cookies, and nothing secret sits in the code.
     """
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=b"dpx dashboard session cookie v1").derive(keyring.audit_key())
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"dpx dashboard session cookie v1"
+    ).derive(keyring.audit_key())
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,17 @@ class DashboardSessions:
         now = datetime.now(UTC)
         with self.database.write() as conn:
             self._purge(conn, now)
-            conn.execute(sessions.insert().values(
-                id_hash=_session_hash(session_id), token_id=principal.token_id,
-                role=principal.role, subject=principal.subject,
-                csrf_token=secrets.token_urlsafe(32), created_at=now,
-                expires_at=now + SESSION_LIFETIME))
+            conn.execute(
+                sessions.insert().values(
+                    id_hash=_session_hash(session_id),
+                    token_id=principal.token_id,
+                    role=principal.role,
+                    subject=principal.subject,
+                    csrf_token=secrets.token_urlsafe(32),
+                    created_at=now,
+                    expires_at=now + SESSION_LIFETIME,
+                )
+            )
             self.audit.append(conn, actor=principal.actor, action="dashboard.sign_in")
         return session_id
 
@@ -75,13 +82,14 @@ class DashboardSessions:
         """The live session with this id: unexpired, and its token neither revoked nor expired."""
         now = datetime.now(UTC)
         query = (
-            select(sessions.c.token_id, sessions.c.role, sessions.c.subject,
-                   sessions.c.csrf_token)
+            select(sessions.c.token_id, sessions.c.role, sessions.c.subject, sessions.c.csrf_token)
             .join(tokens, tokens.c.id == sessions.c.token_id)
-            .where(sessions.c.id_hash == _session_hash(session_id),
-                   sessions.c.expires_at > now,
-                   or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
-                   or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now))
+            .where(
+                sessions.c.id_hash == _session_hash(session_id),
+                sessions.c.expires_at > now,
+                or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
+                or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
+            )
         )
         with self.database.read() as conn:
             row = conn.execute(query).first()
@@ -98,5 +106,8 @@ class DashboardSessions:
     @staticmethod
     def _purge(conn: Any, now: datetime) -> None:
         revoked = select(tokens.c.id).where(tokens.c.revoked_at <= now)
-        conn.execute(delete(sessions).where(or_(sessions.c.expires_at <= now,
-                                                sessions.c.token_id.in_(revoked))))
+        conn.execute(
+            delete(sessions).where(
+                or_(sessions.c.expires_at <= now, sessions.c.token_id.in_(revoked))
+            )
+        )

@@ -27,9 +27,11 @@ def audit_group() -> None:
 
 
 @audit_group.command("export")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
-                                              "%Y-%m-%dT%H:%M:%SZ"]),
-              help="only entries at or after this UTC date or time, e.g. 2026-01-31")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]),
+    help="only entries at or after this UTC date or time, e.g. 2026-01-31",
+)
 @friendly
 def export(since: datetime | None) -> None:
     """Entries as JSON lines, oldest first: seq, at, actor, action, dataset, details and

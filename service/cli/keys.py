@@ -30,13 +30,25 @@ def _rotation() -> Iterator[KeyRotation]:
 
 
 @main.command("rotate-keys")
-@click.option("--reencrypt", is_flag=True,
-              help="also replace every data key and encrypt the cells again (slower; for a "
-                   "data key that may have leaked)")
-@click.option("--retire", "retire_id", metavar="KEY_ID",
-              help="only remove KEY_ID from the keyring; refused while any batch is under it")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True,
-              type=click.IntRange(1, 100_000), help="batches moved per transaction")
+@click.option(
+    "--reencrypt",
+    is_flag=True,
+    help="also replace every data key and encrypt the cells again (slower; for a "
+    "data key that may have leaked)",
+)
+@click.option(
+    "--retire",
+    "retire_id",
+    metavar="KEY_ID",
+    help="only remove KEY_ID from the keyring; refused while any batch is under it",
+)
+@click.option(
+    "--batch-size",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="batches moved per transaction",
+)
 @friendly
 def rotate_keys(reencrypt: bool, retire_id: str | None, batch_size: int) -> None:
     """Rotate the key-encryption key without downtime.
@@ -57,8 +69,7 @@ def rotate_keys(reencrypt: bool, retire_id: str | None, batch_size: int) -> None
         _rotate(rotation, reencrypt, retire_id, batch_size)
 
 
-def _rotate(rotation: KeyRotation, reencrypt: bool, retire_id: str | None,
-            batch_size: int) -> None:
+def _rotate(rotation: KeyRotation, reencrypt: bool, retire_id: str | None, batch_size: int) -> None:
     if retire_id is not None:
         rotation.retire(retire_id)
         click.echo(f"retired {retire_id}: removed from the keyring; nothing under it opens")
@@ -68,17 +79,23 @@ def _rotate(rotation: KeyRotation, reencrypt: bool, retire_id: str | None,
     if plan.resumed:
         click.echo(f"resuming rotation to {plan.kek_id}: {plan.pending} batches left to {verb}")
     else:
-        click.echo(f"rotating to {plan.kek_id} (new primary; was {plan.previous}): "
-                   f"{plan.pending} batches to {verb}")
+        click.echo(
+            f"rotating to {plan.kek_id} (new primary; was {plan.previous}): "
+            f"{plan.pending} batches to {verb}"
+        )
     with _progress(plan.pending) as on_progress:
         report = rotation.run(plan, batch_size=batch_size, on_progress=on_progress)
     rate = report.moved / report.seconds if report.seconds > 0 else 0.0
-    click.echo(f"rotation to {report.kek_id} finished: {report.moved} batches moved in "
-               f"{report.seconds:.2f} s ({rate:.0f}/s)")
+    click.echo(
+        f"rotation to {report.kek_id} finished: {report.moved} batches moved in "
+        f"{report.seconds:.2f} s ({rate:.0f}/s)"
+    )
     old = [u.kek_id for u in rotation.usage() if u.kek_id != report.kek_id]
     if old:
-        click.echo(f"retire old keys when no service needs them: "
-                   f"{', '.join(f'dpx rotate-keys --retire {k}' for k in old)}")
+        click.echo(
+            f"retire old keys when no service needs them: "
+            f"{', '.join(f'dpx rotate-keys --retire {k}' for k in old)}"
+        )
 
 
 @contextmanager
@@ -86,9 +103,14 @@ def _progress(total: int) -> Iterator[OnProgress]:
     """A rich progress bar on a terminal; otherwise a plain line at most once a second."""
     began = time.monotonic()
     if sys.stderr.isatty():
-        columns = (TextColumn("rotating"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                   TimeRemainingColumn())
+        columns = (
+            TextColumn("rotating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=Console(stderr=True)) as bar:
             task = bar.add_task("rotate", total=total, rate="")
 

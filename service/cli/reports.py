@@ -27,15 +27,31 @@ from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.policy.model import PolicySet
 
-REPORT_COLUMNS = ("dataset", "partner", "unit", "granted", "spent", "remaining", "expires",
-                  "dataset_global", "dataset_spent", "dataset_remaining")
-NO_POLICIES = PolicySet(datasets=MappingProxyType({}), partners=MappingProxyType({}),
-                        version="none")
+REPORT_COLUMNS = (
+    "dataset",
+    "partner",
+    "unit",
+    "granted",
+    "spent",
+    "remaining",
+    "expires",
+    "dataset_global",
+    "dataset_spent",
+    "dataset_remaining",
+)
+NO_POLICIES = PolicySet(
+    datasets=MappingProxyType({}), partners=MappingProxyType({}), version="none"
+)
 
 
 @main.command("budget-report")
-@click.option("--format", "form", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
 @friendly
 def budget_report(form: str) -> None:
     """Granted, spent and remaining budget per dataset and partner, with each dataset's
@@ -48,8 +64,9 @@ def budget_report(form: str) -> None:
     if form == "json":
         click.echo(json.dumps([{c: row[c] for c in REPORT_COLUMNS} for row in rows], indent=2))
     elif form == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=REPORT_COLUMNS, extrasaction="ignore",
-                                lineterminator="\n")
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=REPORT_COLUMNS, extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
     else:
@@ -62,32 +79,52 @@ def budget_report(form: str) -> None:
 
 def _budget_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Privacy budgets (spent from the ledger; red: spent, dim: expired)")
-    for header in ("Dataset", "Partner", "Unit", "Granted", "Spent", "Remaining", "Expires",
-                   "Global budget", "Global spent"):
+    for header in (
+        "Dataset",
+        "Partner",
+        "Unit",
+        "Granted",
+        "Spent",
+        "Remaining",
+        "Expires",
+        "Global budget",
+        "Global spent",
+    ):
         numeric = header not in ("Dataset", "Partner", "Unit", "Expires")
-        table.add_column(header, justify="right" if numeric else "left",
-                         no_wrap=header in ("Dataset", "Partner"))
+        table.add_column(
+            header, justify="right" if numeric else "left", no_wrap=header in ("Dataset", "Partner")
+        )
     today = date.today().isoformat()
     for row in rows:
         expired = row["expires"] is not None and row["expires"] < today
         style = "dim" if expired else "bold red" if row["remaining"] <= 0 else None
         table.add_row(
-            row["dataset"], row["partner"], row["unit"], f"{row['granted']:g}",
-            f"{row['spent']:g}", f"{row['remaining']:g}", row["expires"] or "never",
-            f"{row['dataset_global']:g}", f"{row['dataset_spent']:g}",
+            row["dataset"],
+            row["partner"],
+            row["unit"],
+            f"{row['granted']:g}",
+            f"{row['spent']:g}",
+            f"{row['remaining']:g}",
+            row["expires"] or "never",
+            f"{row['dataset_global']:g}",
+            f"{row['dataset_spent']:g}",
             style=style,
         )
     return table
 
 
 @main.command("check-policies")
-@click.argument("directory", required=False,
-                type=click.Path(file_okay=False, path_type=Path))
-@click.option("--against", type=click.Path(file_okay=False, path_type=Path),
-              help="the deployed policy directory to compare with [default: DPX_POLICY_DIR]")
-@click.option("--strict", is_flag=True,
-              help="also fail when a budget would already be over-spent (or the ledger "
-                   "cannot be read)")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--against",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the deployed policy directory to compare with [default: DPX_POLICY_DIR]",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="also fail when a budget would already be over-spent (or the ledger cannot be read)",
+)
 @friendly
 def check_policies(directory: Path | None, against: Path | None, strict: bool) -> None:
     """Validate a policy set (default: DPX_POLICY_DIR) and show what it would change.
@@ -106,13 +143,18 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
             click.echo(str(defect), err=True)
         fail(f"{proposed_dir}: {len(refused.errors)} defect(s); this set would be refused")
         return
-    click.echo(f"valid: {proposed_dir} ({len(proposed.datasets)} datasets, "
-               f"{len(proposed.partners)} partners, version {proposed.version[:19]})")
+    click.echo(
+        f"valid: {proposed_dir} ({len(proposed.datasets)} datasets, "
+        f"{len(proposed.partners)} partners, version {proposed.version[:19]})"
+    )
     try:
         deployed = load_policies(deployed_dir)
     except PolicySetError:
-        click.echo(f"warning: the deployed set in {deployed_dir} does not validate; "
-                   "comparing with no policies", err=True)
+        click.echo(
+            f"warning: the deployed set in {deployed_dir} does not validate; "
+            "comparing with no policies",
+            err=True,
+        )
         deployed = NO_POLICIES
     spent = _ledger_spent(current.database_url)
     result = review(deployed, proposed, spent or {})
@@ -122,15 +164,20 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
     if not result.changes:
         click.echo("  none")
     if spent is None:
-        click.echo("warning: the ledger cannot be read (run dpx init?); over-spending "
-                   "is not checked", err=True)
+        click.echo(
+            "warning: the ledger cannot be read (run dpx init?); over-spending is not checked",
+            err=True,
+        )
     elif result.over_spent:
         click.echo("already over-spent according to the ledger:")
         for over in result.over_spent:
             click.echo(f"  ! {over}")
     if strict and (spent is None or result.over_spent):
-        fail("--strict: budgets would be over-spent" if spent is not None
-             else "--strict: the ledger cannot be read")
+        fail(
+            "--strict: budgets would be over-spent"
+            if spent is not None
+            else "--strict: the ledger cannot be read"
+        )
 
 
 def _ledger_spent(url: str) -> Mapping[tuple[str, str], Fraction] | None:

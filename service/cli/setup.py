@@ -43,8 +43,11 @@ def init() -> None:
 @click.option("--dataset", "dataset_id", required=True, help="dataset id from policies/datasets")
 @click.option("--contacts", default=50_000, show_default=True, type=click.IntRange(1, 20_000_000))
 @click.option("--seed", default=2024, show_default=True, type=int)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="write a CSV file instead of storing a batch")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a CSV file instead of storing a batch",
+)
 @friendly
 def demo_data(dataset_id: str, contacts: int, seed: int, out: Path | None) -> None:
     """Generate SYNTHETIC helpline contacts (never real data) and store or write them."""
@@ -57,19 +60,29 @@ def demo_data(dataset_id: str, contacts: int, seed: int, out: Path | None) -> No
     if batch is None:
         click.echo(f"wrote {contacts} synthetic contacts to {out}")
         return
-    click.echo(f"stored synthetic batch {batch.batch_id} in {dataset.id}: {batch.rows} contacts, "
-               f"{batch.cells} cells, {batch.truncated} truncated by the person bound")
+    click.echo(
+        f"stored synthetic batch {batch.batch_id} in {dataset.id}: {batch.rows} contacts, "
+        f"{batch.cells} cells, {batch.truncated} truncated by the person bound"
+    )
 
 
-def _generate(c: Components, dataset: DatasetPolicy, *, contacts: int, seed: int,
-              out: Path | None) -> StoredBatch | None:
+def _generate(
+    c: Components, dataset: DatasetPolicy, *, contacts: int, seed: int, out: Path | None
+) -> StoredBatch | None:
     """Generate the synthetic contacts, then write them to ``out`` or store them as a batch."""
     # Progress goes to standard error: standard output stays one result line for scripts.
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
-        steps = progress.add_task(f"generating {contacts:,} synthetic contacts",
-                                  total=2 if out is not None else 4)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        steps = progress.add_task(
+            f"generating {contacts:,} synthetic contacts", total=2 if out is not None else 4
+        )
         frame = generate_contacts(dataset, contacts=contacts, seed=seed)
         progress.advance(steps)
         if out is not None:
@@ -82,8 +95,9 @@ def _generate(c: Components, dataset: DatasetPolicy, *, contacts: int, seed: int
         frame.write_csv(buffer)
         progress.advance(steps)
         progress.update(steps, description="validating and aggregating into cells")
-        aggregated = parse_batch(buffer.getvalue(), content_type="text/csv",
-                                 form="contacts", dataset=dataset)
+        aggregated = parse_batch(
+            buffer.getvalue(), content_type="text/csv", form="contacts", dataset=dataset
+        )
         progress.advance(steps)
         progress.update(steps, description="encrypting and storing the batch")
         batch = c.store.add(dataset, aggregated, form="contacts", actor="admin:demo-data")

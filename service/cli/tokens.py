@@ -26,8 +26,10 @@ def issue_token(partner: str | None, owner: str | None, dpo: bool) -> None:
         role = "partner" if partner else "owner" if owner else "dpo"
         issued = c.tokens.issue(role, partner or owner)  # type: ignore[arg-type]
     click.echo(issued.token)
-    click.echo(f"# {issued.token_id}: {role} {partner or owner or ''} "
-               "(shown once; keep it secret)", err=True)
+    click.echo(
+        f"# {issued.token_id}: {role} {partner or owner or ''} (shown once; keep it secret)",
+        err=True,
+    )
 
 
 @main.command("revoke-token")
@@ -42,16 +44,21 @@ def revoke_token(token_id: str) -> None:
 
 @main.command("rotate-token")
 @click.argument("token_id")
-@click.option("--grace", default="24h", show_default=True,
-              help="how long the old token keeps working: e.g. 0s, 30m, 24h, 7d")
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    help="how long the old token keeps working: e.g. 0s, 30m, 24h, 7d",
+)
 @friendly
 def rotate_token(token_id: str, grace: str) -> None:
     """Issue a replacement token; the old one is revoked after the grace period."""
     with deployment() as c:
         issued = c.tokens.rotate(token_id, grace=_duration(grace))
     click.echo(issued.token)
-    click.echo(f"# {issued.token_id} replaces {token_id}; the old token stops after {grace}",
-               err=True)
+    click.echo(
+        f"# {issued.token_id} replaces {token_id}; the old token stops after {grace}", err=True
+    )
 
 
 def _duration(text: str) -> timedelta:
@@ -68,9 +75,18 @@ def list_tokens() -> None:
     with deployment() as c:
         listed = c.tokens.list()
     for t in listed:
-        click.echo("\t".join([
-            t.token_id, t.prefix + "…", t.role, t.subject or "-",
-            t.created_at.isoformat(timespec="seconds"),
-            t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never",
-            ("revoked " + t.revoked_at.isoformat(timespec="seconds")) if t.revoked_at else "active",
-        ]))
+        click.echo(
+            "\t".join(
+                [
+                    t.token_id,
+                    t.prefix + "…",
+                    t.role,
+                    t.subject or "-",
+                    t.created_at.isoformat(timespec="seconds"),
+                    t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never",
+                    ("revoked " + t.revoked_at.isoformat(timespec="seconds"))
+                    if t.revoked_at
+                    else "active",
+                ]
+            )
+        )

@@ -60,8 +60,10 @@ def _cost(privacy: Mapping[str, Any], *, short: bool = False) -> str:
     if privacy.get("definition") == "zcdp" and short:
         return f"rho {privacy.get('rho'):g}"
     if privacy.get("definition") == "zcdp":
-        return (f"rho {privacy.get('rho'):g} (epsilon {privacy.get('epsilon', 0):.3g} at "
-                f"delta {privacy.get('delta', 0):g})")
+        return (
+            f"rho {privacy.get('rho'):g} (epsilon {privacy.get('epsilon', 0):.3g} at "
+            f"delta {privacy.get('delta', 0):g})"
+        )
     return f"epsilon {privacy.get('epsilon', 0):g}"
 
 
@@ -71,15 +73,27 @@ def _remaining(budget: Mapping[str, Any]) -> str | None:
     if not partner:
         return None
     unit, left = next(iter(partner.items()))
-    return (f"remaining budget: {unit} {left:g} of your grant, "
-            f"{dataset.get(unit, 0):g} of the dataset's global budget")
+    return (
+        f"remaining budget: {unit} {left:g} of your grant, "
+        f"{dataset.get(unit, 0):g} of the dataset's global budget"
+    )
 
 
 @click.group()
-@click.option("--url", envvar="DPX_URL", default=DEFAULT_URL, show_default=True,
-              help="the dpx service (or set DPX_URL)")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="seconds to wait for each answer")
+@click.option(
+    "--url",
+    envvar="DPX_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="the dpx service (or set DPX_URL)",
+)
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="seconds to wait for each answer",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str, timeout: float) -> None:
     """Differentially private statistics from dpx, for partner agencies.
@@ -89,8 +103,9 @@ def main(ctx: click.Context, url: str, timeout: float) -> None:
     ctx.obj = {"url": url, "timeout": timeout}
 
 
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="print the service's JSON instead of a table")
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="print the service's JSON instead of a table"
+)
 
 
 @main.command()
@@ -103,17 +118,25 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json({"datasets": found})
         return
-    table = Table(Column("dataset", no_wrap=True), "privacy",
-                  Column("your budget left", no_wrap=True), "statistics", "dimensions")
+    table = Table(
+        Column("dataset", no_wrap=True),
+        "privacy",
+        Column("your budget left", no_wrap=True),
+        "statistics",
+        "dimensions",
+    )
     for dataset in found:
         privacy = dataset.get("privacy") or {}
         grant = dataset.get("grant") or {}
         unit = privacy.get("budget_unit", "")
-        budget = (f"{unit} {grant['remaining']:g} of {grant['budget']:g}"
-                  if grant else "-")
-        table.add_row(dataset["id"], privacy.get("definition", ""), budget,
-                      ", ".join(grant.get("statistics") or []),
-                      ", ".join(grant.get("dimensions") or []))
+        budget = f"{unit} {grant['remaining']:g} of {grant['budget']:g}" if grant else "-"
+        table.add_row(
+            dataset["id"],
+            privacy.get("definition", ""),
+            budget,
+            ", ".join(grant.get("statistics") or []),
+            ", ".join(grant.get("dimensions") or []),
+        )
     Console().print(table)
 
 
@@ -124,19 +147,22 @@ def _parse_filters(specs: Sequence[str]) -> dict[str, Any]:
         name, sep, values = spec.partition("=")
         name, values = name.strip(), values.strip()
         if not sep or not name or not values:
-            raise click.BadParameter(f"{spec!r}: write DIMENSION=VALUE[,VALUE…] or "
-                                     "month=FROM..TO", param_hint="--filter")
+            raise click.BadParameter(
+                f"{spec!r}: write DIMENSION=VALUE[,VALUE…] or month=FROM..TO", param_hint="--filter"
+            )
         if ".." in values:
             start, _, end = values.partition("..")
             if name in filters:
-                raise click.BadParameter(f"{name}: a range cannot be combined with other "
-                                         "values", param_hint="--filter")
+                raise click.BadParameter(
+                    f"{name}: a range cannot be combined with other values", param_hint="--filter"
+                )
             filters[name] = {"from": start.strip(), "to": end.strip()}
             continue
         kept = filters.setdefault(name, [])
         if not isinstance(kept, list):
-            raise click.BadParameter(f"{name}: a range cannot be combined with other values",
-                                     param_hint="--filter")
+            raise click.BadParameter(
+                f"{name}: a range cannot be combined with other values", param_hint="--filter"
+            )
         kept.extend(value.strip() for value in values.split(",") if value.strip())
     return filters
 
@@ -145,21 +171,38 @@ def query_options(command: F) -> F:
     """The options that describe one query, shared by ``estimate`` and ``query``."""
     options = [
         click.option("--dataset", required=True, help="dataset id, e.g. uk-helpline-2024"),
-        click.option("--count", "statistic", flag_value="count", default=True,
-                     help="count contacts (the default)"),
+        click.option(
+            "--count",
+            "statistic",
+            flag_value="count",
+            default=True,
+            help="count contacts (the default)",
+        ),
         click.option("--sum", "statistic", flag_value="sum", help="sum a measure"),
         click.option("--mean", "statistic", flag_value="mean", help="mean of a measure"),
         click.option("--measure", help="the measure of --sum or --mean, e.g. minutes"),
-        click.option("--by", "group_by", multiple=True,
-                     help="group by this dimension (repeat for more)"),
-        click.option("--filter", "filters", multiple=True, metavar="DIM=V[,V…]|month=A..B",
-                     help="keep only these values (repeatable)"),
+        click.option(
+            "--by", "group_by", multiple=True, help="group by this dimension (repeat for more)"
+        ),
+        click.option(
+            "--filter",
+            "filters",
+            multiple=True,
+            metavar="DIM=V[,V…]|month=A..B",
+            help="keep only these values (repeatable)",
+        ),
         click.option("--epsilon", type=float, help="privacy cost (pure DP datasets)"),
         click.option("--rho", type=float, help="privacy cost (zCDP datasets)"),
-        click.option("--max-error", type=float,
-                     help="instead of a cost: the accuracy to buy at the lowest cost"),
-        click.option("--alpha", type=float,
-                     help="1 - confidence of the intervals and of --max-error (default 0.05)"),
+        click.option(
+            "--max-error",
+            type=float,
+            help="instead of a cost: the accuracy to buy at the lowest cost",
+        ),
+        click.option(
+            "--alpha",
+            type=float,
+            help="1 - confidence of the intervals and of --max-error (default 0.05)",
+        ),
         json_option,
     ]
     for option in reversed(options):
@@ -167,13 +210,25 @@ def query_options(command: F) -> F:
     return command
 
 
-def _query_fields(dataset: str, statistic: str, measure: str | None, group_by: tuple[str, ...],
-                  filters: tuple[str, ...], epsilon: float | None, rho: float | None,
-                  max_error: float | None, alpha: float | None) -> dict[str, Any]:
+def _query_fields(
+    dataset: str,
+    statistic: str,
+    measure: str | None,
+    group_by: tuple[str, ...],
+    filters: tuple[str, ...],
+    epsilon: float | None,
+    rho: float | None,
+    max_error: float | None,
+    alpha: float | None,
+) -> dict[str, Any]:
     return {
-        "dataset": dataset, "statistic": statistic, "measure": measure,
-        "group_by": list(group_by), "filters": _parse_filters(filters),
-        "epsilon": epsilon, "rho": rho,
+        "dataset": dataset,
+        "statistic": statistic,
+        "measure": measure,
+        "group_by": list(group_by),
+        "filters": _parse_filters(filters),
+        "epsilon": epsilon,
+        "rho": rho,
         "accuracy": {"max_error": max_error} if max_error is not None else None,
         "alpha": alpha,
     }
@@ -192,12 +247,21 @@ def estimate(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
     mechanism = result.get("mechanism") or {}
     accuracy = result.get("accuracy") or {}
     table = Table("", "", show_header=False, title=f"estimate for {result.get('dataset')}")
-    table.add_row("cost", _cost(result.get("privacy") or {})
-                  + ("  (an identical release exists: free)" if result.get("cached") else ""))
-    table.add_row("mechanism", f"{mechanism.get('name')} scale {mechanism.get('scale', 0):.4g}"
-                               f" sensitivity {mechanism.get('sensitivity')}")
-    table.add_row("accuracy", f"each value within ±{accuracy.get('max_error', 0):,.1f} with "
-                              f"probability {1 - accuracy.get('alpha', 0.05):.0%}")
+    table.add_row(
+        "cost",
+        _cost(result.get("privacy") or {})
+        + ("  (an identical release exists: free)" if result.get("cached") else ""),
+    )
+    table.add_row(
+        "mechanism",
+        f"{mechanism.get('name')} scale {mechanism.get('scale', 0):.4g}"
+        f" sensitivity {mechanism.get('sensitivity')}",
+    )
+    table.add_row(
+        "accuracy",
+        f"each value within ±{accuracy.get('max_error', 0):,.1f} with "
+        f"probability {1 - accuracy.get('alpha', 0.05):.0%}",
+    )
     remaining = _remaining(result.get("budget") or {})
     if remaining:
         table.add_row("budget left", remaining.removeprefix("remaining budget: "))
@@ -211,31 +275,46 @@ def _question(release: Release) -> str:
         text += f" of {query['measure']}"
     if release.group_by:
         text += " by " + ", ".join(release.group_by)
-    kept = [f"{name}=" + (",".join(values) if len(values) <= 4
-                          else f"{values[0]},…,{values[-1]} ({len(values)} values)")
-            for name, values in (query.get("filters") or {}).items()]
+    kept = [
+        f"{name}="
+        + (
+            ",".join(values)
+            if len(values) <= 4
+            else f"{values[0]},…,{values[-1]} ({len(values)} values)"
+        )
+        for name, values in (query.get("filters") or {}).items()
+    ]
     if kept:
         text += " where " + " ".join(kept)
     return text
 
 
 def _print_release(release: Release) -> None:
-    alpha = float(release.document.get("accuracy", {}).get("alpha", release.query.get(
-        "alpha", 0.05)))
-    table = Table(*(Column(name, no_wrap=True) for name in release.group_by),
-                  Column("value", justify="right"),
-                  Column(f"{1 - alpha:.0%} interval", justify="right", no_wrap=True))
+    alpha = float(
+        release.document.get("accuracy", {}).get("alpha", release.query.get("alpha", 0.05))
+    )
+    table = Table(
+        *(Column(name, no_wrap=True) for name in release.group_by),
+        Column("value", justify="right"),
+        Column(f"{1 - alpha:.0%} interval", justify="right", no_wrap=True),
+    )
     for row in release.rows:
         low, high = row["ci"]
-        table.add_row(*(str(row[name]) for name in release.group_by), _number(row["value"]),
-                      f"{_number(low)} … {_number(high)}")
+        table.add_row(
+            *(str(row[name]) for name in release.group_by),
+            _number(row["value"]),
+            f"{_number(low)} … {_number(high)}",
+        )
     console = Console()
-    console.print(f"{release.release_id} · {release.dataset} · {_question(release)}",
-                  highlight=False)
+    console.print(
+        f"{release.release_id} · {release.dataset} · {_question(release)}", highlight=False
+    )
     console.print(table)
     cost = _cost(release.privacy)
-    console.print(f"cost: {cost}" + ("  (cached: the stored release, charged nothing now)"
-                                     if release.cached else ""))
+    console.print(
+        f"cost: {cost}"
+        + ("  (cached: the stored release, charged nothing now)" if release.cached else "")
+    )
     remaining = _remaining(release.budget)
     if remaining:
         console.print(remaining)
@@ -246,8 +325,9 @@ def _print_release(release: Release) -> None:
 @click.option("--idempotency-key", help="reuse to make a retried run of a script charge once")
 @click.pass_context
 @_friendly
-def query(ctx: click.Context, /, as_json: bool, idempotency_key: str | None,
-          **options: Any) -> None:
+def query(
+    ctx: click.Context, /, as_json: bool, idempotency_key: str | None, **options: Any
+) -> None:
     """Run a query: a signed release, charged unless an identical one exists."""
     release = _client(ctx).query(**_query_fields(**options), idempotency_key=idempotency_key)
     if as_json:
@@ -267,12 +347,19 @@ def releases(ctx: click.Context, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json({"releases": [release.document for release in found]})
         return
-    table = Table(Column("release", no_wrap=True), "question", Column("cost", no_wrap=True),
-                  Column("created", no_wrap=True))
+    table = Table(
+        Column("release", no_wrap=True),
+        "question",
+        Column("cost", no_wrap=True),
+        Column("created", no_wrap=True),
+    )
     for release in found:
-        table.add_row(release.release_id, f"{release.dataset}: {_question(release)}",
-                      _cost(release.privacy, short=True),
-                      str(release.document.get("created_at", ""))[:10])
+        table.add_row(
+            release.release_id,
+            f"{release.dataset}: {_question(release)}",
+            _cost(release.privacy, short=True),
+            str(release.document.get("created_at", ""))[:10],
+        )
     Console().print(table)
 
 
@@ -300,12 +387,23 @@ def budgets(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json({"budgets": found})
         return
-    table = Table(Column("dataset", no_wrap=True), Column("granted", no_wrap=True), "spent",
-                  "left", Column("expires", no_wrap=True), Column("dataset left", no_wrap=True))
+    table = Table(
+        Column("dataset", no_wrap=True),
+        Column("granted", no_wrap=True),
+        "spent",
+        "left",
+        Column("expires", no_wrap=True),
+        Column("dataset left", no_wrap=True),
+    )
     for row in found:
-        table.add_row(row["dataset"], f"{row['unit']} {row['granted']:g}", f"{row['spent']:g}",
-                      f"{row['remaining']:g}", str(row.get("expires") or "-"),
-                      f"{row['dataset_remaining']:g} of {row['dataset_global']:g}")
+        table.add_row(
+            row["dataset"],
+            f"{row['unit']} {row['granted']:g}",
+            f"{row['spent']:g}",
+            f"{row['remaining']:g}",
+            str(row.get("expires") or "-"),
+            f"{row['dataset_remaining']:g} of {row['dataset_global']:g}",
+        )
     Console().print(table)
 
 

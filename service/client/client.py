@@ -36,8 +36,9 @@ MAX_RETRY_AFTER = 30.0
 class DpxError(Exception):
     """The service answered with a problem (or could not be reached, status 0)."""
 
-    def __init__(self, status: int, code: str, detail: str,
-                 body: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, body: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{detail} ({code}, HTTP {status})" if status else detail)
         self.status = status
         self.code = code
@@ -99,9 +100,15 @@ _BY_CODE: dict[str, type[DpxError]] = {
     "unavailable": UnavailableError,
 }
 _BY_STATUS: dict[int, type[DpxError]] = {
-    400: InvalidRequestError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError,
-    409: ConflictError, 413: PayloadTooLargeError, 422: InvalidRequestError,
-    429: RateLimitedError, 503: UnavailableError,
+    400: InvalidRequestError,
+    401: AuthError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+    429: RateLimitedError,
+    503: UnavailableError,
 }
 
 
@@ -121,8 +128,9 @@ def error_from_response(response: requests.Response) -> DpxError:
 
 def canonical_json(document: Mapping[str, Any]) -> bytes:
     """The bytes a release signature covers: keys sorted, separators ``,`` and ``:``, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def verify_signature(document: Mapping[str, Any], keys: Sequence[Mapping[str, Any]]) -> bool:
@@ -135,16 +143,21 @@ def verify_signature(document: Mapping[str, Any], keys: Sequence[Mapping[str, An
     signature = document.get("signature")
     if not isinstance(signature, Mapping) or signature.get("alg") != "Ed25519":
         return False
-    named = [key for key in keys
-             if key.get("key_id") == signature.get("key_id") and key.get("alg") == "Ed25519"]
+    named = [
+        key
+        for key in keys
+        if key.get("key_id") == signature.get("key_id") and key.get("alg") == "Ed25519"
+    ]
     if len(named) != 1:
         return False
     signed = {name: value for name, value in document.items() if name not in UNSIGNED_FIELDS}
     try:
         public_key = Ed25519PublicKey.from_public_bytes(
-            base64.b64decode(str(named[0].get("public_key")), validate=True))
-        public_key.verify(base64.b64decode(str(signature.get("value")), validate=True),
-                          canonical_json(signed))
+            base64.b64decode(str(named[0].get("public_key")), validate=True)
+        )
+        public_key.verify(
+            base64.b64decode(str(signature.get("value")), validate=True), canonical_json(signed)
+        )
     # binascii.Error is a ValueError; TypeError and ValueError also cover documents that
     # have no canonical JSON form.
     except (InvalidSignature, ValueError, TypeError):
@@ -238,8 +251,16 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
 class DpxClient:
     """A partner's (or DPO's) connection to one dpx service."""
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, retries: int = 3,
-                 backoff: float = 0.5, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -270,36 +291,68 @@ class DpxClient:
         dataset: dict[str, Any] = self._call("GET", f"/v1/datasets/{_segment(dataset_id)}")
         return dataset
 
-    def estimate(self, *, dataset: str, statistic: str = "count", measure: str | None = None,
-                 group_by: Sequence[str] = (), filters: Mapping[str, Any] | None = None,
-                 epsilon: float | None = None, rho: float | None = None,
-                 accuracy: Mapping[str, float] | None = None,
-                 alpha: float | None = None) -> dict[str, Any]:
+    def estimate(
+        self,
+        *,
+        dataset: str,
+        statistic: str = "count",
+        measure: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, Any] | None = None,
+        epsilon: float | None = None,
+        rho: float | None = None,
+        accuracy: Mapping[str, float] | None = None,
+        alpha: float | None = None,
+    ) -> dict[str, Any]:
         """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing."""
-        body = _drop_none(dataset=dataset, statistic=statistic, measure=measure,
-                          group_by=list(group_by), filters=dict(filters or {}),
-                          epsilon=epsilon, rho=rho,
-                          accuracy=dict(accuracy) if accuracy else None, alpha=alpha)
+        body = _drop_none(
+            dataset=dataset,
+            statistic=statistic,
+            measure=measure,
+            group_by=list(group_by),
+            filters=dict(filters or {}),
+            epsilon=epsilon,
+            rho=rho,
+            accuracy=dict(accuracy) if accuracy else None,
+            alpha=alpha,
+        )
         estimate: dict[str, Any] = self._call("POST", "/v1/queries/estimate", json_body=body)
         return estimate
 
-    def query(self, *, dataset: str, statistic: str = "count", measure: str | None = None,
-              group_by: Sequence[str] = (), filters: Mapping[str, Any] | None = None,
-              epsilon: float | None = None, rho: float | None = None,
-              accuracy: Mapping[str, float] | None = None, alpha: float | None = None,
-              idempotency_key: str | None = None) -> Release:
+    def query(
+        self,
+        *,
+        dataset: str,
+        statistic: str = "count",
+        measure: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, Any] | None = None,
+        epsilon: float | None = None,
+        rho: float | None = None,
+        accuracy: Mapping[str, float] | None = None,
+        alpha: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Release:
         """Run a query and return its signed release; spends budget unless ``cached``.
 
         Every attempt of this call carries the same ``Idempotency-Key`` (a fresh one unless
         given), so a retry after a lost response never charges twice.
         """
-        body = _drop_none(dataset=dataset, statistic=statistic, measure=measure,
-                          group_by=list(group_by), filters=dict(filters or {}),
-                          epsilon=epsilon, rho=rho,
-                          accuracy=dict(accuracy) if accuracy else None, alpha=alpha)
+        body = _drop_none(
+            dataset=dataset,
+            statistic=statistic,
+            measure=measure,
+            group_by=list(group_by),
+            filters=dict(filters or {}),
+            epsilon=epsilon,
+            rho=rho,
+            accuracy=dict(accuracy) if accuracy else None,
+            alpha=alpha,
+        )
         key = idempotency_key or "idem_" + secrets.token_urlsafe(18)
-        return Release(self._call("POST", "/v1/queries", json_body=body,
-                                  headers={"Idempotency-Key": key}))
+        return Release(
+            self._call("POST", "/v1/queries", json_body=body, headers={"Idempotency-Key": key})
+        )
 
     def releases(self, *, limit: int = 100, before: str | None = None) -> list[Release]:
         """This partner's stored releases, newest first (``before``: a release id)."""
@@ -338,9 +391,15 @@ class DpxClient:
 
     # -- transport --------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, *, json_body: Any = None,
-              params: Mapping[str, Any] | None = None,
-              headers: Mapping[str, str] | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """Send one logical request, retrying what may be retried; the decoded JSON body."""
         call_id = "req_" + secrets.token_hex(8)
         sent = {"X-Request-ID": call_id, **(headers or {})}
@@ -348,12 +407,14 @@ class DpxClient:
         attempt = 0
         while True:
             try:
-                response = self.session.request(method, url, json=json_body, params=params,
-                                                headers=sent, timeout=self.timeout)
+                response = self.session.request(
+                    method, url, json=json_body, params=params, headers=sent, timeout=self.timeout
+                )
             except (requests.ConnectionError, requests.Timeout) as failure:
                 if attempt >= self.retries:
-                    raise UnavailableError(0, "unreachable",
-                                           f"cannot reach {self.base_url}: {failure}") from None
+                    raise UnavailableError(
+                        0, "unreachable", f"cannot reach {self.base_url}: {failure}"
+                    ) from None
                 time.sleep(self._delay(call_id, attempt, None))
                 attempt += 1
                 continue

@@ -695,9 +695,7 @@ def _read(path: Path) -> tuple[bytes, _Stamp]:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise KeyringError(
-            f"keyring {path} does not exist; create one with `dpx init`"
-        ) from None
+        raise KeyringError(f"keyring {path} does not exist; create one with `dpx init`") from None
     except OSError as exc:
         raise KeyringError(f"cannot read keyring {path}: {exc.strerror}") from None
     try:

@@ -32,8 +32,12 @@ class Database:
             # A small pool per process: the PRAGMAs run once per connection, not once per
             # transaction. gunicorn's post_fork hook disposes of the pool a worker inherits.
             self.engine: Engine = create_engine(
-                url, poolclass=QueuePool, pool_size=8, max_overflow=8,
-                connect_args={"check_same_thread": False})
+                url,
+                poolclass=QueuePool,
+                pool_size=8,
+                max_overflow=8,
+                connect_args={"check_same_thread": False},
+            )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:

@@ -67,8 +67,9 @@ budget_accounts = Table(
 charges = Table(
     "charges",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("dataset", String(100), nullable=False),
     Column("partner", String(100), nullable=False),
     Column("release_id", String(40), nullable=False, unique=True),
@@ -127,8 +128,13 @@ sessions = Table(
     "sessions",
     metadata,
     Column("id_hash", String(64), primary_key=True),
-    Column("token_id", String(40), ForeignKey("tokens.id", ondelete="CASCADE"),
-           nullable=False, index=True),
+    Column(
+        "token_id",
+        String(40),
+        ForeignKey("tokens.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("role", String(10), nullable=False),
     Column("subject", String(100), nullable=True),
     Column("csrf_token", String(64), nullable=False),

@@ -140,8 +140,7 @@ def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alph
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
-                   alpha: float) -> Plan:
+def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alpha: float) -> Plan:
     bound = float_at_most(cost)
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
@@ -150,8 +149,9 @@ def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction,
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
-def _measurement_for_cost(definition: Definition, sensitivity: int,
-                          bound: float) -> tuple[float, dp.Measurement]:
+def _measurement_for_cost(
+    definition: Definition, sensitivity: int, bound: float
+) -> tuple[float, dp.Measurement]:
     """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound,
     and the measurement at that scale.
 
@@ -192,8 +192,14 @@ def plan_for_accuracy(
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
-def _plan(definition: Definition, sensitivity: int, scale: float, cost: Fraction, alpha: float,
-          measurement: dp.Measurement) -> Plan:
+def _plan(
+    definition: Definition,
+    sensitivity: int,
+    scale: float,
+    cost: Fraction,
+    alpha: float,
+    measurement: dp.Measurement,
+) -> Plan:
     """A plan whose ``measurement`` was confirmed to lose at most ``cost`` at ``sensitivity``."""
     return Plan(
         definition=definition,

@@ -64,10 +64,12 @@ class Ledger:
     def _ensure_accounts(self, conn: Connection, dataset: str, partner: str) -> None:
         insert = (sqlite.insert if self.database.is_sqlite else postgresql.insert)(budget_accounts)
         conn.execute(
-            insert.values([
-                {"dataset": dataset, "partner": partner, "spent_nano": 0},
-                {"dataset": dataset, "partner": GLOBAL, "spent_nano": 0},
-            ]).on_conflict_do_nothing()
+            insert.values(
+                [
+                    {"dataset": dataset, "partner": partner, "spent_nano": 0},
+                    {"dataset": dataset, "partner": GLOBAL, "spent_nano": 0},
+                ]
+            ).on_conflict_do_nothing()
         )
 
     def _spent(self, conn: Connection, dataset: str, partner: str) -> int:
@@ -75,8 +77,11 @@ class Ledger:
 
     @staticmethod
     def _account(conn: Connection, dataset: str, partner: str) -> int | None:
-        value = conn.execute(select(budget_accounts.c.spent_nano).where(
-            budget_accounts.c.dataset == dataset, budget_accounts.c.partner == partner)).scalar()
+        value = conn.execute(
+            select(budget_accounts.c.spent_nano).where(
+                budget_accounts.c.dataset == dataset, budget_accounts.c.partner == partner
+            )
+        ).scalar()
         return None if value is None else int(value)
 
     @staticmethod
@@ -84,24 +89,37 @@ class Ledger:
         """Add ``cost`` to an account if it stays within ``limit``; the new spend, or None."""
         row = conn.execute(
             update(budget_accounts)
-            .where(budget_accounts.c.dataset == dataset,
-                   budget_accounts.c.partner == account,
-                   budget_accounts.c.spent_nano + cost <= limit)
+            .where(
+                budget_accounts.c.dataset == dataset,
+                budget_accounts.c.partner == account,
+                budget_accounts.c.spent_nano + cost <= limit,
+            )
             .values(spent_nano=budget_accounts.c.spent_nano + cost)
             .returning(budget_accounts.c.spent_nano)
         ).first()
         return None if row is None else int(row.spent_nano)
 
-    def charge(self, conn: Connection, *, dataset: str, partner: str, unit: str,
-               amount: Fraction, partner_budget: Fraction, global_budget: Fraction) -> Remaining:
+    def charge(
+        self,
+        conn: Connection,
+        *,
+        dataset: str,
+        partner: str,
+        unit: str,
+        amount: Fraction,
+        partner_budget: Fraction,
+        global_budget: Fraction,
+    ) -> Remaining:
         """Charge ``amount`` to both accounts inside ``conn``'s transaction, or raise.
 
         On ``BudgetExhausted`` the caller's transaction must be rolled back (the ``with``
         block of ``Database.write`` does that when the exception propagates).
         """
         cost = to_nano(amount)
-        limits = ((partner, to_nano(partner_budget), "partner"),
-                  (GLOBAL, to_nano(global_budget), "dataset"))
+        limits = (
+            (partner, to_nano(partner_budget), "partner"),
+            (GLOBAL, to_nano(global_budget), "dataset"),
+        )
         after: dict[str, int] = {}
         for account, limit, scope in limits:
             spent_after = self._add(conn, dataset, account, cost, limit)
@@ -113,8 +131,10 @@ class Ledger:
                     self._ensure_accounts(conn, dataset, partner)
                 spent_after = self._add(conn, dataset, account, cost, limit)
             if spent_after is None:
-                spent = {"partner": self._spent(conn, dataset, partner),
-                         "dataset": self._spent(conn, dataset, GLOBAL)}
+                spent = {
+                    "partner": self._spent(conn, dataset, partner),
+                    "dataset": self._spent(conn, dataset, GLOBAL),
+                }
                 # Accounts already updated in this transaction carry the refused cost, which
                 # the rollback removes: report what remains without it.
                 for charged in after:
@@ -125,25 +145,47 @@ class Ledger:
                 )
                 raise BudgetExhausted(unit, _floor_zero(remaining), scope)
             after[scope] = spent_after
-        return _floor_zero(Remaining(partner=partner_budget - from_nano(after["partner"]),
-                                     dataset=global_budget - from_nano(after["dataset"])))
+        return _floor_zero(
+            Remaining(
+                partner=partner_budget - from_nano(after["partner"]),
+                dataset=global_budget - from_nano(after["dataset"]),
+            )
+        )
 
     @staticmethod
-    def record(conn: Connection, *, release_id: str, dataset: str, partner: str,
-               definition: str, amount: Fraction) -> None:
+    def record(
+        conn: Connection,
+        *,
+        release_id: str,
+        dataset: str,
+        partner: str,
+        definition: str,
+        amount: Fraction,
+    ) -> None:
         """The ledger line of one charge, written in the charge's transaction."""
-        conn.execute(charges.insert().values(
-            dataset=dataset, partner=partner, release_id=release_id, definition=definition,
-            amount_nano=to_nano(amount), created_at=datetime.now(UTC)))
+        conn.execute(
+            charges.insert().values(
+                dataset=dataset,
+                partner=partner,
+                release_id=release_id,
+                definition=definition,
+                amount_nano=to_nano(amount),
+                created_at=datetime.now(UTC),
+            )
+        )
 
-    def remaining(self, *, dataset: str, partner: str, partner_budget: Fraction,
-                  global_budget: Fraction) -> Remaining:
+    def remaining(
+        self, *, dataset: str, partner: str, partner_budget: Fraction, global_budget: Fraction
+    ) -> Remaining:
         """What is left of a grant and of the dataset's global budget, read together."""
         with self.database.read() as conn:
             own = self._spent(conn, dataset, partner)
             total = self._spent(conn, dataset, GLOBAL)
-        return _floor_zero(Remaining(partner=partner_budget - from_nano(own),
-                                     dataset=global_budget - from_nano(total)))
+        return _floor_zero(
+            Remaining(
+                partner=partner_budget - from_nano(own), dataset=global_budget - from_nano(total)
+            )
+        )
 
     def spent(self, dataset: str, partner: str) -> Fraction:
         with self.database.read() as conn:
@@ -155,24 +197,26 @@ class Ledger:
             rows = conn.execute(select(budget_accounts)).all()
         return {(r.dataset, r.partner): from_nano(int(r.spent_nano)) for r in rows}
 
-    def history(self, dataset: str | None = None,
-                partner: str | None = None) -> list[ChargeLine]:
+    def history(self, dataset: str | None = None, partner: str | None = None) -> list[ChargeLine]:
         """Every charge, oldest first, optionally only of one dataset and/or one partner.
 
         Summing the lines of (dataset, partner) gives that account's spend; summing all lines
         of a dataset gives its global spend (charges are written in the same transaction as
         the account updates, so the two never disagree).
         """
-        query = select(charges.c.created_at, charges.c.dataset, charges.c.partner,
-                       charges.c.amount_nano).order_by(charges.c.created_at, charges.c.id)
+        query = select(
+            charges.c.created_at, charges.c.dataset, charges.c.partner, charges.c.amount_nano
+        ).order_by(charges.c.created_at, charges.c.id)
         if dataset is not None:
             query = query.where(charges.c.dataset == dataset)
         if partner is not None:
             query = query.where(charges.c.partner == partner)
         with self.database.read() as conn:
             rows = conn.execute(query).all()
-        return [ChargeLine(_utc(r.created_at), r.dataset, r.partner,
-                           from_nano(int(r.amount_nano))) for r in rows]
+        return [
+            ChargeLine(_utc(r.created_at), r.dataset, r.partner, from_nano(int(r.amount_nano)))
+            for r in rows
+        ]
 
 
 def _utc(at: datetime) -> datetime:

@@ -41,9 +41,14 @@ class StoredRelease:
 
 def _stored(row: Any) -> StoredRelease:
     return StoredRelease(
-        release_id=row.id, dataset=row.dataset, partner=row.partner, query_key=row.query_key,
-        request_hash=row.request_hash, status=row.status,
-        document=json.loads(row.document) if row.document else None, created_at=row.created_at,
+        release_id=row.id,
+        dataset=row.dataset,
+        partner=row.partner,
+        query_key=row.query_key,
+        request_hash=row.request_hash,
+        status=row.status,
+        document=json.loads(row.document) if row.document else None,
+        created_at=row.created_at,
     )
 
 
@@ -53,8 +58,9 @@ class ReleaseStore:
 
     def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
         """The release of this exact query by ``partner`` (any partner when ``None``)."""
-        query = select(releases).where(releases.c.dataset == dataset,
-                                       releases.c.query_key == query_key)
+        query = select(releases).where(
+            releases.c.dataset == dataset, releases.c.query_key == query_key
+        )
         if partner is not None:
             query = query.where(releases.c.partner == partner)
         query = query.order_by(releases.c.status.asc(), releases.c.created_at.asc())
@@ -64,8 +70,11 @@ class ReleaseStore:
 
     def find_idempotent(self, partner: str, key: str) -> StoredRelease | None:
         with self.database.read() as conn:
-            row = conn.execute(select(releases).where(
-                releases.c.partner == partner, releases.c.idempotency_key == key)).first()
+            row = conn.execute(
+                select(releases).where(
+                    releases.c.partner == partner, releases.c.idempotency_key == key
+                )
+            ).first()
         return _stored(row) if row else None
 
     def get(self, release_id: str) -> StoredRelease | None:
@@ -73,8 +82,14 @@ class ReleaseStore:
             row = conn.execute(select(releases).where(releases.c.id == release_id)).first()
         return _stored(row) if row else None
 
-    def list(self, *, partners: list[str] | None, datasets: list[str] | None = None,
-             limit: int = 100, before: str | None = None) -> list[StoredRelease]:
+    def list(
+        self,
+        *,
+        partners: list[str] | None,
+        datasets: list[str] | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[StoredRelease]:
         """Finished releases, newest first; ``partners=None`` means all partners."""
         query = select(releases).where(releases.c.status == DONE)
         if partners is not None:
@@ -88,26 +103,49 @@ class ReleaseStore:
             return [_stored(row) for row in conn.execute(query)]
 
     @staticmethod
-    def insert_pending(conn: Connection, *, release_id: str, dataset: str, partner: str,
-                       query_key: str, request_hash: str, idempotency_key: str | None,
-                       policy_version: str) -> None:
-        conn.execute(releases.insert().values(
-            id=release_id, dataset=dataset, partner=partner, query_key=query_key,
-            idempotency_key=idempotency_key, request_hash=request_hash, status=PENDING,
-            policy_version=policy_version, created_at=datetime.now(UTC),
-        ))
+    def insert_pending(
+        conn: Connection,
+        *,
+        release_id: str,
+        dataset: str,
+        partner: str,
+        query_key: str,
+        request_hash: str,
+        idempotency_key: str | None,
+        policy_version: str,
+    ) -> None:
+        conn.execute(
+            releases.insert().values(
+                id=release_id,
+                dataset=dataset,
+                partner=partner,
+                query_key=query_key,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                status=PENDING,
+                policy_version=policy_version,
+                created_at=datetime.now(UTC),
+            )
+        )
 
     @staticmethod
-    def complete(conn: Connection, release_id: str, document: Mapping[str, Any],
-                 measurement: str) -> None:
-        conn.execute(update(releases).where(releases.c.id == release_id).values(
-            status=DONE, measurement=measurement,
-            document=json.dumps(document, sort_keys=True, separators=(",", ":")),
-        ))
+    def complete(
+        conn: Connection, release_id: str, document: Mapping[str, Any], measurement: str
+    ) -> None:
+        conn.execute(
+            update(releases)
+            .where(releases.c.id == release_id)
+            .values(
+                status=DONE,
+                measurement=measurement,
+                document=json.dumps(document, sort_keys=True, separators=(",", ":")),
+            )
+        )
 
     @staticmethod
     def discard_pending(conn: Connection, release_id: str) -> bool:
         """Remove a pending release whose computation failed; its charge stays spent."""
-        gone = conn.execute(delete(releases).where(
-            releases.c.id == release_id, releases.c.status == PENDING)).rowcount
+        gone = conn.execute(
+            delete(releases).where(releases.c.id == release_id, releases.c.status == PENDING)
+        ).rowcount
         return bool(gone)

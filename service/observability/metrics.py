@@ -35,23 +35,34 @@ from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import GLOBAL, BudgetExhausted
 from service.policy.errors import PolicyViolation
 
-REQUESTS = Counter("dpx_http_requests", "HTTP requests answered, by URL rule, method and status",
-                   ["endpoint", "method", "status"])
-LATENCY = Histogram("dpx_http_request_duration_seconds",
-                    "Time to answer an HTTP request, by URL rule and method",
-                    ["endpoint", "method"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-RELEASES = Counter("dpx_releases",
-                   "Queries answered with a new, charged release (status 201), by dataset",
-                   ["dataset"])
-CACHED = Counter("dpx_cached_answers",
-                 "Queries answered from a stored release at no cost (status 200), by dataset",
-                 ["dataset"])
-REFUSALS = Counter("dpx_query_refusals",
-                   "Queries refused before any release: budget_exhausted, a policy rule "
-                   "(no_grant, expired, statistic, dimension, max_per_query), invalid, "
-                   "not_found or forbidden",
-                   ["reason"])
+REQUESTS = Counter(
+    "dpx_http_requests",
+    "HTTP requests answered, by URL rule, method and status",
+    ["endpoint", "method", "status"],
+)
+LATENCY = Histogram(
+    "dpx_http_request_duration_seconds",
+    "Time to answer an HTTP request, by URL rule and method",
+    ["endpoint", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+RELEASES = Counter(
+    "dpx_releases",
+    "Queries answered with a new, charged release (status 201), by dataset",
+    ["dataset"],
+)
+CACHED = Counter(
+    "dpx_cached_answers",
+    "Queries answered from a stored release at no cost (status 200), by dataset",
+    ["dataset"],
+)
+REFUSALS = Counter(
+    "dpx_query_refusals",
+    "Queries refused before any release: budget_exhausted, a policy rule "
+    "(no_grant, expired, statistic, dimension, max_per_query), invalid, "
+    "not_found or forbidden",
+    ["reason"],
+)
 
 UNMATCHED = "unmatched"
 """The endpoint label of requests that matched no URL rule (their paths are not recorded)."""
@@ -98,10 +109,13 @@ class BudgetCollector:
         spent = GaugeMetricFamily(
             "dpx_budget_spent",
             "Privacy loss spent on a dataset by all partners together, from the ledger",
-            labels=["dataset", "unit"])
+            labels=["dataset", "unit"],
+        )
         budget = GaugeMetricFamily(
-            "dpx_budget_global", "Global privacy budget of a dataset, from its policy",
-            labels=["dataset", "unit"])
+            "dpx_budget_global",
+            "Global privacy budget of a dataset, from its policy",
+            labels=["dataset", "unit"],
+        )
         accounts = self.exchange.ledger.all_spent()
         for dataset in sorted(self.exchange.policies.datasets.values(), key=lambda d: d.id):
             labels = [dataset.id, dataset.budget_unit]
@@ -136,11 +150,13 @@ def instrument(app: Flask) -> None:
     def count_request(response: Response) -> Response:
         started = g.get("metrics_started")
         endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        REQUESTS.labels(endpoint=endpoint, method=request.method,
-                        status=str(response.status_code)).inc()
+        REQUESTS.labels(
+            endpoint=endpoint, method=request.method, status=str(response.status_code)
+        ).inc()
         if started is not None:
             LATENCY.labels(endpoint=endpoint, method=request.method).observe(
-                time.perf_counter() - started)
+                time.perf_counter() - started
+            )
         return response
 
     def metrics() -> Response:

@@ -51,8 +51,9 @@ class PolicyChange:
     def __str__(self) -> str:
         where = f"{_MARK[self.kind]} {self.subject}"
         if self.kind != "changed":
-            text = f"{where}: {self.kind}" + (f" ({self.field} {self.new or self.old})"
-                                              if self.field else "")
+            text = f"{where}: {self.kind}" + (
+                f" ({self.field} {self.new or self.old})" if self.field else ""
+            )
         else:
             text = f"{where}: {self.field} {self.old} -> {self.new}"
         return text + (f" (spent {self.spent})" if self.spent is not None else "")
@@ -69,10 +70,15 @@ class OverSpend:
     spent: Fraction
 
     def __str__(self) -> str:
-        subject = (f"dataset {self.dataset} global budget" if self.partner is None
-                   else f"grant {self.partner} -> {self.dataset}")
-        return (f"{subject}: {self.unit} {amount_text(self.budget)} is less than the "
-                f"{amount_text(self.spent)} already spent")
+        subject = (
+            f"dataset {self.dataset} global budget"
+            if self.partner is None
+            else f"grant {self.partner} -> {self.dataset}"
+        )
+        return (
+            f"{subject}: {self.unit} {amount_text(self.budget)} is less than the "
+            f"{amount_text(self.spent)} already spent"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,9 @@ class PolicyReview:
     over_spent: tuple[OverSpend, ...]
 
 
-def review(deployed: PolicySet, proposed: PolicySet,
-           spent: Mapping[tuple[str, str], Fraction]) -> PolicyReview:
+def review(
+    deployed: PolicySet, proposed: PolicySet, spent: Mapping[tuple[str, str], Fraction]
+) -> PolicyReview:
     """Every change from ``deployed`` to ``proposed``, and every over-spent proposed budget.
 
     Changes come in a stable order: datasets by id, then grants by partner and dataset.
@@ -99,21 +106,22 @@ def policy_changes(deployed: PolicySet, proposed: PolicySet) -> list[PolicyChang
     return list(review(deployed, proposed, {}).changes)
 
 
-def over_spent(policies: PolicySet,
-               spent: Mapping[tuple[str, str], Fraction]) -> list[OverSpend]:
+def over_spent(policies: PolicySet, spent: Mapping[tuple[str, str], Fraction]) -> list[OverSpend]:
     """Each global budget and grant of ``policies`` that is smaller than its recorded spend."""
     found = []
     for dataset in sorted(policies.datasets.values(), key=lambda d: d.id):
         total = spent.get((dataset.id, GLOBAL), Fraction(0))
         if total > dataset.global_budget:
-            found.append(OverSpend(dataset.id, None, dataset.budget_unit,
-                                   dataset.global_budget, total))
+            found.append(
+                OverSpend(dataset.id, None, dataset.budget_unit, dataset.global_budget, total)
+            )
     for partner_id, dataset_id, grant in _grants(policies):
         granted_on = policies.datasets.get(dataset_id)
         own = spent.get((dataset_id, partner_id), Fraction(0))
         if granted_on is not None and own > grant.budget:
-            found.append(OverSpend(dataset_id, partner_id, granted_on.budget_unit,
-                                   grant.budget, own))
+            found.append(
+                OverSpend(dataset_id, partner_id, granted_on.budget_unit, grant.budget, own)
+            )
     return found
 
 
@@ -138,28 +146,41 @@ def _dataset_fields(dataset: DatasetPolicy) -> dict[str, str]:
     return fields
 
 
-def _dataset_changes(deployed: PolicySet, proposed: PolicySet,
-                     spent: Mapping[tuple[str, str], Fraction]) -> Iterable[PolicyChange]:
+def _dataset_changes(
+    deployed: PolicySet, proposed: PolicySet, spent: Mapping[tuple[str, str], Fraction]
+) -> Iterable[PolicyChange]:
     for dataset_id in sorted(set(deployed.datasets) | set(proposed.datasets)):
         old = deployed.datasets.get(dataset_id)
         new = proposed.datasets.get(dataset_id)
         total = spent.get((dataset_id, GLOBAL))
         if old is None and new is not None:
-            yield PolicyChange("added", dataset_id, None, "global_budget", None,
-                               _amount(new, new.global_budget))
+            yield PolicyChange(
+                "added", dataset_id, None, "global_budget", None, _amount(new, new.global_budget)
+            )
         elif new is None and old is not None:
-            yield PolicyChange("removed", dataset_id, None, "global_budget",
-                               _amount(old, old.global_budget), None,
-                               _amount(old, total) if total is not None else None)
+            yield PolicyChange(
+                "removed",
+                dataset_id,
+                None,
+                "global_budget",
+                _amount(old, old.global_budget),
+                None,
+                _amount(old, total) if total is not None else None,
+            )
         elif old is not None and new is not None:
             before, after = _dataset_fields(old), _dataset_fields(new)
             for field in [*before, *(f for f in after if f not in before)]:
                 if before.get(field) != after.get(field):
-                    shown = (_amount(new, total or Fraction(0))
-                             if field == "global_budget" else None)
-                    yield PolicyChange("changed", dataset_id, None, field,
-                                       before.get(field, "absent"), after.get(field, "absent"),
-                                       shown)
+                    shown = _amount(new, total or Fraction(0)) if field == "global_budget" else None
+                    yield PolicyChange(
+                        "changed",
+                        dataset_id,
+                        None,
+                        field,
+                        before.get(field, "absent"),
+                        after.get(field, "absent"),
+                        shown,
+                    )
 
 
 def _grants(policies: PolicySet) -> Iterable[tuple[str, str, Grant]]:
@@ -186,8 +207,9 @@ def _grant_fields(dataset: DatasetPolicy | None, grant: Grant) -> dict[str, str]
     }
 
 
-def _grant_changes(deployed: PolicySet, proposed: PolicySet,
-                   spent: Mapping[tuple[str, str], Fraction]) -> Iterable[PolicyChange]:
+def _grant_changes(
+    deployed: PolicySet, proposed: PolicySet, spent: Mapping[tuple[str, str], Fraction]
+) -> Iterable[PolicyChange]:
     before = {(p, d): g for p, d, g in _grants(deployed)}
     after = {(p, d): g for p, d, g in _grants(proposed)}
     for partner_id, dataset_id in sorted(set(before) | set(after)):
@@ -199,14 +221,28 @@ def _grant_changes(deployed: PolicySet, proposed: PolicySet,
         shown_in = new_dataset or deployed.datasets.get(dataset_id)
         own_text = _amount(shown_in, own) if shown_in else amount_text(own)
         if old is None:
-            yield PolicyChange("added", dataset_id, partner_id, "budget", None,
-                               new_fields["budget"], own_text if own else None)
+            yield PolicyChange(
+                "added",
+                dataset_id,
+                partner_id,
+                "budget",
+                None,
+                new_fields["budget"],
+                own_text if own else None,
+            )
         elif new is None:
-            yield PolicyChange("removed", dataset_id, partner_id, "budget",
-                               old_fields["budget"], None, own_text)
+            yield PolicyChange(
+                "removed", dataset_id, partner_id, "budget", old_fields["budget"], None, own_text
+            )
         else:
             for field, value in new_fields.items():
                 if old_fields[field] != value:
-                    yield PolicyChange("changed", dataset_id, partner_id, field,
-                                       old_fields[field], value,
-                                       own_text if field == "budget" else None)
+                    yield PolicyChange(
+                        "changed",
+                        dataset_id,
+                        partner_id,
+                        field,
+                        old_fields[field],
+                        value,
+                        own_text if field == "budget" else None,
+                    )

@@ -38,8 +38,12 @@ def reload_policies(holder: PolicyHolder, directory: Path) -> bool:
     try:
         proposed = load_policies(directory)
     except PolicySetError as refused:
-        log.error("policy reload refused: %d defect(s) in %s; keeping policy version %s",
-                  len(refused.errors), directory, current.version)
+        log.error(
+            "policy reload refused: %d defect(s) in %s; keeping policy version %s",
+            len(refused.errors),
+            directory,
+            current.version,
+        )
         for defect in refused.errors:
             log.error("%s", defect)
         return False

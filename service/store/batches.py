@@ -56,25 +56,41 @@ class BatchStore:
         self._cells: dict[str, pl.DataFrame] = {}
         self._lock = threading.Lock()
 
-    def add(self, dataset: DatasetPolicy, aggregated: Aggregated, *, form: str,
-            actor: str) -> StoredBatch:
+    def add(
+        self, dataset: DatasetPolicy, aggregated: Aggregated, *, form: str, actor: str
+    ) -> StoredBatch:
         """Seal and store one batch, with its audit entry, atomically."""
         batch_id = "bat_" + secrets.token_hex(10)
         plaintext = encode_cells(aggregated.cells)
         sealed = seal(self.keyring, plaintext, dataset=dataset.id, batch_id=batch_id)
         stored = StoredBatch(
-            batch_id=batch_id, dataset=dataset.id, form=form, rows=aggregated.rows,
-            contacts=aggregated.contacts, cells=aggregated.cells.height,
-            truncated=aggregated.truncated, clamped=aggregated.clamped,
+            batch_id=batch_id,
+            dataset=dataset.id,
+            form=form,
+            rows=aggregated.rows,
+            contacts=aggregated.contacts,
+            cells=aggregated.cells.height,
+            truncated=aggregated.truncated,
+            clamped=aggregated.clamped,
             created_at=datetime.now(UTC),
         )
         with self.database.write() as conn:
             # The audit entry names counts only: row and contact totals are not released
             # to partners, and the audit log is read by the DPO alone.
-            self.audit.append(conn, actor=actor, action="batch.upload", dataset=dataset.id,
-                              details={"batch_id": batch_id, "form": form, "rows": stored.rows,
-                                       "cells": stored.cells, "truncated": stored.truncated,
-                                       "clamped": stored.clamped})
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="batch.upload",
+                dataset=dataset.id,
+                details={
+                    "batch_id": batch_id,
+                    "form": form,
+                    "rows": stored.rows,
+                    "cells": stored.cells,
+                    "truncated": stored.truncated,
+                    "clamped": stored.clamped,
+                },
+            )
             # The append above holds the audit head (a row lock on PostgreSQL, the write
             # lock on SQLite), which a key rotation also takes to finish and a KEK
             # retirement to remove its key. Checking the keyring file only now means
@@ -83,24 +99,40 @@ class BatchStore:
             self.keyring.refresh()
             if sealed.kek_id != self.keyring.primary_kek_id:
                 sealed = seal(self.keyring, plaintext, dataset=dataset.id, batch_id=batch_id)
-            conn.execute(batches.insert().values(
-                id=batch_id, dataset=dataset.id, form=form, rows=stored.rows,
-                contacts=stored.contacts, cells=stored.cells, truncated=stored.truncated,
-                clamped=stored.clamped, kek_id=sealed.kek_id, blob=sealed.blob,
-                created_at=stored.created_at,
-            ))
+            conn.execute(
+                batches.insert().values(
+                    id=batch_id,
+                    dataset=dataset.id,
+                    form=form,
+                    rows=stored.rows,
+                    contacts=stored.contacts,
+                    cells=stored.cells,
+                    truncated=stored.truncated,
+                    clamped=stored.clamped,
+                    kek_id=sealed.kek_id,
+                    blob=sealed.blob,
+                    created_at=stored.created_at,
+                )
+            )
         return stored
 
     def cells(self, dataset: DatasetPolicy) -> pl.DataFrame:
         """All cells of ``dataset`` (one row per batch and cell), decrypted and checked."""
         with self.database.read() as conn:
-            ids = [row.id for row in conn.execute(
-                select(batches.c.id).where(batches.c.dataset == dataset.id).order_by(batches.c.id))]
+            ids = [
+                row.id
+                for row in conn.execute(
+                    select(batches.c.id)
+                    .where(batches.c.dataset == dataset.id)
+                    .order_by(batches.c.id)
+                )
+            ]
         missing = [batch_id for batch_id in ids if batch_id not in self._cells]
         if missing:
             with self.database.read() as conn:
-                rows = conn.execute(select(batches.c.id, batches.c.blob)
-                                    .where(batches.c.id.in_(missing))).all()
+                rows = conn.execute(
+                    select(batches.c.id, batches.c.blob).where(batches.c.id.in_(missing))
+                ).all()
             for row in rows:
                 plain = self._open(dataset.id, row.id, row.blob)
                 try:
@@ -109,7 +141,8 @@ class BatchStore:
                     # Authentic but unreadable: written under another schema of the dataset.
                     raise IntegrityError(
                         f"batch {row.id} of dataset {dataset.id} does not match the dataset's "
-                        f"current schema ({error})") from None
+                        f"current schema ({error})"
+                    ) from None
                 with self._lock:
                     self._cells[row.id] = frame
         frames = [self._cells[batch_id] for batch_id in ids]
@@ -131,7 +164,8 @@ class BatchStore:
             self.keyring.reload()
             with self.database.read() as conn:
                 current = conn.execute(
-                    select(batches.c.blob).where(batches.c.id == batch_id)).scalar()
+                    select(batches.c.blob).where(batches.c.id == batch_id)
+                ).scalar()
             if current is None:
                 raise
             return open_sealed(self.keyring, current, dataset=dataset_id, batch_id=batch_id)

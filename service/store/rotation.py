@@ -95,8 +95,9 @@ class _NotFinished(Exception):
 class KeyRotation:
     """Rotates the KEKs of one deployment: its keyring file and its stored batches."""
 
-    def __init__(self, database: Database, keyring: Keyring, audit: AuditLog, *,
-                 actor: str = "admin:cli") -> None:
+    def __init__(
+        self, database: Database, keyring: Keyring, audit: AuditLog, *, actor: str = "admin:cli"
+    ) -> None:
         self.database = database
         self.keyring = keyring
         self.audit = audit
@@ -107,8 +108,9 @@ class KeyRotation:
     def batches_by_kek(self) -> dict[str, int]:
         """How many batches each KEK id protects, as the batches table says."""
         with self.database.read() as conn:
-            rows = conn.execute(select(batches.c.kek_id, func.count())
-                                .group_by(batches.c.kek_id)).all()
+            rows = conn.execute(
+                select(batches.c.kek_id, func.count()).group_by(batches.c.kek_id)
+            ).all()
         return {str(row[0]): int(row[1]) for row in rows}
 
     def usage(self) -> list[KeyUsage]:
@@ -116,16 +118,24 @@ class KeyRotation:
         keyring lacks, each with the number of batches it protects."""
         self.keyring.refresh()
         counts = self.batches_by_kek()
-        listed = [KeyUsage(k["id"], k["status"], k["created"], counts.pop(k["id"], 0))
-                  for k in self.keyring.describe_keks()]
-        return listed + [KeyUsage(kek_id, "missing", "-", n)
-                         for kek_id, n in sorted(counts.items())]
+        listed = [
+            KeyUsage(k["id"], k["status"], k["created"], counts.pop(k["id"], 0))
+            for k in self.keyring.describe_keks()
+        ]
+        return listed + [
+            KeyUsage(kek_id, "missing", "-", n) for kek_id, n in sorted(counts.items())
+        ]
 
     def pending(self) -> int:
         """Batches not yet under the primary KEK."""
         with self.database.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(batches).where(
-                batches.c.kek_id != self.keyring.primary_kek_id)).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(batches)
+                    .where(batches.c.kek_id != self.keyring.primary_kek_id)
+                ).scalar_one()
+            )
 
     # -- rotating ------------------------------------------------------------------------
 
@@ -147,26 +157,56 @@ class KeyRotation:
         if pending or unfinished:
             recorded = last[1] if unfinished and last is not None else {}
             plan = RotationPlan(
-                kek_id=primary, previous=recorded.get("previous"), pending=pending,
-                resumed=True, reencrypt=reencrypt or bool(recorded.get("reencrypt")))
+                kek_id=primary,
+                previous=recorded.get("previous"),
+                pending=pending,
+                resumed=True,
+                reencrypt=reencrypt or bool(recorded.get("reencrypt")),
+            )
             with self.database.write() as conn:
-                self.audit.append(conn, actor=self.actor, action=RESUME, details={
-                    "kek_id": primary, "previous": plan.previous, "pending": pending,
-                    "reencrypt": plan.reencrypt})
+                self.audit.append(
+                    conn,
+                    actor=self.actor,
+                    action=RESUME,
+                    details={
+                        "kek_id": primary,
+                        "previous": plan.previous,
+                        "pending": pending,
+                        "reencrypt": plan.reencrypt,
+                    },
+                )
             return plan
         new_kek = self.keyring.add_kek()
         # Saved before any batch moves: a batch under the new KEK is never more durable
         # than the key that opens it.
         self.keyring.save()
         with self.database.write() as conn:
-            self.audit.append(conn, actor=self.actor, action=START, details={
-                "kek_id": new_kek, "previous": primary, "pending": self.pending(),
-                "reencrypt": reencrypt})
-        return RotationPlan(kek_id=new_kek, previous=primary, pending=self.pending(),
-                            resumed=False, reencrypt=reencrypt)
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=START,
+                details={
+                    "kek_id": new_kek,
+                    "previous": primary,
+                    "pending": self.pending(),
+                    "reencrypt": reencrypt,
+                },
+            )
+        return RotationPlan(
+            kek_id=new_kek,
+            previous=primary,
+            pending=self.pending(),
+            resumed=False,
+            reencrypt=reencrypt,
+        )
 
-    def run(self, plan: RotationPlan, *, batch_size: int = DEFAULT_BATCH_SIZE,
-            on_progress: OnProgress | None = None) -> RotationReport:
+    def run(
+        self,
+        plan: RotationPlan,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_progress: OnProgress | None = None,
+    ) -> RotationReport:
         """Move every batch not under ``plan.kek_id`` to it, ``batch_size`` batches per
         transaction, then record the rotation as finished.
 
@@ -178,7 +218,8 @@ class KeyRotation:
         if self.keyring.primary_kek_id != plan.kek_id:
             raise KeyringError(
                 f"the primary key-encryption key is {self.keyring.primary_kek_id}, "
-                f"not {plan.kek_id}; start the rotation again")
+                f"not {plan.kek_id}; start the rotation again"
+            )
         began = time.monotonic()
         moved, total = 0, plan.pending
         while True:
@@ -188,18 +229,30 @@ class KeyRotation:
                 break
             except _NotFinished:
                 total = max(total, moved + self.pending())
-        return RotationReport(kek_id=plan.kek_id, moved=moved,
-                              seconds=time.monotonic() - began, reencrypt=plan.reencrypt)
+        return RotationReport(
+            kek_id=plan.kek_id,
+            moved=moved,
+            seconds=time.monotonic() - began,
+            reencrypt=plan.reencrypt,
+        )
 
-    def _move_all(self, plan: RotationPlan, batch_size: int, moved: int, total: int,
-                  on_progress: OnProgress | None) -> int:
+    def _move_all(
+        self,
+        plan: RotationPlan,
+        batch_size: int,
+        moved: int,
+        total: int,
+        on_progress: OnProgress | None,
+    ) -> int:
         done = 0
         while True:
             with self.database.read() as conn:
                 rows = conn.execute(
                     select(batches.c.id, batches.c.dataset, batches.c.kek_id, batches.c.blob)
                     .where(batches.c.kek_id != plan.kek_id)
-                    .order_by(batches.c.id).limit(batch_size)).all()
+                    .order_by(batches.c.id)
+                    .limit(batch_size)
+                ).all()
             if not rows:
                 return done
             done += self._move(plan, rows)
@@ -211,21 +264,41 @@ class KeyRotation:
         transform = reencrypt if plan.reencrypt else rewrap
         # The cryptography happens before the transaction opens, so the write lock is
         # held only for the updates themselves.
-        sealed = [(row, transform(self.keyring, row.blob, dataset=row.dataset,
-                                  batch_id=row.id)) for row in rows]
+        sealed = [
+            (row, transform(self.keyring, row.blob, dataset=row.dataset, batch_id=row.id))
+            for row in rows
+        ]
         compare_and_set = (
             update(batches)
             .where(batches.c.id == bindparam("batch_id"), batches.c.kek_id == bindparam("old"))
-            .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek")))
+            .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
+        )
         with self.database.write() as conn:
             # One executemany; its rowcount is the number of batches actually moved (both
             # SQLite and psycopg sum it), which excludes any batch another process moved.
-            moved = conn.execute(compare_and_set, [
-                {"batch_id": row.id, "old": row.kek_id, "new_blob": new.blob,
-                 "new_kek": new.kek_id} for row, new in sealed]).rowcount
-            self.audit.append(conn, actor=self.actor, action=REWRAP, details={
-                "kek_id": plan.kek_id, "from": sorted({str(row.kek_id) for row in rows}),
-                "batches": moved, "mode": "reencrypt" if plan.reencrypt else "rewrap"})
+            moved = conn.execute(
+                compare_and_set,
+                [
+                    {
+                        "batch_id": row.id,
+                        "old": row.kek_id,
+                        "new_blob": new.blob,
+                        "new_kek": new.kek_id,
+                    }
+                    for row, new in sealed
+                ],
+            ).rowcount
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=REWRAP,
+                details={
+                    "kek_id": plan.kek_id,
+                    "from": sorted({str(row.kek_id) for row in rows}),
+                    "batches": moved,
+                    "mode": "reencrypt" if plan.reencrypt else "rewrap",
+                },
+            )
         return moved
 
     def _finish(self, plan: RotationPlan, moved: int) -> None:
@@ -233,10 +306,15 @@ class KeyRotation:
             # Appending first takes the audit head, which an upload holds from before it
             # checks the keyring file until it commits: once we hold it, every upload
             # sealed under an old KEK has committed and is counted here.
-            self.audit.append(conn, actor=self.actor, action=FINISH, details={
-                "kek_id": plan.kek_id, "moved": moved, "reencrypt": plan.reencrypt})
-            left = conn.execute(select(func.count()).select_from(batches).where(
-                batches.c.kek_id != plan.kek_id)).scalar_one()
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=FINISH,
+                details={"kek_id": plan.kek_id, "moved": moved, "reencrypt": plan.reencrypt},
+            )
+            left = conn.execute(
+                select(func.count()).select_from(batches).where(batches.c.kek_id != plan.kek_id)
+            ).scalar_one()
             if left:
                 raise _NotFinished()
 
@@ -246,7 +324,9 @@ class KeyRotation:
             row = conn.execute(
                 select(audit_log.c.action, audit_log.c.details)
                 .where(audit_log.c.action.in_((START, RESUME, FINISH)))
-                .order_by(audit_log.c.seq.desc()).limit(1)).first()
+                .order_by(audit_log.c.seq.desc())
+                .limit(1)
+            ).first()
         if row is None:
             return None
         details = json.loads(row.details)
@@ -267,13 +347,17 @@ class KeyRotation:
         with self.database.write() as conn:
             # The audit head is taken first, as uploads and rotations take it: no upload
             # can commit a batch under this KEK between the count and the removal.
-            self.audit.append(conn, actor=self.actor, action=RETIRE,
-                              details={"kek_id": kek_id})
-            left = int(conn.execute(select(func.count()).select_from(batches)
-                                    .where(batches.c.kek_id == kek_id)).scalar_one())
+            self.audit.append(conn, actor=self.actor, action=RETIRE, details={"kek_id": kek_id})
+            left = int(
+                conn.execute(
+                    select(func.count()).select_from(batches).where(batches.c.kek_id == kek_id)
+                ).scalar_one()
+            )
             if left:
-                raise KeyInUse(f"{kek_id} still protects {left} batches; "
-                               "run `dpx rotate-keys` to move them first")
+                raise KeyInUse(
+                    f"{kek_id} still protects {left} batches; "
+                    "run `dpx rotate-keys` to move them first"
+                )
             self.keyring.remove_kek(kek_id)
             self.keyring.save()
 
@@ -287,6 +371,10 @@ class KeyRotation:
         current = self.keyring.rotate_signing_key()
         self.keyring.save()
         with self.database.write() as conn:
-            self.audit.append(conn, actor=self.actor, action=SIGNING_ROTATE,
-                              details={"key_id": current, "retired": retired})
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=SIGNING_ROTATE,
+                details={"key_id": current, "retired": retired},
+            )
         return current, retired

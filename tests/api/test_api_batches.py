@@ -23,26 +23,50 @@ def _csv(*rows: str, header: str = HEADER) -> bytes:
 def _snapshot(app: Flask) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table, blobs included: storage compared byte for byte."""
     database = app.extensions["dpx.database"]
-    tables = ["batches", "tokens", "budget_accounts", "charges", "releases", "audit_log",
-              "audit_head"]
+    tables = [
+        "batches",
+        "tokens",
+        "budget_accounts",
+        "charges",
+        "releases",
+        "audit_log",
+        "audit_head",
+    ]
     with database.read() as conn:
-        return {t: sorted((tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                           for row in conn.execute(text(f"SELECT * FROM {t}"))),  # noqa: S608
-                           key=repr)
-                for t in tables}
+        return {
+            t: sorted(
+                (
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                    for row in conn.execute(text(f"SELECT * FROM {t}"))  # noqa: S608
+                ),
+                key=repr,
+            )
+            for t in tables
+        }
 
 
-def _upload(client: FlaskClient, tokens: Tokens, body: bytes, content_type: str = "text/csv",
-            form: str = "contacts"):  # type: ignore[no-untyped-def]
-    return client.post(f"/v1/datasets/uk-helpline-2024/batches?form={form}", data=body,
-                       headers={**tokens.owner, "Content-Type": content_type})
+def _upload(
+    client: FlaskClient,
+    tokens: Tokens,
+    body: bytes,
+    content_type: str = "text/csv",
+    form: str = "contacts",
+):  # type: ignore[no-untyped-def]
+    return client.post(
+        f"/v1/datasets/uk-helpline-2024/batches?form={form}",
+        data=body,
+        headers={**tokens.owner, "Content-Type": content_type},
+    )
 
 
-def test_contact_csv_is_aggregated_and_stored_encrypted(app: Flask, client: FlaskClient,
-                                                        tokens: Tokens) -> None:
-    body = _csv("2024-01,GB,chat,self_concerned,police_warning,30",
-                "2024-01,GB,chat,self_concerned,police_warning,200",
-                "2024-02,IE,phone,professional,other,5")
+def test_contact_csv_is_aggregated_and_stored_encrypted(
+    app: Flask, client: FlaskClient, tokens: Tokens
+) -> None:
+    body = _csv(
+        "2024-01,GB,chat,self_concerned,police_warning,30",
+        "2024-01,GB,chat,self_concerned,police_warning,200",
+        "2024-02,IE,phone,professional,other,5",
+    )
     response = _upload(client, tokens, body)
     assert response.status_code == 201, response.json
     batch = response.json
@@ -58,20 +82,30 @@ def test_contact_csv_is_aggregated_and_stored_encrypted(app: Flask, client: Flas
 
 
 def test_json_records_and_cell_form(client: FlaskClient, tokens: Tokens) -> None:
-    records = [{"month": "2024-03", "country": "GB", "channel": "web",
-                "caller_type": "family_friend", "referral_source": "social_media_ad",
-                "minutes": 12}]
+    records = [
+        {
+            "month": "2024-03",
+            "country": "GB",
+            "channel": "web",
+            "caller_type": "family_friend",
+            "referral_source": "social_media_ad",
+            "minutes": 12,
+        }
+    ]
     response = _upload(client, tokens, json.dumps(records).encode(), "application/json")
     assert response.status_code == 201, response.json
-    cells = _csv("2024-03,GB,web,family_friend,social_media_ad,40,400",
-                 header=HEADER.replace("minutes", "contacts,minutes"))
+    cells = _csv(
+        "2024-03,GB,web,family_friend,social_media_ad,40,400",
+        header=HEADER.replace("minutes", "contacts,minutes"),
+    )
     response = _upload(client, tokens, cells, form="cells")
     assert response.status_code == 201, response.json
     assert response.json["contacts"] == 40
 
 
 def test_person_column_truncates_over_contributors_and_is_never_stored(
-        app: Flask, client: FlaskClient, tokens: Tokens) -> None:
+    app: Flask, client: FlaskClient, tokens: Tokens
+) -> None:
     rows = [f"2024-01,GB,chat,self_concerned,other,10,p-secret-{i // 12}" for i in range(24)]
     response = _upload(client, tokens, _csv(*rows, header=HEADER + ",person"))
     assert response.status_code == 201, response.json
@@ -81,14 +115,18 @@ def test_person_column_truncates_over_contributors_and_is_never_stored(
     assert "p-secret" not in snapshot
 
 
-def test_rejected_batch_lists_rows_and_changes_nothing(app: Flask, client: FlaskClient,
-                                                       tokens: Tokens) -> None:
-    assert _upload(client, tokens, _csv("2024-01,GB,chat,self_concerned,other,10")).status_code \
-        == 201
+def test_rejected_batch_lists_rows_and_changes_nothing(
+    app: Flask, client: FlaskClient, tokens: Tokens
+) -> None:
+    assert (
+        _upload(client, tokens, _csv("2024-01,GB,chat,self_concerned,other,10")).status_code == 201
+    )
     before = _snapshot(app)
-    body = _csv("2024-01,GB,chat,self_concerned,other,10",
-                "2025-13,GB,chat,self_concerned,other,10",
-                "2024-01,FR,fax,self_concerned,other,ten")
+    body = _csv(
+        "2024-01,GB,chat,self_concerned,other,10",
+        "2025-13,GB,chat,self_concerned,other,10",
+        "2024-01,FR,fax,self_concerned,other,ten",
+    )
     response = _upload(client, tokens, body)
     assert response.status_code == 422
     assert response.mimetype == "application/problem+json"
@@ -98,8 +136,9 @@ def test_rejected_batch_lists_rows_and_changes_nothing(app: Flask, client: Flask
     assert _snapshot(app) == before
 
 
-def test_malformed_uploads_are_rejected_without_change(app: Flask, client: FlaskClient,
-                                                       tokens: Tokens) -> None:
+def test_malformed_uploads_are_rejected_without_change(
+    app: Flask, client: FlaskClient, tokens: Tokens
+) -> None:
     client.get("/v1/datasets", headers=tokens.owner)  # stamps the token's first use
     before = _snapshot(app)
     cases = [
@@ -118,16 +157,20 @@ def test_malformed_uploads_are_rejected_without_change(app: Flask, client: Flask
     assert _snapshot(app) == before
 
 
-def test_oversized_upload_is_413_and_changes_nothing(settings: Settings, tokens: Tokens,
-                                                     app: Flask) -> None:
+def test_oversized_upload_is_413_and_changes_nothing(
+    settings: Settings, tokens: Tokens, app: Flask
+) -> None:
     from service.app import create_app
+
     small = create_app(settings.with_(max_upload_bytes=1024))
     small.test_client().get("/v1/datasets", headers=tokens.owner)  # stamps first use
     before = _snapshot(app)
     body = _csv(*["2024-01,GB,chat,self_concerned,other,10"] * 100)
     response = small.test_client().post(
-        "/v1/datasets/uk-helpline-2024/batches", data=body,
-        headers={**tokens.owner, "Content-Type": "text/csv"})
+        "/v1/datasets/uk-helpline-2024/batches",
+        data=body,
+        headers={**tokens.owner, "Content-Type": "text/csv"},
+    )
     assert response.status_code == 413
     assert response.json["code"] == "payload_too_large"
     assert _snapshot(app) == before

@@ -9,8 +9,9 @@ from tests.conftest import BOTH_BACKENDS, Tokens
 pytestmark = BOTH_BACKENDS
 
 
-def test_partner_sees_only_granted_datasets_with_its_grant(client: FlaskClient,
-                                                           tokens: Tokens) -> None:
+def test_partner_sees_only_granted_datasets_with_its_grant(
+    client: FlaskClient, tokens: Tokens
+) -> None:
     response = client.get("/v1/datasets", headers=tokens.partner)
     assert response.status_code == 200
     datasets = {d["id"]: d for d in response.json["datasets"]}
@@ -29,8 +30,7 @@ def test_partner_sees_only_granted_datasets_with_its_grant(client: FlaskClient,
     assert datasets["nl-helpline-2024"]["privacy"]["budget_unit"] == "rho"
 
 
-def test_dpo_sees_every_dataset_and_owner_only_its_own(client: FlaskClient,
-                                                       tokens: Tokens) -> None:
+def test_dpo_sees_every_dataset_and_owner_only_its_own(client: FlaskClient, tokens: Tokens) -> None:
     dpo = client.get("/v1/datasets", headers=tokens.dpo).json["datasets"]
     assert {d["id"] for d in dpo} == {"uk-helpline-2024", "nl-helpline-2024", "be-helpline-2024"}
     assert all(d["grant"] is None for d in dpo)

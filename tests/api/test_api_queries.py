@@ -124,33 +124,60 @@ def callers(app: Flask) -> Callers:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def upload(client: FlaskClient, owner: dict[str, str], dataset: str,
-           records: list[dict[str, Any]]) -> None:
-    response = client.post(f"/v1/datasets/{dataset}/batches", data=json.dumps(records),
-                           headers={**owner, "Content-Type": "application/json"})
+def upload(
+    client: FlaskClient, owner: dict[str, str], dataset: str, records: list[dict[str, Any]]
+) -> None:
+    response = client.post(
+        f"/v1/datasets/{dataset}/batches",
+        data=json.dumps(records),
+        headers={**owner, "Content-Type": "application/json"},
+    )
     assert response.status_code == 201, response.json
 
 
 def uk_contacts(month: str, channel: str, n: int, minutes: int = 30) -> list[dict[str, Any]]:
-    return [{"month": month, "country": "GB", "channel": channel, "caller_type": "self_concerned",
-             "referral_source": "police_warning", "minutes": minutes}] * n
+    return [
+        {
+            "month": month,
+            "country": "GB",
+            "channel": channel,
+            "caller_type": "self_concerned",
+            "referral_source": "police_warning",
+            "minutes": minutes,
+        }
+    ] * n
 
 
 def nl_contacts(month: str, channel: str, n: int, minutes: int = 20) -> list[dict[str, Any]]:
-    return [{"month": month, "country": "NL", "channel": channel, "caller_type": "other",
-             "referral_source": "word_of_mouth", "minutes": minutes}] * n
+    return [
+        {
+            "month": month,
+            "country": "NL",
+            "channel": channel,
+            "caller_type": "other",
+            "referral_source": "word_of_mouth",
+            "minutes": minutes,
+        }
+    ] * n
 
 
-def query(client: FlaskClient, caller: dict[str, str], body: dict[str, Any],
-          **headers: str) -> TestResponse:
+def query(
+    client: FlaskClient, caller: dict[str, str], body: dict[str, Any], **headers: str
+) -> TestResponse:
     return client.post("/v1/queries", json=body, headers={**caller, **headers})
 
 
-def month_query(month: str, epsilon: float = 0.1,
-                dataset: str = "uk-helpline-2024") -> dict[str, Any]:
+def month_query(
+    month: str, epsilon: float = 0.1, dataset: str = "uk-helpline-2024"
+) -> dict[str, Any]:
     """A distinct count query per month: each one is charged anew."""
-    return {"dataset": dataset, "statistic": "count", "group_by": ["channel"],
-            "filters": {"month": [month]}, "epsilon": epsilon}
+    return {
+        "dataset": dataset,
+        "statistic": "count",
+        "group_by": ["channel"],
+        "filters": {"month": [month]},
+        "epsilon": epsilon,
+    }
 
 
 def signing_keys(client: FlaskClient) -> list[dict[str, Any]]:
@@ -172,7 +199,8 @@ def ledger_rows(app: Flask) -> dict[str, int]:
             "charges": conn.execute(text("SELECT COUNT(*) FROM charges")).scalar_one(),
             "releases": conn.execute(text("SELECT COUNT(*) FROM releases")).scalar_one(),
             "spent_nano": conn.execute(
-                text("SELECT COALESCE(SUM(spent_nano), 0) FROM budget_accounts")).scalar_one(),
+                text("SELECT COALESCE(SUM(spent_nano), 0) FROM budget_accounts")
+            ).scalar_one(),
         }
 
 
@@ -208,16 +236,20 @@ FLOWS = [
 
 @pytest.mark.parametrize(("dataset", "statistic", "cost"), FLOWS)
 def test_release_covers_the_whole_domain_and_verifies(
-        client: FlaskClient, callers: Callers, dataset: str, statistic: str,
-        cost: dict[str, float]) -> None:
+    client: FlaskClient, callers: Callers, dataset: str, statistic: str, cost: dict[str, float]
+) -> None:
     pure = dataset == "uk-helpline-2024"
     channels = UK_CHANNELS if pure else NL_CHANNELS
     if pure:
         upload(client, callers.uk_owner, dataset, uk_contacts("2024-03", "chat", 400))
     else:
         upload(client, callers.nl_owner, dataset, nl_contacts("2024-03", "chat", 400))
-    body: dict[str, Any] = {"dataset": dataset, "statistic": statistic,
-                            "group_by": ["month", "channel"], **cost}
+    body: dict[str, Any] = {
+        "dataset": dataset,
+        "statistic": statistic,
+        "group_by": ["month", "channel"],
+        **cost,
+    }
     if statistic != "count":
         body["measure"] = "minutes"
 
@@ -229,7 +261,8 @@ def test_release_covers_the_whole_domain_and_verifies(
     assert release["dataset"] == dataset and release["partner"] == "analyst"
     # Every cell of month x channel, in domain order, the 47 empty ones included.
     assert [(row["month"], row["channel"]) for row in release["rows"]] == list(
-        itertools.product(MONTHS, channels))
+        itertools.product(MONTHS, channels)
+    )
     for row in release["rows"]:
         assert set(row) == {"month", "channel", "value", "ci"}
         low, high = row["ci"]
@@ -240,14 +273,19 @@ def test_release_covers_the_whole_domain_and_verifies(
             assert isinstance(row["value"], int) and low >= 0
     if statistic == "count":
         # 400 contacts, noise scale 20 (pure) or ~17 (zcdp): 15 scales away is impossible.
-        filled = next(r for r in release["rows"] if (r["month"], r["channel"]) == ("2024-03",
-                                                                                     "chat"))
+        filled = next(
+            r for r in release["rows"] if (r["month"], r["channel"]) == ("2024-03", "chat")
+        )
         assert abs(filled["value"] - 400) < 300
 
     privacy, mechanism, accuracy = release["privacy"], release["mechanism"], release["accuracy"]
     if pure:
-        assert privacy == {"definition": "pure", "epsilon": 0.5, "delta": 0.0,
-                           "cost": {"epsilon": "0.5"}}
+        assert privacy == {
+            "definition": "pure",
+            "epsilon": 0.5,
+            "delta": 0.0,
+            "cost": {"epsilon": "0.5"},
+        }
         assert mechanism["name"] == "discrete_laplace"
     else:
         assert privacy["definition"] == "zcdp" and privacy["rho"] == 0.1
@@ -283,7 +321,8 @@ def test_release_covers_the_whole_domain_and_verifies(
 
 
 def test_eleventh_tenth_of_a_budget_of_one_is_refused_and_charges_nothing(
-        app: Flask, client: FlaskClient, callers: Callers) -> None:
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
     upload(client, callers.uk_owner, "uk-helpline-2024", uk_contacts("2024-01", "web", 5))
     for month in MONTHS[:10]:
         response = query(client, callers.analyst, month_query(month))
@@ -296,8 +335,7 @@ def test_eleventh_tenth_of_a_budget_of_one_is_refused_and_charges_nothing(
     assert refused.status_code == 403
     assert refused.mimetype == "application/problem+json"
     assert refused.json["code"] == "budget_exhausted"
-    assert refused.json["remaining"] == {"partner": {"epsilon": 0.0},
-                                         "dataset": {"epsilon": 7.0}}
+    assert refused.json["remaining"] == {"partner": {"epsilon": 0.0}, "dataset": {"epsilon": 7.0}}
     assert ledger_rows(app) == before
     assert before["charges"] == 10 and before["releases"] == 10
     spent = budget(client, callers.analyst, "uk-helpline-2024")
@@ -311,14 +349,19 @@ def test_eleventh_tenth_of_a_budget_of_one_is_refused_and_charges_nothing(
 # -- 3. the dataset's global budget binds all partners together ------------------------------
 
 
-def test_global_budget_stops_the_second_partner(app: Flask, client: FlaskClient,
-                                                callers: Callers) -> None:
+def test_global_budget_stops_the_second_partner(
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
     for month in MONTHS[:6]:
-        assert query(client, callers.analyst,
-                     month_query(month, dataset="pilot-2024")).status_code == 201
+        assert (
+            query(client, callers.analyst, month_query(month, dataset="pilot-2024")).status_code
+            == 201
+        )
     for month in MONTHS[:4]:
-        assert query(client, callers.colleague,
-                     month_query(month, dataset="pilot-2024")).status_code == 201
+        assert (
+            query(client, callers.colleague, month_query(month, dataset="pilot-2024")).status_code
+            == 201
+        )
     before = ledger_rows(app)
 
     refused = query(client, callers.colleague, month_query(MONTHS[4], dataset="pilot-2024"))
@@ -336,19 +379,33 @@ def test_global_budget_stops_the_second_partner(app: Flask, client: FlaskClient,
 
 
 def test_reworded_repeat_is_answered_from_the_stored_release_for_free(
-        app: Flask, client: FlaskClient, callers: Callers) -> None:
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
     upload(client, callers.uk_owner, "uk-helpline-2024", uk_contacts("2024-02", "chat", 50))
-    first = query(client, callers.analyst, {
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month", "channel"],
-        "filters": {"channel": ["chat", "phone"], "month": {"from": "2024-01", "to": "2024-03"},
-                    "country": ["GB", "IE"]},
-        "epsilon": 0.1})
+    first = query(
+        client,
+        callers.analyst,
+        {
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month", "channel"],
+            "filters": {
+                "channel": ["chat", "phone"],
+                "month": {"from": "2024-01", "to": "2024-03"},
+                "country": ["GB", "IE"],
+            },
+            "epsilon": 0.1,
+        },
+    )
     assert first.status_code == 201, first.json
     before = ledger_rows(app)
     reworded = {
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["channel", "month"],
+        "dataset": "uk-helpline-2024",
+        "statistic": "count",
+        "group_by": ["channel", "month"],
         "filters": {"month": ["2024-03", "2024-01", "2024-02"], "channel": ["phone", "chat"]},
-        "epsilon": "0.10"}
+        "epsilon": "0.10",
+    }
 
     estimate = client.post("/v1/queries/estimate", json=reworded, headers=callers.analyst)
     again = query(client, callers.analyst, reworded)
@@ -363,10 +420,15 @@ def test_reworded_repeat_is_answered_from_the_stored_release_for_free(
     assert budget(client, callers.analyst, "uk-helpline-2024")["spent"] == pytest.approx(0.1)
 
 
-def test_shared_releases_answer_other_partners_for_free(app: Flask, client: FlaskClient,
-                                                        callers: Callers) -> None:
-    body = {"dataset": "be-helpline-2024", "statistic": "count", "group_by": ["month"],
-            "epsilon": 0.25}
+def test_shared_releases_answer_other_partners_for_free(
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
+    body = {
+        "dataset": "be-helpline-2024",
+        "statistic": "count",
+        "group_by": ["month"],
+        "epsilon": 0.25,
+    }
     first = query(client, callers.analyst, body)
     assert first.status_code == 201, first.json
     before = ledger_rows(app)
@@ -382,9 +444,14 @@ def test_shared_releases_answer_other_partners_for_free(app: Flask, client: Flas
 
 
 def test_without_sharing_each_partner_pays_for_its_own_release(
-        app: Flask, client: FlaskClient, callers: Callers) -> None:
-    body = {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
-            "epsilon": 0.25}
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
+    body = {
+        "dataset": "uk-helpline-2024",
+        "statistic": "count",
+        "group_by": ["month"],
+        "epsilon": 0.25,
+    }
     first = query(client, callers.analyst, body)
     other = query(client, callers.colleague, body)
 
@@ -400,15 +467,20 @@ def test_without_sharing_each_partner_pays_for_its_own_release(
 
 
 def test_idempotent_retry_returns_the_first_response_and_charges_once(
-        app: Flask, client: FlaskClient, callers: Callers) -> None:
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
     body = month_query("2024-05", epsilon=0.2)
     first = query(client, callers.analyst, body, **{"Idempotency-Key": "order-7f3a"})
     assert first.status_code == 201, first.json
     before = ledger_rows(app)
 
     retry = query(client, callers.analyst, body, **{"Idempotency-Key": "order-7f3a"})
-    clash = query(client, callers.analyst, month_query("2024-06", epsilon=0.2),
-                  **{"Idempotency-Key": "order-7f3a"})
+    clash = query(
+        client,
+        callers.analyst,
+        month_query("2024-06", epsilon=0.2),
+        **{"Idempotency-Key": "order-7f3a"},
+    )
 
     assert retry.status_code == 201
     assert retry.json == first.json
@@ -422,7 +494,8 @@ def test_idempotent_retry_returns_the_first_response_and_charges_once(
 
 
 def test_partner_never_sees_another_partners_releases_or_budgets(
-        client: FlaskClient, callers: Callers) -> None:
+    client: FlaskClient, callers: Callers
+) -> None:
     mine = query(client, callers.analyst, month_query("2024-01")).json["release_id"]
     theirs = query(client, callers.colleague, month_query("2024-02")).json["release_id"]
 
@@ -436,7 +509,8 @@ def test_partner_never_sees_another_partners_releases_or_budgets(
     assert [r["release_id"] for r in listed.json["releases"]] == [mine]
     assert foreign.status_code == 404 and foreign.json["code"] == "not_found"
     assert foreign.json["detail"] == unknown.json["detail"].replace(
-        "rel_00000000000000000000", theirs)
+        "rel_00000000000000000000", theirs
+    )
     assert {row["partner"] for row in budgets} == {"analyst"}
     assert {r["release_id"] for r in everything} == {mine, theirs}
 
@@ -460,9 +534,9 @@ BAD_COSTS = [
 
 
 @pytest.mark.parametrize(("cost", "status"), BAD_COSTS)
-def test_bad_cost_is_refused_and_charges_nothing(app: Flask, client: FlaskClient,
-                                                 callers: Callers, cost: dict[str, Any],
-                                                 status: int) -> None:
+def test_bad_cost_is_refused_and_charges_nothing(
+    app: Flask, client: FlaskClient, callers: Callers, cost: dict[str, Any], status: int
+) -> None:
     before = ledger_rows(app)
     body = {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"], **cost}
 
@@ -474,15 +548,20 @@ def test_bad_cost_is_refused_and_charges_nothing(app: Flask, client: FlaskClient
     assert ledger_rows(app) == before
 
 
-def test_nan_literal_and_epsilon_on_zcdp_are_refused(app: Flask, client: FlaskClient,
-                                                     callers: Callers) -> None:
+def test_nan_literal_and_epsilon_on_zcdp_are_refused(
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
     before = ledger_rows(app)
-    nan = client.post("/v1/queries", headers={**callers.analyst,
-                                              "Content-Type": "application/json"},
-                      data='{"dataset": "uk-helpline-2024", "statistic": "count", '
-                           '"epsilon": NaN}')
-    zcdp = query(client, callers.analyst, {"dataset": "nl-helpline-2024", "statistic": "count",
-                                           "epsilon": 0.1})
+    nan = client.post(
+        "/v1/queries",
+        headers={**callers.analyst, "Content-Type": "application/json"},
+        data='{"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": NaN}',
+    )
+    zcdp = query(
+        client,
+        callers.analyst,
+        {"dataset": "nl-helpline-2024", "statistic": "count", "epsilon": 0.1},
+    )
 
     assert nan.status_code in (400, 422) and nan.json["code"] == "invalid_request"
     assert zcdp.status_code == 400 and zcdp.json["field"] == "epsilon"
@@ -501,11 +580,16 @@ GRANT_VIOLATIONS = [
 
 @pytest.mark.parametrize(("change", "rule"), GRANT_VIOLATIONS)
 def test_grant_violation_names_the_rule_and_charges_nothing(
-        app: Flask, client: FlaskClient, tokens: Tokens, change: dict[str, Any],
-        rule: str) -> None:
+    app: Flask, client: FlaskClient, tokens: Tokens, change: dict[str, Any], rule: str
+) -> None:
     before = ledger_rows(app)
-    body = {"dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
-            "epsilon": 0.1, **change}
+    body = {
+        "dataset": "uk-helpline-2024",
+        "statistic": "count",
+        "group_by": ["month"],
+        "epsilon": 0.1,
+        **change,
+    }
 
     response = query(client, tokens.partner, body)
 
@@ -517,9 +601,16 @@ def test_grant_violation_names_the_rule_and_charges_nothing(
 def test_expired_grant_is_refused(app: Flask, client: FlaskClient, tokens: Tokens) -> None:
     before = ledger_rows(app)
 
-    response = query(client, tokens.other_partner, {
-        "dataset": "be-helpline-2024", "statistic": "count", "group_by": ["month"],
-        "epsilon": 0.1})
+    response = query(
+        client,
+        tokens.other_partner,
+        {
+            "dataset": "be-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month"],
+            "epsilon": 0.1,
+        },
+    )
 
     assert response.status_code == 403 and response.json["rule"] == "expired"
     assert "expired on 2025-01-31" in response.json["detail"]
@@ -531,10 +622,15 @@ def test_expired_grant_is_refused(app: Flask, client: FlaskClient, tokens: Token
 
 @pytest.mark.parametrize("dataset", ["uk-helpline-2024", "nl-helpline-2024"])
 def test_accuracy_target_buys_the_estimated_cost_and_meets_the_target(
-        app: Flask, client: FlaskClient, callers: Callers, dataset: str) -> None:
+    app: Flask, client: FlaskClient, callers: Callers, dataset: str
+) -> None:
     unit = "epsilon" if dataset == "uk-helpline-2024" else "rho"
-    body = {"dataset": dataset, "statistic": "count", "group_by": ["month"],
-            "accuracy": {"max_error": 50, "alpha": 0.05}}
+    body = {
+        "dataset": dataset,
+        "statistic": "count",
+        "group_by": ["month"],
+        "accuracy": {"max_error": 50, "alpha": 0.05},
+    }
     before = ledger_rows(app)
 
     estimate = client.post("/v1/queries/estimate", json=body, headers=callers.analyst)
@@ -558,14 +654,17 @@ def test_accuracy_target_buys_the_estimated_cost_and_meets_the_target(
 # -- 9. the audit log records every charge, release and refusal -------------------------------
 
 
-def test_every_charge_release_and_refusal_is_audited(app: Flask, client: FlaskClient,
-                                                     callers: Callers) -> None:
-    released = [query(client, callers.analyst, month_query(month, epsilon=0.4)).json
-                for month in MONTHS[:2]]
+def test_every_charge_release_and_refusal_is_audited(
+    app: Flask, client: FlaskClient, callers: Callers
+) -> None:
+    released = [
+        query(client, callers.analyst, month_query(month, epsilon=0.4)).json for month in MONTHS[:2]
+    ]
     assert query(client, callers.analyst, month_query(MONTHS[0], epsilon=0.4)).status_code == 200
     exhausted = query(client, callers.analyst, month_query(MONTHS[2], epsilon=0.4))
-    forbidden = query(client, callers.analyst, {"dataset": "nl-helpline-2024",
-                                                "statistic": "count", "rho": 0.6})
+    forbidden = query(
+        client, callers.analyst, {"dataset": "nl-helpline-2024", "statistic": "count", "rho": 0.6}
+    )
     assert exhausted.status_code == 403 and forbidden.status_code == 403
 
     entries = audit_entries(client, callers.dpo)

@@ -75,13 +75,17 @@ def test_text_is_escaped() -> None:
     assert root.find(f"{SVG}title").text == hostile  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("categories", "lines", "message"), [
-    (["a", "b"], [Line("x", [1.0])], "has 1 values for 2 categories"),
-    (["a"], [Line("x", [1.0], [(0.0, 1.0), (0.0, 2.0)])], "has 2 intervals for 1 categories"),
-    (["a"], [Line("x", [float("nan")])], "must be finite"),
-])
-def test_band_chart_rejects_inconsistent_series(categories: list[str], lines: list[Line],
-                                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("categories", "lines", "message"),
+    [
+        (["a", "b"], [Line("x", [1.0])], "has 1 values for 2 categories"),
+        (["a"], [Line("x", [1.0], [(0.0, 1.0), (0.0, 2.0)])], "has 2 intervals for 1 categories"),
+        (["a"], [Line("x", [float("nan")])], "must be finite"),
+    ],
+)
+def test_band_chart_rejects_inconsistent_series(
+    categories: list[str], lines: list[Line], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         band_chart(categories, lines, title="t")
 
@@ -92,9 +96,10 @@ def test_empty_chart_says_so() -> None:
     assert "nothing to draw" in [t.text for t in root.iter(f"{SVG}text")]
 
 
-@given(st.lists(st.floats(min_value=-1e9, max_value=1e9, allow_nan=False), min_size=1,
-                max_size=40),
-       st.floats(min_value=0, max_value=1e6))
+@given(
+    st.lists(st.floats(min_value=-1e9, max_value=1e9, allow_nan=False), min_size=1, max_size=40),
+    st.floats(min_value=0, max_value=1e6),
+)
 def test_band_chart_stays_inside_its_canvas(values: list[float], error: float) -> None:
     categories = [f"c{i}" for i in range(len(values))]
     band = [(v - error, v + error) for v in values]
@@ -109,8 +114,15 @@ def test_band_chart_stays_inside_its_canvas(values: list[float], error: float) -
 
 def test_burndown_steps_down_at_each_charge_and_runs_to_the_end() -> None:
     steps = [(T0 + timedelta(hours=1), 1.5), (T0 + timedelta(hours=3), 1.0)]
-    root = parse(burndown_chart([StepLine("no-police", 2.0, steps)], start=T0,
-                                end=T0 + timedelta(hours=4), title="uk", unit="epsilon"))
+    root = parse(
+        burndown_chart(
+            [StepLine("no-police", 2.0, steps)],
+            start=T0,
+            end=T0 + timedelta(hours=4),
+            title="uk",
+            unit="epsilon",
+        )
+    )
     line = points(root.find(f"{SVG}polyline"))  # type: ignore[arg-type]
     # start, (drop at each charge: before and after), end
     assert len(line) == 6
@@ -121,8 +133,11 @@ def test_burndown_steps_down_at_each_charge_and_runs_to_the_end() -> None:
 
 
 def test_burndown_of_an_untouched_grant_is_flat() -> None:
-    root = parse(burndown_chart([StepLine("g", 1.0, [])], start=T0, end=T0 + timedelta(days=1),
-                                title="t", unit="rho"))
+    root = parse(
+        burndown_chart(
+            [StepLine("g", 1.0, [])], start=T0, end=T0 + timedelta(days=1), title="t", unit="rho"
+        )
+    )
     line = points(root.find(f"{SVG}polyline"))  # type: ignore[arg-type]
     assert len(line) == 2 and line[0][1] == line[1][1]
 

@@ -41,22 +41,47 @@ def issued(app: Flask) -> dict[str, IssuedToken]:
 @pytest.fixture
 def release_id(client: FlaskClient, issued: dict[str, IssuedToken]) -> str:
     """A count-by-month release of no-police, and one refused query, over uploaded contacts."""
-    records = [{"month": month, "country": "GB", "channel": channel,
-                "caller_type": "self_concerned", "referral_source": "police_warning",
-                "minutes": 30}
-               for month in MONTHS for channel in ("phone", "chat") for _ in range(5)]
-    uploaded = client.post("/v1/datasets/uk-helpline-2024/batches", data=json.dumps(records),
-                           headers={**bearer(issued["owner"].token),
-                                    "Content-Type": "application/json"})
+    records = [
+        {
+            "month": month,
+            "country": "GB",
+            "channel": channel,
+            "caller_type": "self_concerned",
+            "referral_source": "police_warning",
+            "minutes": 30,
+        }
+        for month in MONTHS
+        for channel in ("phone", "chat")
+        for _ in range(5)
+    ]
+    uploaded = client.post(
+        "/v1/datasets/uk-helpline-2024/batches",
+        data=json.dumps(records),
+        headers={**bearer(issued["owner"].token), "Content-Type": "application/json"},
+    )
     assert uploaded.status_code == 201, uploaded.json
     partner = bearer(issued["partner"].token)
-    released = client.post("/v1/queries", headers=partner, json={
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month"],
-        "epsilon": 0.5})
+    released = client.post(
+        "/v1/queries",
+        headers=partner,
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month"],
+            "epsilon": 0.5,
+        },
+    )
     assert released.status_code == 201, released.json
-    refused = client.post("/v1/queries", headers=partner, json={
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["channel"],
-        "epsilon": 1.0})
+    refused = client.post(
+        "/v1/queries",
+        headers=partner,
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["channel"],
+            "epsilon": 1.0,
+        },
+    )
     assert refused.status_code == 403
     return str(released.json["release_id"])
 
@@ -84,8 +109,7 @@ def is_sign_in_redirect(response: TestResponse) -> bool:
 # -- signing in --------------------------------------------------------------------------------
 
 
-def test_dashboard_sends_a_visitor_without_session_to_the_sign_in_form(
-        client: FlaskClient) -> None:
+def test_dashboard_sends_a_visitor_without_session_to_the_sign_in_form(client: FlaskClient) -> None:
     assert is_sign_in_redirect(client.get("/dashboard"))
     form = client.get("/dashboard/sign-in")
     html = form.get_data(as_text=True)
@@ -96,7 +120,8 @@ def test_dashboard_sends_a_visitor_without_session_to_the_sign_in_form(
 
 
 def test_every_bad_token_gets_the_same_answer_and_no_session(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     registry = app.extensions["dpx.tokens"]
     revoked = registry.issue("partner", "no-police")
     registry.revoke(revoked.token_id)
@@ -112,7 +137,8 @@ def test_every_bad_token_gets_the_same_answer_and_no_session(
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_holding_only_a_session_id(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     response = sign_in(client, issued["partner"].token)
     assert response.status_code == 303 and response.location.endswith("/dashboard")
     cookie = response.headers["Set-Cookie"]
@@ -125,17 +151,24 @@ def test_sign_in_sets_a_strict_http_only_cookie_holding_only_a_session_id(
     assert issued["partner"].token not in value.value
     assert "no-police" not in value.value and "partner" not in value.value
     [row] = session_rows(app)
-    assert (row.token_id, row.role, row.subject) == (issued["partner"].token_id, "partner",
-                                                     "no-police")
+    assert (row.token_id, row.role, row.subject) == (
+        issued["partner"].token_id,
+        "partner",
+        "no-police",
+    )
     assert client.get("/dashboard").status_code == 200
 
 
 def test_cookie_is_secure_over_https_and_in_production(
-        settings: Settings, issued: dict[str, IssuedToken], app: Flask) -> None:
+    settings: Settings, issued: dict[str, IssuedToken], app: Flask
+) -> None:
     over_https = app.test_client()
     form = over_https.get("/dashboard/sign-in", base_url="https://localhost")
-    response = over_https.post("/dashboard/sign-in", base_url="https://localhost",
-                               data={"token": issued["dpo"].token, "csrf_token": csrf_of(form)})
+    response = over_https.post(
+        "/dashboard/sign-in",
+        base_url="https://localhost",
+        data={"token": issued["dpo"].token, "csrf_token": csrf_of(form)},
+    )
     assert "Secure" in response.headers["Set-Cookie"]
     production = create_app(settings.with_(production=True))
     try:
@@ -146,16 +179,19 @@ def test_cookie_is_secure_over_https_and_in_production(
 
 
 def test_the_token_is_never_taken_from_the_url(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     form = client.get("/dashboard/sign-in")
-    response = client.post(f"/dashboard/sign-in?token={issued['dpo'].token}",
-                           data={"csrf_token": csrf_of(form)})
+    response = client.post(
+        f"/dashboard/sign-in?token={issued['dpo'].token}", data={"csrf_token": csrf_of(form)}
+    )
     assert response.status_code == 401
     assert session_rows(app) == []
 
 
 def test_a_session_works_in_every_worker(
-        settings: Settings, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    settings: Settings, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     sign_in(client, issued["dpo"].token)
     cookie = client.get_cookie("dpx_session", path="/dashboard")
     assert cookie is not None
@@ -172,7 +208,8 @@ def test_a_session_works_in_every_worker(
 
 
 def test_posts_without_the_csrf_token_are_refused(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     client.get("/dashboard/sign-in")
     refused = client.post("/dashboard/sign-in", data={"token": issued["dpo"].token})
     assert refused.status_code == 400
@@ -185,7 +222,8 @@ def test_posts_without_the_csrf_token_are_refused(
 
 
 def test_sign_out_ends_the_session_on_the_server(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     sign_in(client, issued["dpo"].token)
     cookie = client.get_cookie("dpx_session", path="/dashboard")
     assert cookie is not None
@@ -200,7 +238,8 @@ def test_sign_out_ends_the_session_on_the_server(
 
 
 def test_revoking_the_token_ends_its_sessions(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     sign_in(client, issued["partner"].token)
     assert client.get("/dashboard").status_code == 200
     app.extensions["dpx.tokens"].revoke(issued["partner"].token_id)
@@ -211,12 +250,17 @@ def test_revoking_the_token_ends_its_sessions(
 
 
 def budget_rows(page: TestResponse) -> set[tuple[str, str]]:
-    return set(re.findall(r'<tr class="budget" data-partner="([^"]+)" data-dataset="([^"]+)"',
-                          page.get_data(as_text=True)))
+    return set(
+        re.findall(
+            r'<tr class="budget" data-partner="([^"]+)" data-dataset="([^"]+)"',
+            page.get_data(as_text=True),
+        )
+    )
 
 
 def test_dpo_sees_every_partner_refusals_and_expiring_grants(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
     sign_in(client, issued["dpo"].token)
     page = client.get("/dashboard")
     html = page.get_data(as_text=True)
@@ -235,7 +279,8 @@ def test_dpo_sees_every_partner_refusals_and_expiring_grants(
 
 
 def test_partner_sees_only_its_own_budgets_and_releases(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
     sign_in(client, issued["other_partner"].token)
     page = client.get("/dashboard")
     html = page.get_data(as_text=True)
@@ -249,7 +294,8 @@ def test_partner_sees_only_its_own_budgets_and_releases(
 
 
 def test_partner_burndown_steps_down_by_its_charge(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
     sign_in(client, issued["partner"].token)
     html = client.get("/dashboard").get_data(as_text=True)
     assert release_id in html
@@ -257,7 +303,8 @@ def test_partner_burndown_steps_down_by_its_charge(
 
 
 def test_release_page_draws_the_months_as_a_line_inside_a_band(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
     sign_in(client, issued["partner"].token)
     page = client.get(f"/dashboard/releases/{release_id}")
     assert page.status_code == 200
@@ -279,7 +326,8 @@ def test_dashboard_is_not_part_of_the_api_spec(client: FlaskClient) -> None:
 
 
 def test_an_expired_session_stops_working(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     sign_in(client, issued["dpo"].token)
     with app.extensions["dpx.database"].write() as conn:
         conn.execute(update(sessions).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
@@ -287,12 +335,17 @@ def test_an_expired_session_stops_working(
 
 
 def test_audit_text_is_escaped_on_the_page(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
     hostile = '<script>alert("x")</script>'
     with app.extensions["dpx.database"].write() as conn:
-        app.extensions["dpx.audit"].append(conn, actor=hostile, action="query.refuse",
-                                           dataset="uk-helpline-2024",
-                                           details={"reason": "policy", "detail": hostile})
+        app.extensions["dpx.audit"].append(
+            conn,
+            actor=hostile,
+            action="query.refuse",
+            dataset="uk-helpline-2024",
+            details={"reason": "policy", "detail": hostile},
+        )
     sign_in(client, issued["dpo"].token)
     html = client.get("/dashboard").get_data(as_text=True)
     assert "<script>" not in html
@@ -300,14 +353,22 @@ def test_audit_text_is_escaped_on_the_page(
 
 
 def test_a_release_by_month_and_channel_draws_a_line_per_channel(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
-    released = client.post("/v1/queries", headers=bearer(issued["partner"].token), json={
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["month", "channel"],
-        "filters": {"channel": ["phone", "chat"]}, "epsilon": 0.25})
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    released = client.post(
+        "/v1/queries",
+        headers=bearer(issued["partner"].token),
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["month", "channel"],
+            "filters": {"channel": ["phone", "chat"]},
+            "epsilon": 0.25,
+        },
+    )
     assert released.status_code == 201, released.json
     sign_in(client, issued["partner"].token)
-    html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(
-        as_text=True)
+    html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(as_text=True)
     lines = re.findall(r'<polyline class="series" points="([^"]+)"', html)
     assert len(lines) == 2 and all(len(line.split()) == len(MONTHS) for line in lines)
     assert html.count('<polygon class="band"') == 2
@@ -315,10 +376,18 @@ def test_a_release_by_month_and_channel_draws_a_line_per_channel(
 
 
 def test_a_release_without_months_is_a_table_without_chart(
-        client: FlaskClient, issued: dict[str, IssuedToken], release_id: str) -> None:
-    released = client.post("/v1/queries", headers=bearer(issued["partner"].token), json={
-        "dataset": "uk-helpline-2024", "statistic": "count", "group_by": ["channel"],
-        "epsilon": 0.25})
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    released = client.post(
+        "/v1/queries",
+        headers=bearer(issued["partner"].token),
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["channel"],
+            "epsilon": 0.25,
+        },
+    )
     assert released.status_code == 201, released.json
     sign_in(client, issued["partner"].token)
     page = client.get(f"/dashboard/releases/{released.json['release_id']}")
@@ -329,11 +398,12 @@ def test_a_release_without_months_is_a_table_without_chart(
 
 
 def test_dpo_is_warned_of_a_grant_expiring_within_60_days(
-        app: Flask, client: FlaskClient, issued: dict[str, IssuedToken],
-        policy_dir: Path) -> None:
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken], policy_dir: Path
+) -> None:
     soon = date.today() + timedelta(days=30)
     later = date.today() + timedelta(days=90)
-    (policy_dir / "partners" / "short-study.yaml").write_text(f"""
+    (policy_dir / "partners" / "short-study.yaml").write_text(
+        f"""
 id: short-study
 name: A study whose grants end soon
 jurisdiction: GB
@@ -348,7 +418,9 @@ grants:
     statistics: [count]
     dimensions: [month]
     expires: {later.isoformat()}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     app.extensions["dpx.exchange"].replace_policies(load_policies(policy_dir))
     sign_in(client, issued["dpo"].token)
     html = client.get("/dashboard").get_data(as_text=True)

@@ -36,9 +36,12 @@ def _resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(path, method, operation)
-            for path, item in spec["paths"].items()
-            for method, operation in item.items() if method in HTTP_METHODS]
+    return [
+        (path, method, operation)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
 
 
 def test_the_document_is_valid_openapi_3(spec: dict[str, Any]) -> None:
@@ -61,15 +64,18 @@ def test_every_route_of_the_app_is_documented(app: Flask, spec: dict[str, Any]) 
 
 def test_every_error_response_is_problem_json(spec: dict[str, Any]) -> None:
     for path, method, operation in _operations(spec):
-        errors = {status: _resolve(spec, response)
-                  for status, response in operation["responses"].items()
-                  if status == "default" or int(status) >= 400}
+        errors = {
+            status: _resolve(spec, response)
+            for status, response in operation["responses"].items()
+            if status == "default" or int(status) >= 400
+        }
         assert "default" in errors, f"{method} {path}"
         for status, response in errors.items():
             content = response["content"]
             assert list(content) == ["application/problem+json"], f"{method} {path} {status}"
             assert content["application/problem+json"]["schema"] == {
-                "$ref": "#/components/schemas/Problem"}, f"{method} {path} {status}"
+                "$ref": "#/components/schemas/Problem"
+            }, f"{method} {path} {status}"
             for example in content["application/problem+json"]["examples"].values():
                 assert example["value"]["status"] == (500 if status == "default" else int(status))
 
@@ -80,28 +86,30 @@ def test_flask_smorest_error_schema_is_not_used(spec: dict[str, Any]) -> None:
     assert {"type", "title", "status", "detail", "code"} <= set(problem)
 
 
-@pytest.mark.parametrize(("path", "method", "statuses"), [
-    ("/v1/datasets", "get", {"401", "403"}),
-    ("/v1/datasets/{dataset_id}", "get", {"401", "403", "404"}),
-    ("/v1/datasets/{dataset_id}/batches", "post", {"401", "403", "404", "413", "422"}),
-    ("/v1/queries/estimate", "post", {"400", "401", "403", "404", "413", "422"}),
-    ("/v1/queries", "post", {"400", "401", "403", "404", "409", "413", "422"}),
-    ("/v1/releases", "get", {"401", "403", "422"}),
-    ("/v1/releases/{release_id}", "get", {"401", "403", "404"}),
-    ("/v1/budgets", "get", {"401", "403"}),
-    ("/v1/audit", "get", {"401", "403", "422"}),
-    ("/readyz", "get", {"503"}),
-])
+@pytest.mark.parametrize(
+    ("path", "method", "statuses"),
+    [
+        ("/v1/datasets", "get", {"401", "403"}),
+        ("/v1/datasets/{dataset_id}", "get", {"401", "403", "404"}),
+        ("/v1/datasets/{dataset_id}/batches", "post", {"401", "403", "404", "413", "422"}),
+        ("/v1/queries/estimate", "post", {"400", "401", "403", "404", "413", "422"}),
+        ("/v1/queries", "post", {"400", "401", "403", "404", "409", "413", "422"}),
+        ("/v1/releases", "get", {"401", "403", "422"}),
+        ("/v1/releases/{release_id}", "get", {"401", "403", "404"}),
+        ("/v1/budgets", "get", {"401", "403"}),
+        ("/v1/audit", "get", {"401", "403", "422"}),
+        ("/readyz", "get", {"503"}),
+    ],
+)
 def test_routes_document_the_errors_they_return(
-        spec: dict[str, Any], path: str, method: str, statuses: set[str]) -> None:
+    spec: dict[str, Any], path: str, method: str, statuses: set[str]
+) -> None:
     responses = spec["paths"][path][method]["responses"]
     assert statuses <= set(responses)
 
 
-def test_protected_routes_need_a_bearer_token_and_public_ones_do_not(
-        spec: dict[str, Any]) -> None:
-    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http",
-                                                               "scheme": "bearer"}
+def test_protected_routes_need_a_bearer_token_and_public_ones_do_not(spec: dict[str, Any]) -> None:
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     for path, method, operation in _operations(spec):
         expected = [] if path in PUBLIC_PATHS else [{"bearer": []}]
         assert operation["security"] == expected, f"{method} {path}"

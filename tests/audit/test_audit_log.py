@@ -42,8 +42,13 @@ def dpx(settings: Settings, *args: str) -> Result:
 def fill(audit: AuditLog, count: int = ENTRIES) -> None:
     for n in range(count):
         with audit.database.write() as conn:
-            audit.append(conn, actor="admin:test", action="test.event",
-                         dataset="uk-helpline-2024", details={"n": n})
+            audit.append(
+                conn,
+                actor="admin:test",
+                action="test.event",
+                dataset="uk-helpline-2024",
+                details={"n": n},
+            )
 
 
 def row(conn: Connection, seq: int) -> dict[str, object]:
@@ -110,15 +115,22 @@ def delete_head(conn: Connection) -> int:
 
 
 TAMPERING: list[Callable[[Connection], int]] = [
-    edit, edit_actor, delete_middle, delete_last, swap, insert_middle, append_forged,
-    truncate_tail_and_head, delete_head,
+    edit,
+    edit_actor,
+    delete_middle,
+    delete_last,
+    swap,
+    insert_middle,
+    append_forged,
+    truncate_tail_and_head,
+    delete_head,
 ]
 
 
 @pytest.mark.parametrize("tamper", TAMPERING, ids=lambda f: f.__name__)
 def test_tampering_is_detected_at_the_first_bad_entry(
-        components: Components, settings: Settings,
-        tamper: Callable[[Connection], int]) -> None:
+    components: Components, settings: Settings, tamper: Callable[[Connection], int]
+) -> None:
     fill(components.audit)
     assert components.audit.verify().ok
     with components.database.write() as conn:
@@ -130,8 +142,7 @@ def test_tampering_is_detected_at_the_first_bad_entry(
     assert result.first_bad == first_bad, result.reason
     cli = dpx(settings, "verify-audit")
     assert cli.exit_code == 1
-    assert f"audit log is NOT intact: {result.reason} (first bad entry: {first_bad})" \
-        in cli.stderr
+    assert f"audit log is NOT intact: {result.reason} (first bad entry: {first_bad})" in cli.stderr
 
 
 @BOTH_BACKENDS
@@ -144,25 +155,32 @@ def test_an_untouched_chain_verifies(components: Components, settings: Settings)
 
 def test_truncation_is_caught_only_through_the_checkpoint_file(components: Components) -> None:
     fill(components.audit)
-    checkpoints = [json.loads(line) for line in
-                   components.settings.audit_checkpoint_path.read_text().splitlines()]
+    checkpoints = [
+        json.loads(line)
+        for line in components.settings.audit_checkpoint_path.read_text().splitlines()
+    ]
     assert [c["seq"] for c in checkpoints] == [10, 20]
     with components.database.write() as conn:
         truncate_tail_and_head(conn)
     assert "entries 16..20 were cut off" in components.audit.verify().reason
 
 
-@pytest.mark.parametrize("forge", [
-    lambda line: dict(line, mac="f" * 64),
-    lambda line: dict(line, seq=line["seq"] + 100),
-    lambda line: dict(line, signature="AAAA" + line["signature"][4:]),
-    lambda line: dict(line, key_id="sig-00000000"),
-    lambda line: {k: v for k, v in line.items() if k != "signature"},
-    lambda line: "not json {",
-    lambda line: [line],
-], ids=["mac", "seq", "signature", "key_id", "unsigned", "garbage", "not-an-object"])
-def test_a_forged_checkpoint_line_is_caught(components: Components, settings: Settings,
-                                            forge: Callable[[dict[str, object]], object]) -> None:
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda line: dict(line, mac="f" * 64),
+        lambda line: dict(line, seq=line["seq"] + 100),
+        lambda line: dict(line, signature="AAAA" + line["signature"][4:]),
+        lambda line: dict(line, key_id="sig-00000000"),
+        lambda line: {k: v for k, v in line.items() if k != "signature"},
+        lambda line: "not json {",
+        lambda line: [line],
+    ],
+    ids=["mac", "seq", "signature", "key_id", "unsigned", "garbage", "not-an-object"],
+)
+def test_a_forged_checkpoint_line_is_caught(
+    components: Components, settings: Settings, forge: Callable[[dict[str, object]], object]
+) -> None:
     fill(components.audit)
     path = settings.audit_checkpoint_path
     genuine = json.loads(path.read_text().splitlines()[0])
@@ -177,28 +195,35 @@ def test_a_forged_checkpoint_line_is_caught(components: Components, settings: Se
 
 
 def test_checkpoints_signed_by_a_retired_signing_key_still_verify(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     fill(components.audit, 10)
     assert dpx(settings, "rotate-signing-key").exit_code == 0
     fill(components.audit, 10)
     assert dpx(settings, "verify-audit").exit_code == 0
 
 
-def test_export_writes_json_lines_since_a_date(components: Components,
-                                               settings: Settings) -> None:
+def test_export_writes_json_lines_since_a_date(components: Components, settings: Settings) -> None:
     fill(components.audit, 3)
     today = datetime.now(UTC).date()
 
     everything = dpx(settings, "audit", "export")
     recent = dpx(settings, "audit", "export", "--since", today.isoformat())
-    future = dpx(settings, "audit", "export", "--since",
-                 (today + timedelta(days=2)).isoformat())
+    future = dpx(settings, "audit", "export", "--since", (today + timedelta(days=2)).isoformat())
 
     lines = [json.loads(line) for line in everything.stdout.splitlines()]
     assert [line["seq"] for line in lines] == [1, 2, 3]
     assert lines[1]["prev_mac"] == lines[0]["mac"]
-    assert set(lines[0]) == {"seq", "at", "actor", "action", "dataset", "details",
-                             "prev_mac", "mac"}
+    assert set(lines[0]) == {
+        "seq",
+        "at",
+        "actor",
+        "action",
+        "dataset",
+        "details",
+        "prev_mac",
+        "mac",
+    }
     assert recent.stdout == everything.stdout
     assert future.exit_code == 0 and future.stdout == ""
     bad = dpx(settings, "audit", "export", "--since", "yesterday")
@@ -227,8 +252,7 @@ CHARGES = 64
 
 
 @BOTH_BACKENDS
-def test_concurrent_charges_make_one_contiguous_verified_chain(
-        app: Flask, tokens: Tokens) -> None:
+def test_concurrent_charges_make_one_contiguous_verified_chain(app: Flask, tokens: Tokens) -> None:
     audit: AuditLog = app.extensions["dpx.audit"]
     start = audit.verify().entries
     barrier = threading.Barrier(16)
@@ -238,10 +262,15 @@ def test_concurrent_charges_make_one_contiguous_verified_chain(
         client = app.test_client()
         barrier.wait()
         for n in range(worker, CHARGES, 16):
-            body = {"dataset": "uk-helpline-2024", "statistic": "count",
-                    "group_by": ["channel"], "epsilon": round(0.001 + n / 2000, 4)}
-            statuses.append(client.post("/v1/queries", json=body,
-                                        headers=tokens.partner).status_code)
+            body = {
+                "dataset": "uk-helpline-2024",
+                "statistic": "count",
+                "group_by": ["channel"],
+                "epsilon": round(0.001 + n / 2000, 4),
+            }
+            statuses.append(
+                client.post("/v1/queries", json=body, headers=tokens.partner).status_code
+            )
 
     threads = [threading.Thread(target=query, args=(w,)) for w in range(16)]
     for thread in threads:

@@ -19,8 +19,10 @@ from service.crypto.signing import sign_document, verify_document
 from service.store.ingest import parse_batch
 
 DATASET = "uk-helpline-2024"
-CELLS = (b"month,country,channel,caller_type,referral_source,contacts,minutes\n"
-         b"2024-03,GB,web,professional,search_warning,4,33\n")
+CELLS = (
+    b"month,country,channel,caller_type,referral_source,contacts,minutes\n"
+    b"2024-03,GB,web,professional,search_warning,4,33\n"
+)
 PASSPHRASE = "correct horse battery staple"
 
 
@@ -35,8 +37,7 @@ def env_of(settings: Settings, passphrase: str | None = None) -> dict[str, str |
 
 
 def dpx(settings: Settings, *args: str, passphrase: str | None = None) -> Result:
-    return CliRunner().invoke(main, list(args),
-                              env=env_of(settings, passphrase))
+    return CliRunner().invoke(main, list(args), env=env_of(settings, passphrase))
 
 
 def upload(components: Components, count: int) -> None:
@@ -54,7 +55,8 @@ def key_table(result: Result) -> list[list[str]]:
 
 
 def test_keys_list_shows_each_key_and_the_batches_it_protects(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     upload(components, 3)
     [(kek_id, status, created, count)] = key_table(dpx(settings, "keys", "list"))
     assert (kek_id, status, count) == (components.keyring.primary_kek_id, "primary", "3")
@@ -62,7 +64,8 @@ def test_keys_list_shows_each_key_and_the_batches_it_protects(
 
 
 def test_rotate_keys_moves_every_batch_and_names_the_key_to_retire(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     upload(components, 3)
     old = components.keyring.primary_kek_id
 
@@ -78,7 +81,8 @@ def test_rotate_keys_moves_every_batch_and_names_the_key_to_retire(
 
 
 def test_retire_is_refused_while_batches_need_the_key_and_then_removes_it(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     upload(components, 2)
     old = components.keyring.primary_kek_id
 
@@ -93,11 +97,13 @@ def test_retire_is_refused_while_batches_need_the_key_and_then_removes_it(
     assert retired.exit_code == 0, retired.output
     assert f"retired {old}" in retired.stdout
     assert [r[0] for r in key_table(dpx(settings, "keys", "list"))] == [
-        Keyring.load(settings.keyring_path).primary_kek_id]
+        Keyring.load(settings.keyring_path).primary_kek_id
+    ]
 
 
 def test_retiring_a_key_that_still_protects_batches_is_refused(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     upload(components, 2)
     old = components.keyring.primary_kek_id
     components.keyring.add_kek()
@@ -119,8 +125,9 @@ def test_rotate_keys_help_explains_resuming() -> None:
     assert "--batch-size" in result.output and "--reencrypt" in result.output
 
 
-def test_rotate_signing_key_keeps_old_releases_verifiable(app: Flask, settings: Settings,
-                                                           components: Components) -> None:
+def test_rotate_signing_key_keeps_old_releases_verifiable(
+    app: Flask, settings: Settings, components: Components
+) -> None:
     old = components.keyring.signing_key_id
     before = {"release_id": "rel_1", "rows": [{"value": 3}]}
     before["signature"] = sign_document(components.keyring, before)
@@ -146,8 +153,12 @@ def test_rotate_signing_key_keeps_old_releases_verifiable(app: Flask, settings: 
 def fresh(tmp_path: Path, database_url: str, policy_dir: Path) -> Settings:
     """Settings of a deployment that `dpx init` has not set up yet."""
     data_dir = tmp_path / "fresh"
-    return Settings(data_dir=data_dir, database_url=database_url,
-                    keyring_path=data_dir / "keyring.json", policy_dir=policy_dir)
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        keyring_path=data_dir / "keyring.json",
+        policy_dir=policy_dir,
+    )
 
 
 def test_init_with_a_passphrase_creates_a_protected_keyring(fresh: Settings) -> None:
@@ -162,8 +173,7 @@ def test_init_with_a_passphrase_creates_a_protected_keyring(fresh: Settings) -> 
     assert Keyring.load(fresh.keyring_path, PASSPHRASE).is_protected
 
 
-def test_the_service_starts_with_the_passphrase_and_refuses_a_wrong_one(
-        fresh: Settings) -> None:
+def test_the_service_starts_with_the_passphrase_and_refuses_a_wrong_one(fresh: Settings) -> None:
     assert dpx(fresh, "init", passphrase=PASSPHRASE).exit_code == 0
 
     app = create_app(fresh.with_(keyring_passphrase=PASSPHRASE))
@@ -178,8 +188,7 @@ def test_the_service_starts_with_the_passphrase_and_refuses_a_wrong_one(
     assert "passphrase is wrong" in refused.stderr and PASSPHRASE not in refused.output
 
 
-def test_rotation_of_a_protected_keyring_keeps_it_protected_and_readable(
-        fresh: Settings) -> None:
+def test_rotation_of_a_protected_keyring_keeps_it_protected_and_readable(fresh: Settings) -> None:
     assert dpx(fresh, "init", passphrase=PASSPHRASE).exit_code == 0
     service = Components.open(fresh.with_(keyring_passphrase=PASSPHRASE))
     try:

@@ -42,8 +42,7 @@ def listing(settings: Settings) -> dict[str, list[str]]:
     return {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
 
 
-def test_a_rotated_token_keeps_working_for_its_grace_period(app: Flask,
-                                                             settings: Settings) -> None:
+def test_a_rotated_token_keeps_working_for_its_grace_period(app: Flask, settings: Settings) -> None:
     old, old_id = issue(settings)
 
     result = dpx(settings, "rotate-token", old_id, "--grace", "1h")
@@ -95,8 +94,9 @@ def test_list_tokens_never_shows_a_token(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("grace", ["soon", "5", "-1h", "1w", "h"])
-def test_a_malformed_grace_is_refused_and_nothing_changes(app: Flask, settings: Settings,
-                                                          grace: str) -> None:
+def test_a_malformed_grace_is_refused_and_nothing_changes(
+    app: Flask, settings: Settings, grace: str
+) -> None:
     token, token_id = issue(settings)
 
     result = dpx(settings, "rotate-token", token_id, "--grace", grace)
@@ -106,8 +106,9 @@ def test_a_malformed_grace_is_refused_and_nothing_changes(app: Flask, settings: 
     assert accepted(app, token) and len(listing(settings)) == 1
 
 
-def test_token_commands_are_in_the_audit_log_without_the_token(app: Flask,
-                                                               settings: Settings) -> None:
+def test_token_commands_are_in_the_audit_log_without_the_token(
+    app: Flask, settings: Settings
+) -> None:
     token, token_id = issue(settings)
     new = dpx(settings, "rotate-token", token_id, "--grace", "0s").stdout.strip()
 

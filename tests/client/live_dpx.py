@@ -48,16 +48,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDpx]:
     shutil.copytree(ROOT / "policies", base / "policies")
     variables = {"DPX_DATA_DIR": str(base / "var"), "DPX_POLICY_DIR": str(base / "policies")}
     # None unsets a variable for the admin commands: the server is configured by these alone.
-    overrides: dict[str, str | None] = {name: None for name in os.environ
-                                        if name.startswith("DPX_")}
+    overrides: dict[str, str | None] = {
+        name: None for name in os.environ if name.startswith("DPX_")
+    }
     overrides.update(variables)
     _dpx(overrides, "init")
     _dpx(overrides, "demo-data", "--dataset", "uk-helpline-2024", "--contacts", "20000")
-    tokens = {partner: _dpx(overrides, "issue-token", "--partner", partner).strip()
-              for partner in PARTNERS}
+    tokens = {
+        partner: _dpx(overrides, "issue-token", "--partner", partner).strip()
+        for partner in PARTNERS
+    }
     # SIGINT is gunicorn's quick shutdown: nothing is in flight once the tests are done.
-    with serve(variables, workers=2, log_path=base / "gunicorn.log",
-               stop_signal=signal.SIGINT) as server:
+    with serve(
+        variables, workers=2, log_path=base / "gunicorn.log", stop_signal=signal.SIGINT
+    ) as server:
         yield LiveDpx(url=server.url, env=environment(variables), tokens=tokens)
 
 
@@ -96,8 +100,10 @@ def _handler(upstream: str, proxy: Proxy, lock: threading.Lock) -> type[BaseHTTP
                 fault = pending.pop(0) if pending else None
             if fault in ("503", "429"):
                 code = b"rate_limited" if fault == "429" else b"unavailable"
-                payload = (b'{"type":"about:blank","title":"busy","status":%s,'
-                           b'"detail":"try again","code":"%s"}' % (fault.encode(), code))
+                payload = (
+                    b'{"type":"about:blank","title":"busy","status":%s,'
+                    b'"detail":"try again","code":"%s"}' % (fault.encode(), code)
+                )
                 self.send_response(int(fault))
                 self.send_header("Content-Type", "application/problem+json")
                 self.send_header("Retry-After", "0")
@@ -107,8 +113,7 @@ def _handler(upstream: str, proxy: Proxy, lock: threading.Lock) -> type[BaseHTTP
                 return
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             try:
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in _HOP_BY_HOP}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 connection.request(self.command, self.path, body=body, headers=headers)
                 answer = connection.getresponse()
                 payload = answer.read()

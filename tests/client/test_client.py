@@ -61,14 +61,16 @@ def test_estimate_reports_cost_and_accuracy_and_spends_nothing(client: DpxClient
 
 def test_query_is_charged_once_and_its_repeat_is_the_stored_release(client: DpxClient) -> None:
     before = _spent(client)
-    first = client.query(dataset=UK, group_by=["month"],
-                         filters={"referral_source": ["police_warning"]}, epsilon=0.1)
+    first = client.query(
+        dataset=UK, group_by=["month"], filters={"referral_source": ["police_warning"]}, epsilon=0.1
+    )
     assert not first.cached
     assert [row["month"] for row in first.rows] == [f"2024-{m:02d}" for m in range(1, 13)]
     assert first.values == [row["value"] for row in first.rows]
     assert _spent(client) == pytest.approx(before + 0.1)
-    again = client.query(dataset=UK, group_by=["month"],
-                         filters={"referral_source": ["police_warning"]}, epsilon=0.1)
+    again = client.query(
+        dataset=UK, group_by=["month"], filters={"referral_source": ["police_warning"]}, epsilon=0.1
+    )
     assert again.cached
     assert (again.release_id, again.values) == (first.release_id, first.values)
     assert _spent(client) == pytest.approx(before + 0.1)
@@ -118,8 +120,10 @@ def test_problems_raise_typed_errors(client: DpxClient, live: LiveDpx) -> None:
     with pytest.raises(InvalidRequestError, match="group_by") as invalid:
         client.estimate(dataset=UK, group_by=["planet"], epsilon=0.1)
     assert invalid.value.status == 400
-    with DpxClient(live.url, "dpx_not-a-real-token") as stranger, \
-            pytest.raises(AuthError, match="token") as unauthenticated:
+    with (
+        DpxClient(live.url, "dpx_not-a-real-token") as stranger,
+        pytest.raises(AuthError, match="token") as unauthenticated,
+    ):
         stranger.datasets()
     assert unauthenticated.value.status == 401
 
@@ -135,7 +139,8 @@ def test_an_exhausted_budget_raises_with_what_is_left(live: LiveDpx) -> None:
 
 
 def test_a_lost_response_is_retried_with_the_same_key_and_charged_once(
-        live: LiveDpx, proxy: Proxy) -> None:
+    live: LiveDpx, proxy: Proxy
+) -> None:
     proxy.faults["POST /v1/queries"] = ["lose"]
     with DpxClient(proxy.url, live.tokens["no-police"], backoff=0.01) as client:
         before = _spent(client)
@@ -150,7 +155,8 @@ def test_a_lost_response_is_retried_with_the_same_key_and_charged_once(
 
 @pytest.mark.parametrize(("fault", "epsilon"), [("503", 0.05), ("429", 0.06)])
 def test_busy_answers_are_retried_with_the_same_key(
-        live: LiveDpx, proxy: Proxy, fault: str, epsilon: float) -> None:
+    live: LiveDpx, proxy: Proxy, fault: str, epsilon: float
+) -> None:
     proxy.faults["POST /v1/queries"] = [fault, fault]
     with DpxClient(proxy.url, live.tokens["no-police"], backoff=0.01) as client:
         before = _spent(client)
@@ -162,8 +168,10 @@ def test_busy_answers_are_retried_with_the_same_key(
 
 def test_retries_end_with_a_typed_error(live: LiveDpx, proxy: Proxy) -> None:
     proxy.faults["GET /v1/budgets"] = ["503"] * 3
-    with DpxClient(proxy.url, live.tokens["no-police"], retries=2, backoff=0.01) as client, \
-            pytest.raises(UnavailableError, match="try again"):
+    with (
+        DpxClient(proxy.url, live.tokens["no-police"], retries=2, backoff=0.01) as client,
+        pytest.raises(UnavailableError, match="try again"),
+    ):
         client.budgets()
     assert len(proxy.seen) == 3
 
@@ -177,7 +185,9 @@ def nothing_listening() -> Iterator[str]:
 
 
 def test_an_unreachable_service_is_one_clear_error(nothing_listening: str) -> None:
-    with DpxClient(nothing_listening, "token", retries=1, backoff=0.01) as client, \
-            pytest.raises(UnavailableError, match="cannot reach") as raised:
+    with (
+        DpxClient(nothing_listening, "token", retries=1, backoff=0.01) as client,
+        pytest.raises(UnavailableError, match="cannot reach") as raised,
+    ):
         client.datasets()
     assert raised.value.status == 0

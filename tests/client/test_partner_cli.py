@@ -31,8 +31,19 @@ def as_json(result: Result) -> Any:
 
 
 def test_query_prints_a_table_with_intervals_and_the_remaining_budget(live: LiveDpx) -> None:
-    result = partner(live, "query", "--dataset", UK, "--count", "--by", "month",
-                     "--filter", "referral_source=police_warning", "--epsilon", "0.2")
+    result = partner(
+        live,
+        "query",
+        "--dataset",
+        UK,
+        "--count",
+        "--by",
+        "month",
+        "--filter",
+        "referral_source=police_warning",
+        "--epsilon",
+        "0.2",
+    )
     assert result.exit_code == 0, result.output
     for month in MONTHS:
         assert month in result.stdout
@@ -42,8 +53,18 @@ def test_query_prints_a_table_with_intervals_and_the_remaining_budget(live: Live
 
 
 def test_query_json_is_the_signed_release_and_a_repeat_is_cached(live: LiveDpx) -> None:
-    args = ["query", "--dataset", UK, "--by", "channel", "--filter", "month=2024-01..2024-06",
-            "--epsilon", "0.1", "--json"]
+    args = [
+        "query",
+        "--dataset",
+        UK,
+        "--by",
+        "channel",
+        "--filter",
+        "month=2024-01..2024-06",
+        "--epsilon",
+        "0.1",
+        "--json",
+    ]
     first = as_json(partner(live, *args))
     assert first["query"]["filters"] == {"month": MONTHS[:6]}
     assert [row["channel"] for row in first["rows"]] == ["phone", "chat", "email", "web"]
@@ -61,14 +82,28 @@ def test_query_json_is_the_signed_release_and_a_repeat_is_cached(live: LiveDpx) 
 
 def test_estimate_buys_accuracy_and_spends_nothing(live: LiveDpx) -> None:
     before = as_json(partner(live, "budgets", "--json"))
-    estimate = as_json(partner(live, "estimate", "--dataset", UK, "--by", "month",
-                               "--max-error", "200", "--alpha", "0.1", "--json"))
+    estimate = as_json(
+        partner(
+            live,
+            "estimate",
+            "--dataset",
+            UK,
+            "--by",
+            "month",
+            "--max-error",
+            "200",
+            "--alpha",
+            "0.1",
+            "--json",
+        )
+    )
     assert estimate["accuracy"]["max_error"] <= 200
     assert estimate["accuracy"]["alpha"] == 0.1
     assert 0 < estimate["privacy"]["epsilon"] <= 0.5
     assert as_json(partner(live, "budgets", "--json")) == before
-    table = partner(live, "estimate", "--dataset", UK, "--filter", "channel=chat,email",
-                    "--epsilon", "0.3")
+    table = partner(
+        live, "estimate", "--dataset", UK, "--filter", "channel=chat,email", "--epsilon", "0.3"
+    )
     assert table.exit_code == 0, table.output
     assert "epsilon 0.3" in table.stdout and "discrete_laplace" in table.stdout
 
@@ -82,17 +117,27 @@ def test_datasets_and_budgets_tables(live: LiveDpx) -> None:
     assert "epsilon" in budgets.stdout and "rho" in budgets.stdout
 
 
-@pytest.mark.parametrize(("args", "token", "message"), [
-    (["datasets"], "dpx_wrong", "unknown or revoked token (unauthenticated, HTTP 401)"),
-    (["datasets"], "", "DPX_TOKEN is not set"),
-    (["query", "--dataset", UK, "--sum", "--measure", "minutes", "--epsilon", "0.1"], None,
-     "allows statistics count"),
-    (["query", "--dataset", UK, "--by", "planet", "--epsilon", "0.1"], None,
-     "'planet' is not a dimension"),
-    (["release", "rel_nope"], None, "no release 'rel_nope' (not_found, HTTP 404)"),
-])
+@pytest.mark.parametrize(
+    ("args", "token", "message"),
+    [
+        (["datasets"], "dpx_wrong", "unknown or revoked token (unauthenticated, HTTP 401)"),
+        (["datasets"], "", "DPX_TOKEN is not set"),
+        (
+            ["query", "--dataset", UK, "--sum", "--measure", "minutes", "--epsilon", "0.1"],
+            None,
+            "allows statistics count",
+        ),
+        (
+            ["query", "--dataset", UK, "--by", "planet", "--epsilon", "0.1"],
+            None,
+            "'planet' is not a dimension",
+        ),
+        (["release", "rel_nope"], None, "no release 'rel_nope' (not_found, HTTP 404)"),
+    ],
+)
 def test_errors_are_one_readable_line_and_exit_1(
-        live: LiveDpx, args: list[str], token: str | None, message: str) -> None:
+    live: LiveDpx, args: list[str], token: str | None, message: str
+) -> None:
     result = partner(live, *args, token=token)
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -108,10 +153,16 @@ def test_a_malformed_filter_is_a_usage_error(live: LiveDpx) -> None:
 
 def test_the_console_script_is_installed(live: LiveDpx) -> None:
     script = Path(sys.executable).parent / "dpx-partner"
-    done = subprocess.run([str(script), "budgets", "--json"], capture_output=True, text=True,
-                          env={**live.env, "DPX_URL": live.url,
-                               "DPX_TOKEN": live.tokens["no-police"]},
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [str(script), "budgets", "--json"],
+        capture_output=True,
+        text=True,
+        env={**live.env, "DPX_URL": live.url, "DPX_TOKEN": live.tokens["no-police"]},
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert {row["dataset"] for row in json.loads(done.stdout)["budgets"]} == {
-        UK, "nl-helpline-2024"}
+        UK,
+        "nl-helpline-2024",
+    }

@@ -58,9 +58,12 @@ class Deployment:
     tokens: dict[str, str]
 
     def post(self, index: int, partner: str, body: dict[str, Any]) -> requests.Response:
-        return requests.post(f"{self.urls[index % len(self.urls)]}/v1/queries", json=body,
-                             headers={"Authorization": f"Bearer {self.tokens[partner]}"},
-                             timeout=120)
+        return requests.post(
+            f"{self.urls[index % len(self.urls)]}/v1/queries",
+            json=body,
+            headers={"Authorization": f"Bearer {self.tokens[partner]}"},
+            timeout=120,
+        )
 
 
 @pytest.fixture
@@ -68,24 +71,43 @@ def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Dep
     """SQLite: one gunicorn with 4 workers. PostgreSQL: two gunicorns with 2 workers each."""
     for partner, grant in PARTNERS.items():
         (settings.policy_dir / "partners" / f"{partner}.yaml").write_text(
-            _partner_policy(partner, grant), encoding="utf-8")
+            _partner_policy(partner, grant), encoding="utf-8"
+        )
     components = Components.open(settings)
-    tokens = {partner: components.tokens.issue("partner", partner).token
-              for partner in PARTNERS}
+    tokens = {partner: components.tokens.issue("partner", partner).token for partner in PARTNERS}
     owner = components.tokens.issue("owner", DATASET).token
     layout = [4] if backend == "sqlite" else [2, 2]
     with ExitStack() as servers:
         servers.callback(components.database.dispose)
-        urls = [servers.enter_context(serve(settings_variables(settings), workers=workers,
-                                            log_path=tmp_path / f"gunicorn-{index}.log")).url
-                for index, workers in enumerate(layout)]
-        records = [{"month": month, "country": "GB", "channel": channel,
-                    "caller_type": "other", "referral_source": "other", "minutes": 10}
-                   for month in MONTHS for channel in ("phone", "chat") for _ in range(3)]
-        upload = requests.post(f"{urls[0]}/v1/datasets/{DATASET}/batches",
-                               data=json.dumps(records), timeout=60,
-                               headers={"Authorization": f"Bearer {owner}",
-                                        "Content-Type": "application/json"})
+        urls = [
+            servers.enter_context(
+                serve(
+                    settings_variables(settings),
+                    workers=workers,
+                    log_path=tmp_path / f"gunicorn-{index}.log",
+                )
+            ).url
+            for index, workers in enumerate(layout)
+        ]
+        records = [
+            {
+                "month": month,
+                "country": "GB",
+                "channel": channel,
+                "caller_type": "other",
+                "referral_source": "other",
+                "minutes": 10,
+            }
+            for month in MONTHS
+            for channel in ("phone", "chat")
+            for _ in range(3)
+        ]
+        upload = requests.post(
+            f"{urls[0]}/v1/datasets/{DATASET}/batches",
+            data=json.dumps(records),
+            timeout=60,
+            headers={"Authorization": f"Bearer {owner}", "Content-Type": "application/json"},
+        )
         assert upload.status_code == 201, upload.text
         yield Deployment(urls=urls, components=components, tokens=tokens)
 
@@ -93,9 +115,16 @@ def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Dep
 def _distinct_queries(n: int) -> list[dict[str, Any]]:
     """``n`` different questions (month ranges), each costing epsilon 0.1."""
     ranges = [(a, b) for a in range(12) for b in range(a, 12) if (a, b) != (0, 11)]
-    return [{"dataset": DATASET, "statistic": "count", "group_by": ["channel"],
-             "filters": {"month": {"from": MONTHS[a], "to": MONTHS[b]}}, "epsilon": 0.1}
-            for a, b in ranges[:n]]
+    return [
+        {
+            "dataset": DATASET,
+            "statistic": "count",
+            "group_by": ["channel"],
+            "filters": {"month": {"from": MONTHS[a], "to": MONTHS[b]}},
+            "epsilon": 0.1,
+        }
+        for a, b in ranges[:n]
+    ]
 
 
 def _rows(database: Database, sql: str, **params: Any) -> list[Any]:
@@ -104,20 +133,22 @@ def _rows(database: Database, sql: str, **params: Any) -> list[Any]:
 
 
 BACKENDS = pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 
 
 @BACKENDS
-def test_64_racing_queries_buy_exactly_the_10_the_grant_allows(
-        deployment: Deployment) -> None:
+def test_64_racing_queries_buy_exactly_the_10_the_grant_allows(deployment: Deployment) -> None:
     queries = _distinct_queries(64)
     with ThreadPoolExecutor(max_workers=64) as pool:
-        responses = list(pool.map(lambda item: deployment.post(item[0], "racer", item[1]),
-                                  enumerate(queries)))
+        responses = list(
+            pool.map(lambda item: deployment.post(item[0], "racer", item[1]), enumerate(queries))
+        )
 
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {201: 10, 403: 54}, [r.text for r in responses
-                                            if r.status_code not in (201, 403)]
+    assert statuses == {201: 10, 403: 54}, [
+        r.text for r in responses if r.status_code not in (201, 403)
+    ]
     assert {r.json()["code"] for r in responses if r.status_code == 403} == {"budget_exhausted"}
     released = {r.json()["release_id"] for r in responses if r.status_code == 201}
 
@@ -125,8 +156,9 @@ def test_64_racing_queries_buy_exactly_the_10_the_grant_allows(
     ledger = deployment.components.ledger
     assert ledger.spent(DATASET, "racer") == 1
     assert ledger.spent(DATASET, "*") == 1
-    charges = _rows(database, "SELECT release_id, amount_nano FROM charges WHERE partner = :p",
-                    p="racer")
+    charges = _rows(
+        database, "SELECT release_id, amount_nano FROM charges WHERE partner = :p", p="racer"
+    )
     assert {row.release_id for row in charges} == released
     assert sum(row.amount_nano for row in charges) == 10**9
     stored = _rows(database, "SELECT id, status FROM releases WHERE partner = :p", p="racer")
@@ -147,8 +179,12 @@ def test_64_racing_queries_buy_exactly_the_10_the_grant_allows(
 
 @BACKENDS
 def test_16_racing_copies_of_one_query_buy_one_release(deployment: Deployment) -> None:
-    body = {"dataset": DATASET, "statistic": "count", "group_by": ["month", "channel"],
-            "epsilon": 0.3}
+    body = {
+        "dataset": DATASET,
+        "statistic": "count",
+        "group_by": ["month", "channel"],
+        "epsilon": 0.3,
+    }
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda index: deployment.post(index, "twin", body), range(16)))
 
@@ -163,7 +199,8 @@ def test_16_racing_copies_of_one_query_buy_one_release(deployment: Deployment) -
     assert deployment.components.ledger.spent(DATASET, "twin") * 10 == 3
     assert len(_rows(database, "SELECT id FROM charges WHERE partner = :p", p="twin")) == 1
     assert len(_rows(database, "SELECT id FROM releases WHERE partner = :p", p="twin")) == 1
-    actions = Counter(e.action for e in deployment.components.audit.entries()
-                      if e.dataset == DATASET)
+    actions = Counter(
+        e.action for e in deployment.components.audit.entries() if e.dataset == DATASET
+    )
     assert actions["budget.charge"] == 1 and actions["release.create"] == 1
     assert deployment.components.audit.verify().ok

@@ -25,8 +25,10 @@ from service.database.schema import batches, metadata
 from tests.conftest import Tokens, bearer
 
 DATASET = "uk-helpline-2024"
-CELLS = ("month,country,channel,caller_type,referral_source,contacts,minutes\n"
-         "2024-0{m},GB,chat,self_concerned,police_warning,{n},{minutes}\n")
+CELLS = (
+    "month,country,channel,caller_type,referral_source,contacts,minutes\n"
+    "2024-0{m},GB,chat,self_concerned,police_warning,{n},{minutes}\n"
+)
 
 
 def key_material(keyring: Keyring) -> set[bytes]:
@@ -42,8 +44,15 @@ def key_material(keyring: Keyring) -> set[bytes]:
 def encodings(secret: bytes) -> list[bytes]:
     standard = base64.b64encode(secret)
     urlsafe = base64.urlsafe_b64encode(secret)
-    return [secret, secret.hex().encode(), secret.hex().upper().encode(),
-            standard, standard.rstrip(b"="), urlsafe, urlsafe.rstrip(b"=")]
+    return [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        standard,
+        standard.rstrip(b"="),
+        urlsafe,
+        urlsafe.rstrip(b"="),
+    ]
 
 
 def database_bytes(app: Flask) -> bytes:
@@ -54,20 +63,27 @@ def database_bytes(app: Flask) -> bytes:
         for table in metadata.sorted_tables:
             for row in conn.execute(select(table)):
                 for value in row:
-                    chunks.append(bytes(value) if isinstance(value, bytes | memoryview)
-                                  else str(value).encode())
+                    chunks.append(
+                        bytes(value)
+                        if isinstance(value, bytes | memoryview)
+                        else str(value).encode()
+                    )
     return b"\n".join(chunks)
 
 
 def test_no_key_bytes_anywhere_after_a_busy_life(
-        app: Flask, tokens: Tokens, settings: Settings,
-        caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, tokens: Tokens, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # every SQL statement too
     client = app.test_client()
-    env = {"DPX_DATA_DIR": str(settings.data_dir), "DPX_DATABASE_URL": settings.database_url,
-           "DPX_KEYRING": str(settings.keyring_path), "DPX_POLICY_DIR": str(settings.policy_dir),
-           "DPX_AUDIT_CHECKPOINT_EVERY": "2"}
+    env = {
+        "DPX_DATA_DIR": str(settings.data_dir),
+        "DPX_DATABASE_URL": settings.database_url,
+        "DPX_KEYRING": str(settings.keyring_path),
+        "DPX_POLICY_DIR": str(settings.policy_dir),
+        "DPX_AUDIT_CHECKPOINT_EVERY": "2",
+    }
     secrets = key_material(Keyring.load(settings.keyring_path))
     emitted: list[bytes] = []
 
@@ -80,24 +96,40 @@ def test_no_key_bytes_anywhere_after_a_busy_life(
         emitted.append(response.get_data())
 
     for m in range(1, 4):
-        call("POST", f"/v1/datasets/{DATASET}/batches?form=cells", headers=tokens.owner,
-             data=CELLS.format(m=m, n=5 * m, minutes=40 * m), content_type="text/csv")
-    call("POST", "/v1/queries", headers=tokens.partner,
-         json={"dataset": DATASET, "statistic": "count", "group_by": ["month"],
-               "epsilon": 0.1})
+        call(
+            "POST",
+            f"/v1/datasets/{DATASET}/batches?form=cells",
+            headers=tokens.owner,
+            data=CELLS.format(m=m, n=5 * m, minutes=40 * m),
+            content_type="text/csv",
+        )
+    call(
+        "POST",
+        "/v1/queries",
+        headers=tokens.partner,
+        json={"dataset": DATASET, "statistic": "count", "group_by": ["month"], "epsilon": 0.1},
+    )
     # Refused and failing requests of every kind.
     call("GET", "/v1/budgets", headers=bearer("dpx_" + "A" * 43))
     call("GET", "/v1/releases/rel_missing", headers=tokens.partner)
     call("POST", "/v1/queries", headers=tokens.partner, json={"dataset": DATASET})
-    call("POST", f"/v1/datasets/{DATASET}/batches", headers=tokens.owner,
-         data="month\n2031-01\n", content_type="text/csv")
+    call(
+        "POST",
+        f"/v1/datasets/{DATASET}/batches",
+        headers=tokens.owner,
+        data="month\n2031-01\n",
+        content_type="text/csv",
+    )
     with app.extensions["dpx.database"].write() as conn:
         victim = conn.execute(select(batches.c.id, batches.c.blob).limit(1)).one()
         tampered = bytes(victim.blob[:-1]) + bytes([victim.blob[-1] ^ 1])
         conn.execute(update(batches).where(batches.c.id == victim.id).values(blob=tampered))
-    call("POST", "/v1/queries", headers=tokens.partner,
-         json={"dataset": DATASET, "statistic": "count", "group_by": ["channel"],
-               "epsilon": 0.1})
+    call(
+        "POST",
+        "/v1/queries",
+        headers=tokens.partner,
+        json={"dataset": DATASET, "statistic": "count", "group_by": ["channel"], "epsilon": 0.1},
+    )
 
     dpx("rotate-keys")
     secrets |= key_material(Keyring.load(settings.keyring_path))
@@ -125,25 +157,36 @@ def test_no_key_bytes_anywhere_after_a_busy_life(
 
 
 def test_a_rotation_with_reencryption_and_retirement_leaks_nothing(
-        app: Flask, tokens: Tokens, settings: Settings,
-        caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, tokens: Tokens, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # every SQL statement too
     client = app.test_client()
-    env = {"DPX_DATA_DIR": str(settings.data_dir), "DPX_DATABASE_URL": settings.database_url,
-           "DPX_KEYRING": str(settings.keyring_path), "DPX_POLICY_DIR": str(settings.policy_dir)}
-    client.post(f"/v1/datasets/{DATASET}/batches?form=cells", headers=tokens.owner,
-                data=CELLS.format(m=1, n=4, minutes=30), content_type="text/csv")
+    env = {
+        "DPX_DATA_DIR": str(settings.data_dir),
+        "DPX_DATABASE_URL": settings.database_url,
+        "DPX_KEYRING": str(settings.keyring_path),
+        "DPX_POLICY_DIR": str(settings.policy_dir),
+    }
+    client.post(
+        f"/v1/datasets/{DATASET}/batches?form=cells",
+        headers=tokens.owner,
+        data=CELLS.format(m=1, n=4, minutes=30),
+        content_type="text/csv",
+    )
     old = Keyring.load(settings.keyring_path)
     secrets = key_material(old)
-    outputs = [CliRunner().invoke(main, args, env=env).output
-               for args in (["rotate-keys", "--reencrypt"],
-                            ["rotate-keys", "--retire", old.primary_kek_id],
-                            ["audit", "export"])]
+    outputs = [
+        CliRunner().invoke(main, args, env=env).output
+        for args in (
+            ["rotate-keys", "--reencrypt"],
+            ["rotate-keys", "--retire", old.primary_kek_id],
+            ["audit", "export"],
+        )
+    ]
     secrets |= key_material(Keyring.load(settings.keyring_path))
 
-    haystack = b"\n".join([database_bytes(app), "\n".join(outputs).encode(),
-                           caplog.text.encode()])
+    haystack = b"\n".join([database_bytes(app), "\n".join(outputs).encode(), caplog.text.encode()])
     for secret in secrets:
         for needle in encodings(secret):
             assert needle not in haystack

@@ -15,8 +15,14 @@ from tests.conftest import BOTH_BACKENDS
 
 
 def _row(token_id: str) -> dict[str, object]:
-    return {"id": token_id, "token_hash": token_id.ljust(64, "0"), "prefix": "p",
-            "role": "dpo", "subject": None, "created_at": datetime.now(UTC)}
+    return {
+        "id": token_id,
+        "token_hash": token_id.ljust(64, "0"),
+        "prefix": "p",
+        "role": "dpo",
+        "subject": None,
+        "created_at": datetime.now(UTC),
+    }
 
 
 @BOTH_BACKENDS

@@ -40,8 +40,15 @@ class Server:
 
 
 def _dpx(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([str(BIN / "dpx"), *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [str(BIN / "dpx"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, f"dpx {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 
@@ -55,10 +62,17 @@ def server(tmp_path: Path, policy_dir: Path) -> Iterator[Server]:
     _dpx(env, "demo-data", "--dataset", "uk-helpline-2024", "--contacts", "20000")
     token = _dpx(env, "issue-token", "--partner", "no-police").strip()
     with serve(variables, workers=2, log_path=tmp_path / "gunicorn.log") as live:
-        released = requests.post(f"{live.url}/v1/queries", timeout=60,
-                                 headers={"Authorization": f"Bearer {token}"},
-                                 json={"dataset": "uk-helpline-2024", "statistic": "count",
-                                       "group_by": ["month"], "epsilon": 0.5})
+        released = requests.post(
+            f"{live.url}/v1/queries",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+            json={
+                "dataset": "uk-helpline-2024",
+                "statistic": "count",
+                "group_by": ["month"],
+                "epsilon": 0.5,
+            },
+        )
         assert released.status_code == 201, released.text
         yield Server(live.url, token, released.json()["release_id"])
 
@@ -68,8 +82,10 @@ def browser(tmp_path: Path) -> Iterator[object]:
     """Headless Chromium with a fresh profile and no background network traffic."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        message = (f"{', '.join(missing)} not found: install the Debian packages "
-                   "`chromium chromium-driver` to run the browser tests")
+        message = (
+            f"{', '.join(missing)} not found: install the Debian packages "
+            "`chromium chromium-driver` to run the browser tests"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -79,10 +95,18 @@ def browser(tmp_path: Path) -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     profile = tmp_path / "chromium-profile"
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync",
-                     "--window-size=1280,1000", f"--user-data-dir={profile}"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
@@ -97,9 +121,9 @@ def png_colours(png: bytes) -> int:
     assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     offset, idat, header = 8, b"", b""
     while offset < len(png):
-        (length,) = struct.unpack(">I", png[offset:offset + 4])
-        kind = png[offset + 4:offset + 8]
-        data = png[offset + 8:offset + 8 + length]
+        (length,) = struct.unpack(">I", png[offset : offset + 4])
+        kind = png[offset + 4 : offset + 8]
+        data = png[offset + 8 : offset + 8 + length]
         if kind == b"IHDR":
             header = data
         elif kind == b"IDAT":
@@ -114,7 +138,7 @@ def png_colours(png: bytes) -> int:
     colours: set[bytes] = set()
     for row in range(height):
         start = row * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             left = line[i - channels] if i >= channels else 0
             up = previous[i]
@@ -130,13 +154,14 @@ def png_colours(png: bytes) -> int:
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
                 predictor = left if pa <= pb and pa <= pc else up if pb <= pc else corner
                 line[i] = (line[i] + predictor) & 0xFF
-        colours.update(bytes(line[i:i + 3]) for i in range(0, stride, channels))
+        colours.update(bytes(line[i : i + 3]) for i in range(0, stride, channels))
         previous = line
     return len(colours)
 
 
 def test_partner_signs_in_sees_the_release_chart_and_signs_out(
-        server: Server, browser: object, tmp_path: Path) -> None:
+    server: Server, browser: object, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec

@@ -34,13 +34,25 @@ def ledger(database: Database) -> Ledger:
     return Ledger(database)
 
 
-def charge(ledger: Ledger, amount: Fraction, *, dataset: str = "uk", partner: str = "a",
-           partner_budget: Fraction = Fraction(1),
-           global_budget: Fraction = Fraction(8)) -> Remaining:
+def charge(
+    ledger: Ledger,
+    amount: Fraction,
+    *,
+    dataset: str = "uk",
+    partner: str = "a",
+    partner_budget: Fraction = Fraction(1),
+    global_budget: Fraction = Fraction(8),
+) -> Remaining:
     with ledger.database.write() as conn:
-        return ledger.charge(conn, dataset=dataset, partner=partner, unit="epsilon",
-                             amount=amount, partner_budget=partner_budget,
-                             global_budget=global_budget)
+        return ledger.charge(
+            conn,
+            dataset=dataset,
+            partner=partner,
+            unit="epsilon",
+            amount=amount,
+            partner_budget=partner_budget,
+            global_budget=global_budget,
+        )
 
 
 def test_ten_tenths_fit_a_budget_of_one_and_the_eleventh_does_not(ledger: Ledger) -> None:
@@ -56,7 +68,8 @@ def test_ten_tenths_fit_a_budget_of_one_and_the_eleventh_does_not(ledger: Ledger
 
 
 def test_global_refusal_reports_the_partners_budget_without_the_refused_cost(
-        ledger: Ledger) -> None:
+    ledger: Ledger,
+) -> None:
     charge(ledger, Fraction(7, 10), partner="a", global_budget=Fraction(1))
     charge(ledger, Fraction(2, 10), partner="b", global_budget=Fraction(1))
 
@@ -70,7 +83,8 @@ def test_global_refusal_reports_the_partners_budget_without_the_refused_cost(
 
 
 def test_a_refused_charge_leaves_both_accounts_and_the_transaction_untouched(
-        ledger: Ledger) -> None:
+    ledger: Ledger,
+) -> None:
     charge(ledger, Fraction(1, 2))
     before = dict(ledger.all_spent())
 
@@ -89,12 +103,16 @@ def test_a_grant_lowered_below_spend_reports_zero_left_not_a_debt(ledger: Ledger
     assert info.value.remaining.partner == 0
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=15),
-       st.integers(min_value=1, max_value=2000))
-def test_accepted_charges_are_exactly_those_that_fit(ledger: Ledger, costs: list[int],
-                                                     budget_milli: int) -> None:
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=15),
+    st.integers(min_value=1, max_value=2000),
+)
+def test_accepted_charges_are_exactly_those_that_fit(
+    ledger: Ledger, costs: list[int], budget_milli: int
+) -> None:
     dataset = "ds-" + secrets.token_hex(4)  # a fresh pair of accounts per example
     budget = Fraction(budget_milli, 1000)
     spent = Fraction(0)

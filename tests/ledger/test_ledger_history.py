@@ -25,14 +25,28 @@ def ledger(database_url: str) -> Iterator[Ledger]:
 
 def charge(ledger: Ledger, release_id: str, dataset: str, partner: str, amount: Fraction) -> None:
     with ledger.database.write() as conn:
-        ledger.charge(conn, dataset=dataset, partner=partner, unit="epsilon", amount=amount,
-                      partner_budget=Fraction(1), global_budget=Fraction(2))
-        ledger.record(conn, release_id=release_id, dataset=dataset, partner=partner,
-                      definition="pure", amount=amount)
+        ledger.charge(
+            conn,
+            dataset=dataset,
+            partner=partner,
+            unit="epsilon",
+            amount=amount,
+            partner_budget=Fraction(1),
+            global_budget=Fraction(2),
+        )
+        ledger.record(
+            conn,
+            release_id=release_id,
+            dataset=dataset,
+            partner=partner,
+            definition="pure",
+            amount=amount,
+        )
 
 
 def test_history_lists_charges_oldest_first_and_filters_by_dataset_and_partner(
-        ledger: Ledger) -> None:
+    ledger: Ledger,
+) -> None:
     charge(ledger, "rel_1", "uk", "a", Fraction(1, 10))
     charge(ledger, "rel_2", "uk", "b", Fraction(1, 4))
     charge(ledger, "rel_3", "nl", "a", Fraction(1, 2))
@@ -40,13 +54,18 @@ def test_history_lists_charges_oldest_first_and_filters_by_dataset_and_partner(
 
     everything = ledger.history()
     assert [(c.dataset, c.partner, c.amount) for c in everything] == [
-        ("uk", "a", Fraction(1, 10)), ("uk", "b", Fraction(1, 4)),
-        ("nl", "a", Fraction(1, 2)), ("uk", "a", Fraction(3, 10))]
+        ("uk", "a", Fraction(1, 10)),
+        ("uk", "b", Fraction(1, 4)),
+        ("nl", "a", Fraction(1, 2)),
+        ("uk", "a", Fraction(3, 10)),
+    ]
     times = [c.created_at for c in everything]
     assert times == sorted(times)
     assert all(t.utcoffset() is not None for t in times)
     assert [c.amount for c in ledger.history(dataset="uk", partner="a")] == [
-        Fraction(1, 10), Fraction(3, 10)]
+        Fraction(1, 10),
+        Fraction(3, 10),
+    ]
     assert {c.dataset for c in ledger.history(partner="a")} == {"uk", "nl"}
     assert [c.partner for c in ledger.history(dataset="nl")] == ["a"]
 

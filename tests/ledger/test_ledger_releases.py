@@ -26,12 +26,25 @@ def store(database_url: str) -> Iterator[ReleaseStore]:
     database.dispose()
 
 
-def pending(store: ReleaseStore, release_id: str, *, partner: str = "a", key: str = "q1",
-            idempotency_key: str | None = None) -> None:
+def pending(
+    store: ReleaseStore,
+    release_id: str,
+    *,
+    partner: str = "a",
+    key: str = "q1",
+    idempotency_key: str | None = None,
+) -> None:
     with store.database.write() as conn:
-        store.insert_pending(conn, release_id=release_id, dataset="uk", partner=partner,
-                             query_key=key, request_hash="h-" + release_id,
-                             idempotency_key=idempotency_key, policy_version="v1")
+        store.insert_pending(
+            conn,
+            release_id=release_id,
+            dataset="uk",
+            partner=partner,
+            query_key=key,
+            request_hash="h-" + release_id,
+            idempotency_key=idempotency_key,
+            policy_version="v1",
+        )
 
 
 def finish(store: ReleaseStore, release_id: str) -> None:
@@ -40,7 +53,8 @@ def finish(store: ReleaseStore, release_id: str) -> None:
 
 
 def test_the_same_question_of_the_same_partner_cannot_be_released_twice(
-        store: ReleaseStore) -> None:
+    store: ReleaseStore,
+) -> None:
     pending(store, "rel_1")
 
     with pytest.raises(IntegrityError):
@@ -84,8 +98,11 @@ def test_only_an_old_pending_release_is_stale(store: ReleaseStore) -> None:
     pending(store, "rel_1")
     fresh = store.get("rel_1")
     with store.database.write() as conn:
-        conn.execute(update(releases).where(releases.c.id == "rel_1").values(
-            created_at=datetime.now(UTC) - timedelta(minutes=5)))
+        conn.execute(
+            update(releases)
+            .where(releases.c.id == "rel_1")
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=5))
+        )
     old = store.get("rel_1")
 
     assert fresh is not None and old is not None and old.status == PENDING

@@ -50,7 +50,7 @@ def _entrypoint_script() -> str:
 
 def _gunicorn(command: str) -> tuple[str, str]:
     """(config file name, app module) of the gunicorn command in a shell line."""
-    words = shlex.split(command[command.index("gunicorn "):])
+    words = shlex.split(command[command.index("gunicorn ") :])
     config = words[words.index("--config") + 1]
     app = next(w for w in words[1:] if re.fullmatch(r"[\w.]+:\w+", w))
     return Path(config).name, app
@@ -74,8 +74,11 @@ def test_the_image_brings_the_schema_up_to_date_before_serving() -> None:
 
 def test_the_image_installs_the_package_with_the_postgres_extra() -> None:
     (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
-    dev_install = next(line for line in (ROOT / "scripts" / "_venv.sh").read_text().splitlines()
-                       if "pip install" in line and '".[' in line)
+    dev_install = next(
+        line
+        for line in (ROOT / "scripts" / "_venv.sh").read_text().splitlines()
+        if "pip install" in line and '".[' in line
+    )
     extras = re.search(r'"\.\[([\w,]+)\]"', install)
     dev_extras = re.search(r'"\.\[([\w,]+)\]"', dev_install)
     assert extras is not None and dev_extras is not None
@@ -102,7 +105,7 @@ def test_the_image_settings_match_the_operations_contract() -> None:
 
 def test_the_healthcheck_asks_readyz_with_python_alone() -> None:
     (healthcheck,) = _all("HEALTHCHECK")
-    argv = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    argv = json.loads(healthcheck[healthcheck.index("CMD") + 3 :])
     assert argv[:2] == ["python", "-c"]
     assert "http://127.0.0.1:8000/readyz" in argv[2]
     compile(argv[2], "<healthcheck>", "exec")
@@ -113,8 +116,11 @@ def test_what_the_image_copies_exists_and_is_not_docker_ignored(copied: str) -> 
     sources = [word for rest in _all("COPY") for word in rest.split()[:-1]]
     assert copied in sources
     assert (ROOT / copied).exists()
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert not any(fnmatch.fnmatch(copied, pattern) for pattern in ignored)
 
 

@@ -18,20 +18,25 @@ from service.observability.logs import (
 
 
 def _access_record(atoms: dict[str, object]) -> logging.LogRecord:
-    return logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, ACCESS_LOG_FORMAT,
-                             (atoms,), None)
+    return logging.LogRecord(
+        "gunicorn.access", logging.INFO, __file__, 1, ACCESS_LOG_FORMAT, (atoms,), None
+    )
 
 
 def test_a_record_made_during_a_request_carries_its_request_id(
-        app: Flask, capsys: pytest.CaptureFixture[str]) -> None:
+    app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
     logger = logging.getLogger("dpx.test-json-logs")
     with app.test_request_context("/v1/datasets"):
         g.request_id = "req_0123abcd"
         logger.warning("refused %s", "something")
     line = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert {k: line[k] for k in ("level", "logger", "message", "request_id")} == {
-        "level": "WARNING", "logger": "dpx.test-json-logs", "message": "refused something",
-        "request_id": "req_0123abcd"}
+        "level": "WARNING",
+        "logger": "dpx.test-json-logs",
+        "message": "refused something",
+        "request_id": "req_0123abcd",
+    }
     assert line["time"].endswith("Z")
 
 
@@ -42,15 +47,32 @@ def test_one_handler_however_many_apps(app: Flask) -> None:
 
 
 def test_access_lines_take_fixed_fields_and_never_a_request_header() -> None:
-    atoms = {"h": "10.0.0.7", "m": "POST", "U": "/v1/queries", "s": "201", "B": 512, "M": 42,
-             "{x-request-id}o": "req_feedface", "{authorization}i": "Bearer dpx_secret_token",
-             "{cookie}i": "session=abc", "q": "token=dpx_secret_token"}
+    atoms = {
+        "h": "10.0.0.7",
+        "m": "POST",
+        "U": "/v1/queries",
+        "s": "201",
+        "B": 512,
+        "M": 42,
+        "{x-request-id}o": "req_feedface",
+        "{authorization}i": "Bearer dpx_secret_token",
+        "{cookie}i": "session=abc",
+        "q": "token=dpx_secret_token",
+    }
     line = JsonFormatter().format(_access_record(atoms))
     assert json.loads(line) == {
-        "time": json.loads(line)["time"], "level": "INFO", "logger": "gunicorn.access",
-        "message": "POST /v1/queries 201 req_feedface", "remote": "10.0.0.7", "method": "POST",
-        "path": "/v1/queries", "status": "201", "bytes": 512, "duration_ms": 42,
-        "request_id": "req_feedface"}
+        "time": json.loads(line)["time"],
+        "level": "INFO",
+        "logger": "gunicorn.access",
+        "message": "POST /v1/queries 201 req_feedface",
+        "remote": "10.0.0.7",
+        "method": "POST",
+        "path": "/v1/queries",
+        "status": "201",
+        "bytes": 512,
+        "duration_ms": 42,
+        "request_id": "req_feedface",
+    }
     assert "secret" not in line and "session" not in line
 
 
@@ -58,8 +80,9 @@ def test_an_exception_is_logged_inside_the_json_object() -> None:
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        record = logging.LogRecord("dpx.api", logging.ERROR, __file__, 1, "unhandled error",
-                                   None, sys.exc_info())
+        record = logging.LogRecord(
+            "dpx.api", logging.ERROR, __file__, 1, "unhandled error", None, sys.exc_info()
+        )
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "unhandled error"
     assert "RuntimeError: boom" in entry["exception"]

@@ -30,8 +30,7 @@ class Scenario:
 
 
 def _query(**changes: object) -> dict[str, object]:
-    return {"dataset": UK, "statistic": "count", "group_by": ["month"], "epsilon": 0.5,
-            **changes}
+    return {"dataset": UK, "statistic": "count", "group_by": ["month"], "epsilon": 0.5, **changes}
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +43,32 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     dataset = components.exchange.policies.datasets[UK]
     buffer = io.BytesIO()
     generate_contacts(dataset, contacts=2_000, seed=7).write_csv(buffer)
-    components.store.add(dataset, parse_batch(buffer.getvalue(), content_type="text/csv",
-                                              form="contacts", dataset=dataset),
-                         form="contacts", actor="test")
+    components.store.add(
+        dataset,
+        parse_batch(buffer.getvalue(), content_type="text/csv", form="contacts", dataset=dataset),
+        form="contacts",
+        actor="test",
+    )
     token = components.tokens.issue("partner", "no-police").token
     components.database.dispose()
     headers = {"Authorization": f"Bearer {token}"}
-    with serve(settings_variables(settings), workers=2,
-               log_path=settings.data_dir / "gunicorn.log") as server:
+    with serve(
+        settings_variables(settings), workers=2, log_path=settings.data_dir / "gunicorn.log"
+    ) as server:
         ids = []
         outcomes = []
-        for body in (_query(), _query(group_by=["channel"]),
-                     _query(group_by=["referral_source"]), _query(group_by=["month", "channel"]),
-                     _query(),                                   # the same question: cached
-                     _query(statistic="sum", measure="minutes"),  # not in the grant
-                     _query(group_by=["month", "referral_source"])):  # budget is spent
-            response = requests.post(server.url + "/v1/queries", json=body, headers=headers,
-                                     timeout=30)
+        for body in (
+            _query(),
+            _query(group_by=["channel"]),
+            _query(group_by=["referral_source"]),
+            _query(group_by=["month", "channel"]),
+            _query(),  # the same question: cached
+            _query(statistic="sum", measure="minutes"),  # not in the grant
+            _query(group_by=["month", "referral_source"]),
+        ):  # budget is spent
+            response = requests.post(
+                server.url + "/v1/queries", json=body, headers=headers, timeout=30
+            )
             outcomes.append(response.status_code)
             ids.append(response.headers["X-Request-ID"])
         for _ in range(10):
@@ -72,28 +80,46 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 def _samples(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = requests.get(server.url + "/metrics", timeout=30).text
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
-def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-           **labels: str) -> float:
+def _value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def test_metrics_count_releases_refusals_and_requests_across_workers(
-        scenario: Scenario) -> None:
+def test_metrics_count_releases_refusals_and_requests_across_workers(scenario: Scenario) -> None:
     samples = _samples(scenario.server)
     assert _value(samples, "dpx_releases_total", dataset=UK) == 4
     assert _value(samples, "dpx_cached_answers_total", dataset=UK) == 1
     assert _value(samples, "dpx_query_refusals_total", reason="statistic") == 1
     assert _value(samples, "dpx_query_refusals_total", reason="budget_exhausted") == 1
-    assert _value(samples, "dpx_http_requests_total",
-                  endpoint="/v1/queries", method="POST", status="201") == 4
-    assert _value(samples, "dpx_http_requests_total",
-                  endpoint="/v1/datasets", method="GET", status="200") == 10
-    assert _value(samples, "dpx_http_request_duration_seconds_count",
-                  endpoint="/v1/queries", method="POST") == 7
+    assert (
+        _value(
+            samples, "dpx_http_requests_total", endpoint="/v1/queries", method="POST", status="201"
+        )
+        == 4
+    )
+    assert (
+        _value(
+            samples, "dpx_http_requests_total", endpoint="/v1/datasets", method="GET", status="200"
+        )
+        == 10
+    )
+    assert (
+        _value(
+            samples,
+            "dpx_http_request_duration_seconds_count",
+            endpoint="/v1/queries",
+            method="POST",
+        )
+        == 7
+    )
 
 
 def test_metrics_show_budget_spent_per_dataset_from_the_ledger(scenario: Scenario) -> None:
@@ -113,8 +139,7 @@ def test_metrics_need_no_token_and_name_no_partner(scenario: Scenario) -> None:
     assert "rel_" not in response.text
 
 
-def test_every_log_line_is_json_and_access_lines_carry_the_request_id(
-        scenario: Scenario) -> None:
+def test_every_log_line_is_json_and_access_lines_carry_the_request_id(scenario: Scenario) -> None:
     lines = [json.loads(line) for line in scenario.server.log_text().splitlines() if line]
     assert lines
     for line in lines:
@@ -127,13 +152,13 @@ def test_every_log_line_is_json_and_access_lines_carry_the_request_id(
 
 
 def test_an_offered_request_id_is_logged_and_echoed(scenario: Scenario) -> None:
-    response = requests.get(scenario.server.url + "/v1/datasets",
-                            headers={"X-Request-ID": "ops-check-42"}, timeout=30)
+    response = requests.get(
+        scenario.server.url + "/v1/datasets", headers={"X-Request-ID": "ops-check-42"}, timeout=30
+    )
     assert response.status_code == 401
     assert response.json()["request_id"] == "ops-check-42"
     text = scenario.server.wait_for_log('"request_id": "ops-check-42"')
-    assert '"status": "401"' in next(line for line in text.splitlines()
-                                      if "ops-check-42" in line)
+    assert '"status": "401"' in next(line for line in text.splitlines() if "ops-check-42" in line)
 
 
 def test_the_bearer_token_never_reaches_the_log(scenario: Scenario) -> None:

@@ -38,31 +38,32 @@ def _wait_for_budget(url: str, headers: dict[str, str], budget: float) -> None:
     raise AssertionError(f"grant budget never became {budget}")
 
 
-def test_sighup_puts_a_valid_change_in_force_and_keeps_the_last_good_set(
-        tmp_path: Path) -> None:
+def test_sighup_puts_a_valid_change_in_force_and_keeps_the_last_good_set(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
     settings = deploy(tmp_path, policies)
     components = Components.open(settings)
-    headers = {"Authorization": "Bearer "
-               + components.tokens.issue("partner", "no-police").token}
+    headers = {"Authorization": "Bearer " + components.tokens.issue("partner", "no-police").token}
     partner_file = policies / "partners" / "no-police.yaml"
     original = partner_file.read_text()
 
-    with serve(settings_variables(settings), workers=2,
-               log_path=settings.data_dir / "gunicorn.log") as server:
+    with serve(
+        settings_variables(settings), workers=2, log_path=settings.data_dir / "gunicorn.log"
+    ) as server:
         assert _grant_budgets(server.url, headers) == {2.0}
 
-        partner_file.write_text(original.replace("budget: {epsilon: 2.0}",
-                                                 "budget: {epsilon: 3.0}"))
+        partner_file.write_text(
+            original.replace("budget: {epsilon: 2.0}", "budget: {epsilon: 3.0}")
+        )
         server.hang_up()
         _wait_for_budget(server.url, headers, 3.0)
         server.wait_for_log("policies reloaded")
-        assert "grant no-police -> uk-helpline-2024: budget epsilon 2 -> epsilon 3" \
+        assert (
+            "grant no-police -> uk-helpline-2024: budget epsilon 2 -> epsilon 3"
             in server.log_text()
+        )
 
-        partner_file.write_text(original.replace("budget: {epsilon: 2.0}",
-                                                 "budget: {epsilon: -1}"))
+        partner_file.write_text(original.replace("budget: {epsilon: 2.0}", "budget: {epsilon: -1}"))
         server.hang_up()
         text = server.wait_for_log("policy reload refused")
         # HUP starts two new workers each time (2 + 2 + 2): they must serve the last good set.
@@ -71,10 +72,14 @@ def test_sighup_puts_a_valid_change_in_force_and_keeps_the_last_good_set(
         assert _grant_budgets(server.url, headers) == {3.0}
         assert server.process.poll() is None
 
-        errors = [json.loads(line) for line in server.log_text().splitlines()
-                  if '"level": "ERROR"' in line]
-        assert any(e["message"].startswith("partners/no-police.yaml:grants.0.budget")
-                   for e in errors), text
+        errors = [
+            json.loads(line)
+            for line in server.log_text().splitlines()
+            if '"level": "ERROR"' in line
+        ]
+        assert any(
+            e["message"].startswith("partners/no-police.yaml:grants.0.budget") for e in errors
+        ), text
         assert all(e["logger"] == "dpx.policy" for e in errors)
 
     reloads = [e for e in components.audit.entries() if e.action == "policy.reload"]

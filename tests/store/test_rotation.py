@@ -65,8 +65,12 @@ def digests(components: Components) -> dict[str, str]:
     """sha256 of every batch's decrypted cells, by batch id (fails on any bad batch)."""
     with components.database.read() as conn:
         rows = conn.execute(select(batches.c.id, batches.c.dataset, batches.c.blob)).all()
-    return {row.id: hashlib.sha256(open_sealed(components.keyring, row.blob, dataset=row.dataset,
-                                               batch_id=row.id)).hexdigest() for row in rows}
+    return {
+        row.id: hashlib.sha256(
+            open_sealed(components.keyring, row.blob, dataset=row.dataset, batch_id=row.id)
+        ).hexdigest()
+        for row in rows
+    }
 
 
 def blobs(components: Components) -> dict[str, tuple[str, bytes]]:
@@ -97,7 +101,8 @@ def interrupt_after(chunks: int) -> object:
 
 @BOTH_BACKENDS
 def test_a_rotation_interrupted_part_way_resumes_to_the_same_key(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 12)
     before = digests(components)
     old = components.keyring.primary_kek_id
@@ -120,12 +125,19 @@ def test_a_rotation_interrupted_part_way_resumes_to_the_same_key(
         assert again.audit.verify().ok
     finally:
         again.database.dispose()
-    assert actions(components)[-6:] == ["key.rotate.start", "key.rewrap", "key.rotate.resume",
-                                        "key.rewrap", "key.rewrap", "key.rotate.finish"]
+    assert actions(components)[-6:] == [
+        "key.rotate.start",
+        "key.rewrap",
+        "key.rotate.resume",
+        "key.rewrap",
+        "key.rewrap",
+        "key.rotate.finish",
+    ]
 
 
 def test_a_rotation_killed_after_its_last_batch_finishes_without_adding_a_key(
-        components: Components) -> None:
+    components: Components,
+) -> None:
     add_batches(components, 4)
     plan = rotation(components).start()
     with pytest.raises(Interrupted):
@@ -144,7 +156,8 @@ def test_a_rotation_killed_after_its_last_batch_finishes_without_adding_a_key(
 
 
 def test_the_keyring_names_the_new_primary_before_any_batch_moves(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 3)
     plan = rotation(components).start()
     on_disk = Keyring.load(settings.keyring_path)
@@ -152,8 +165,7 @@ def test_the_keyring_names_the_new_primary_before_any_batch_moves(
     assert set(rotation(components).batches_by_kek()) == {plan.previous}
 
 
-def test_rewrap_keeps_each_ciphertext_and_reencrypt_replaces_it(
-        components: Components) -> None:
+def test_rewrap_keeps_each_ciphertext_and_reencrypt_replaces_it(components: Components) -> None:
     add_batches(components, 6)
     before, content = blobs(components), digests(components)
 
@@ -166,8 +178,7 @@ def test_rewrap_keeps_each_ciphertext_and_reencrypt_replaces_it(
         # ciphertext, so the data key is the same.
         assert blob[-60:] == before[batch_id][1][-60:]
 
-    reencrypted = rotation(components).run(
-        rotation(components).start(reencrypt=True), batch_size=4)
+    reencrypted = rotation(components).run(rotation(components).start(reencrypt=True), batch_size=4)
     assert reencrypted.reencrypt and reencrypted.moved == 6
     for batch_id, (kek_id, blob) in blobs(components).items():
         assert kek_id == reencrypted.kek_id
@@ -175,8 +186,9 @@ def test_rewrap_keeps_each_ciphertext_and_reencrypt_replaces_it(
     assert digests(components) == content
 
 
-def test_retire_refuses_while_a_batch_is_under_the_key(components: Components,
-                                                        settings: Settings) -> None:
+def test_retire_refuses_while_a_batch_is_under_the_key(
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 5)
     old = components.keyring.primary_kek_id
     plan = rotation(components).start()
@@ -198,8 +210,9 @@ def test_retire_refuses_while_a_batch_is_under_the_key(components: Components,
     assert components.audit.verify().ok
 
 
-def test_a_batch_left_under_a_retired_key_no_longer_opens(components: Components,
-                                                           settings: Settings) -> None:
+def test_a_batch_left_under_a_retired_key_no_longer_opens(
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 3)
     old = components.keyring.primary_kek_id
     stale_id, (_, stale_blob) = next(iter(blobs(components).items()))
@@ -207,8 +220,9 @@ def test_a_batch_left_under_a_retired_key_no_longer_opens(components: Components
     rotation(components).retire(old)
     # Restore a pre-rotation copy of one batch, as a restored backup would.
     with components.database.write() as conn:
-        conn.execute(update(batches).where(batches.c.id == stale_id)
-                     .values(blob=stale_blob, kek_id=old))
+        conn.execute(
+            update(batches).where(batches.c.id == stale_id).values(blob=stale_blob, kek_id=old)
+        )
 
     fresh = Components.open(settings)
     try:
@@ -222,7 +236,8 @@ def test_a_batch_left_under_a_retired_key_no_longer_opens(components: Components
 
 
 def test_a_running_service_reads_and_uploads_across_a_rotation_in_another_process(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 4)
     dataset = components.exchange.policies.datasets[DATASET]
     expected = components.store.cells(dataset).sort(components.store.cells(dataset).columns)
@@ -247,7 +262,8 @@ def test_a_running_service_reads_and_uploads_across_a_rotation_in_another_proces
 
 
 def test_a_service_that_never_saw_the_new_key_reloads_it_to_read(
-        components: Components, settings: Settings) -> None:
+    components: Components, settings: Settings
+) -> None:
     add_batches(components, 2)
     dataset = components.exchange.policies.datasets[DATASET]
     service = Components.open(settings)  # loaded before the rotation
@@ -309,7 +325,8 @@ def reader(settings: Settings) -> Iterator[list[BaseException]]:
 
 @pytest.mark.slow
 def test_rotate_keys_killed_at_random_moments_always_resumes(
-        components: Components, settings: Settings, reader: list[BaseException]) -> None:
+    components: Components, settings: Settings, reader: list[BaseException]
+) -> None:
     add_batches(components, 300)
     before = digests(components)
     env = cli_env(settings)
@@ -328,8 +345,9 @@ def test_rotate_keys_killed_at_random_moments_always_resumes(
             rotation(components).retire(usage.kek_id)
     midway = 0
     for run in range(20):
-        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as process:
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process:
             assert process.stdout is not None
             if run % 5 == 4:
                 # Some kills land while the command starts or saves the keyring.

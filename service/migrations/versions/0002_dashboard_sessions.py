@@ -22,8 +22,12 @@ def upgrade() -> None:
     op.create_table(
         "sessions",
         sa.Column("id_hash", sa.String(64), primary_key=True),
-        sa.Column("token_id", sa.String(40), sa.ForeignKey("tokens.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "token_id",
+            sa.String(40),
+            sa.ForeignKey("tokens.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("role", sa.String(10), nullable=False),
         sa.Column("subject", sa.String(100), nullable=True),
         sa.Column("csrf_token", sa.String(64), nullable=False),
