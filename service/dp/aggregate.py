@@ -39,7 +39,9 @@ def true_aggregates(cells: pl.DataFrame, query: Query, dataset: DatasetPolicy) -
     for name, values in query.filters:
         condition = condition & pl.col(name).is_in(list(values))
     kept = cells.lazy().filter(condition)
-    totals = [pl.col(column).sum().cast(pl.Int64).alias(column) for column in columns]
+    # Summed in 128 bits: an Int64 sum wraps silently, and a wrapped total could move by far
+    # more than the sensitivity when one person is removed. The mechanism clamps to 64 bits.
+    totals = [pl.col(column).cast(pl.Int128).sum().alias(column) for column in columns]
     if not query.group_by:
         row = kept.select(totals).collect().row(0)
         counts = [int(row[0] or 0)]

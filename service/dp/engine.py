@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
-from service.dp.accounting import epsilon_at_delta, format_cost
+from service.dp.accounting import MIN_COST, epsilon_at_delta, format_cost
 from service.dp.aggregate import TrueAggregates
 from service.dp.errors import InvalidQuery
 from service.dp.mechanisms import (
@@ -26,7 +26,7 @@ from service.dp.mechanisms import (
     plan_for_cost,
     serialized,
 )
-from service.dp.query import Query, merged_cells
+from service.dp.query import Query, group_cells, merged_cells
 from service.dp.sensitivity import sensitivity
 from service.policy.model import DatasetPolicy, Definition
 
@@ -62,7 +62,7 @@ class QueryPlan:
         return self.plans["count"] if self.query.statistic == "count" else self.plans["sum"]
 
     @property
-    def sensitivity(self) -> int:
+    def sensitivity(self) -> float:
         return self.primary.sensitivity
 
     @property
@@ -93,7 +93,7 @@ def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
     definition = dataset.definition
     statistic = query.statistic
     measure = dataset.measure(query.measure) if query.measure is not None else None
-    sensitivities: dict[Component, int] = {
+    sensitivities: dict[Component, float] = {
         name: _sensitivity(name, query, dataset) for name in ("count", "sum")
     }
     plans: dict[Component, Plan]
@@ -117,6 +117,14 @@ def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
         sum_plan = plan_for_cost(definition, sensitivities["sum"], count_plan.cost, half_alpha)
         plans = {"sum": sum_plan, "count": count_plan}
     cost = sum((plan.cost for plan in plans.values()), Fraction(0))
+    if query.accuracy is not None and cost < MIN_COST:
+        # The same floor as an explicit cost: a target this loose buys only noise, at a scale
+        # whose values no longer fit their own intervals.
+        raise InvalidQuery(
+            "accuracy.max_error",
+            f"{query.accuracy.max_error} implies a cost below the minimum "
+            f"{format_cost(MIN_COST)}; ask for a smaller max_error",
+        )
     if definition == "pure":
         delta, epsilon = 0.0, float(cost)
     else:
@@ -228,11 +236,12 @@ def _target(query: Query) -> float:
     return query.accuracy.max_error
 
 
-def _sensitivity(component: Component, query: Query, dataset: DatasetPolicy) -> int:
+def _sensitivity(component: Component, query: Query, dataset: DatasetPolicy) -> float:
     """Sensitivity of one released vector of ``query`` under the dataset's bounds.
 
     A per-cell bound holds for stored cells; an output cell that merges ``n`` of them can
-    hold up to ``n`` times that of one person (never more than the per-person bound).
+    hold up to ``n`` times that of one person (never more than the per-person bound). A
+    person reaches at most as many cells as the vector has.
     """
     total = dataset.max_contacts_per_person
     per_cell = dataset.max_contacts_per_cell
@@ -249,6 +258,7 @@ def _sensitivity(component: Component, query: Query, dataset: DatasetPolicy) -> 
         max_contacts_per_person=total,
         max_contacts_per_cell=per_cell,
         measure_magnitude=magnitude,
+        output_cells=len(group_cells(query, dataset)),
     )
 
 

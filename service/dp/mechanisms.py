@@ -34,6 +34,9 @@ MAX_GAUSSIAN_SCALE = 1e6
 
 _GAUSSIAN_INVERSE_LIMIT = 1e4
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of the values a measurement takes and releases (OpenDP's ``i64``)."""
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -46,7 +49,7 @@ class Plan:
 
     definition: Definition
     mechanism: MechanismName
-    sensitivity: int
+    sensitivity: float
     scale: float
     cost: Fraction
     alpha: float
@@ -60,14 +63,29 @@ def mechanism_name(definition: Definition) -> MechanismName:
 
 
 def build_measurement(definition: Definition, scale: float) -> dp.Measurement:
-    """The vector measurement of ``definition`` at ``scale`` (any vector length)."""
-    domain = dp.vector_domain(dp.atom_domain(T=int))
+    """The vector measurement of ``definition`` at ``scale`` (any vector length).
+
+    Values are 64-bit integers and OpenDP adds the noise with saturating arithmetic, so no
+    true aggregate (see :func:`noisy`) can make a release fail. The L2 sensitivity is a
+    float: the Gaussian is calibrated to the exact root, not to the next integer.
+    """
+    domain = dp.vector_domain(dp.atom_domain(T="i64"))
     measurement: dp.Measurement
     if definition == "pure":
-        measurement = (domain, dp.l1_distance(T=int)) >> dp.m.then_laplace(scale=scale)
+        measurement = (domain, dp.l1_distance(T="i64")) >> dp.m.then_laplace(scale=scale)
     else:
-        measurement = (domain, dp.l2_distance(T=int)) >> dp.m.then_gaussian(scale=scale)
+        measurement = (domain, dp.l2_distance(T="f64")) >> dp.m.then_gaussian(scale=scale)
     return measurement
+
+
+def distance(definition: Definition, sensitivity: float) -> int | float:
+    """``sensitivity`` as the type of the measurement's input distance: an int under
+    ``l1_distance(i64)``, a float under ``l2_distance(f64)``."""
+    if definition == "pure":
+        if sensitivity != int(sensitivity):
+            raise ValueError(f"an L1 sensitivity is an integer, got {sensitivity}")
+        return int(sensitivity)
+    return float(sensitivity)
 
 
 def scale_to_accuracy(definition: Definition, scale: float, alpha: float) -> float:
@@ -129,7 +147,7 @@ def _scale_for_accuracy(definition: Definition, max_error: float, alpha: float) 
     return low
 
 
-def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alpha: float) -> Plan:
+def plan_for_cost(definition: Definition, sensitivity: float, cost: Fraction, alpha: float) -> Plan:
     """The least-noise plan whose loss at ``sensitivity`` is at most ``cost``; charges ``cost``.
 
     The result is confirmed with the measurement's own ``check``: the charge is the exact
@@ -140,17 +158,19 @@ def plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alph
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alpha: float) -> Plan:
+def _plan_for_cost(
+    definition: Definition, sensitivity: float, cost: Fraction, alpha: float
+) -> Plan:
     bound = float_at_most(cost)
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
-    if not measurement.check(sensitivity, bound):
+    if not measurement.check(distance(definition, sensitivity), bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
 def _measurement_for_cost(
-    definition: Definition, sensitivity: int, bound: float
+    definition: Definition, sensitivity: float, bound: float
 ) -> tuple[float, dp.Measurement]:
     """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound,
     and the measurement at that scale.
@@ -159,24 +179,25 @@ def _measurement_for_cost(
     time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
     that not settle within a few steps, OpenDP's binary search decides.
     """
+    d_in = distance(definition, sensitivity)
     if definition == "pure":
-        scale = sensitivity / bound
+        scale = d_in / bound
     else:
-        scale = sensitivity / math.sqrt(2 * bound)
+        scale = d_in / math.sqrt(2 * bound)
     for _ in range(_NUDGES):
         measurement = build_measurement(definition, scale)
-        if measurement.check(sensitivity, bound):
+        if measurement.check(d_in, bound):
             return scale, measurement
         scale = math.nextafter(scale, math.inf)
     builder: Callable[[float], dp.Measurement] = lambda s: build_measurement(  # noqa: E731
         definition, s
     )
-    scale = float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
+    scale = float(dp.binary_search_param(builder, d_in=d_in, d_out=bound))
     return scale, build_measurement(definition, scale)
 
 
 def plan_for_accuracy(
-    definition: Definition, sensitivity: int, max_error: float, alpha: float
+    definition: Definition, sensitivity: float, max_error: float, alpha: float
 ) -> Plan:
     """The cheapest plan whose values are within ``max_error`` with probability >= 1 - alpha.
 
@@ -186,15 +207,16 @@ def plan_for_accuracy(
     """
     scale = _scale_for_accuracy(definition, max_error, alpha)
     measurement = build_measurement(definition, scale)
-    cost = ceil_nano(float(measurement.map(sensitivity)))  # type: ignore[no-untyped-call]
-    if not measurement.check(sensitivity, float_at_most(cost)):
+    d_in = distance(definition, sensitivity)
+    cost = ceil_nano(float(measurement.map(d_in)))  # type: ignore[no-untyped-call]
+    if not measurement.check(d_in, float_at_most(cost)):
         raise ValueError(f"the measurement at scale {scale} does not confirm cost {cost}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
 def _plan(
     definition: Definition,
-    sensitivity: int,
+    sensitivity: float,
     scale: float,
     cost: Fraction,
     alpha: float,
@@ -221,7 +243,11 @@ def serialized(plan: Plan) -> str:
 def noisy(plan: Plan, vector: list[int]) -> list[int]:
     """One release: the plan's OpenDP measurement invoked on the true aggregates.
 
-    Call only after the plan's cost is durably charged.
+    Each true value is first clamped to the 64-bit range of the measurement's domain, so no
+    value the data holds can make a charged release fail. Clamping never moves two values
+    further apart, so neighbouring inputs stay within the plan's sensitivity. Call only after
+    the plan's cost is durably charged.
     """
-    released = plan.measurement([int(value) for value in vector])
+    clamped = [min(max(int(value), INT64_MIN), INT64_MAX) for value in vector]
+    released = plan.measurement(clamped)
     return [int(value) for value in released]

@@ -530,6 +530,8 @@ BAD_COSTS = [
     pytest.param({"epsilon": 0.1, "accuracy": {"max_error": 50}}, 400, id="cost-and-accuracy"),
     pytest.param({}, 400, id="no-cost"),
     pytest.param({"accuracy": {"max_error": 0}}, 400, id="zero-max-error"),
+    # A target so loose it would cost less than the minimum cost of an explicit query.
+    pytest.param({"accuracy": {"max_error": 1e308}}, 400, id="max-error-below-minimum-cost"),
 ]
 
 

@@ -14,6 +14,7 @@ import pytest
 from service.dp.accounting import epsilon_at_delta
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import measurement_json, plan_query, plan_summary, release_values
+from service.dp.errors import InvalidQuery
 from service.dp.query import build_query
 from service.policy.model import DatasetPolicy
 
@@ -169,10 +170,125 @@ def test_a_per_cell_bound_only_applies_to_unmerged_cells(
         },
         dataset,
     )
-    # One stored cell per output cell: a person adds 1 to at most 10 cells, sqrt(10) -> 4.
-    assert plan_query(fine, dataset).sensitivity == 4
+    # One stored cell per output cell: a person adds 1 to at most 10 cells, sqrt(10).
+    fine_sensitivity = plan_query(fine, dataset).sensitivity
+    assert Fraction(fine_sensitivity) ** 2 >= 10 and fine_sensitivity < 3.1623
     coarse = build_query(
         {"dataset": dataset.id, "statistic": "count", "group_by": ["month"], "rho": 1}, dataset
     )
     # 360 stored cells behind each month: all 10 contacts may land in one output cell.
     assert plan_query(coarse, dataset).sensitivity == 10
+
+
+def test_a_one_cell_count_is_calibrated_to_one_cell(
+    make_dataset: Callable[..., DatasetPolicy],
+) -> None:
+    # C = 3, k = 1: one person moves a single stored cell by at most 1, not by 3.
+    dataset = make_dataset(max_contacts_per_person=3, max_contacts_per_cell=1)
+    one_cell = {
+        "month": ["2024-01"],
+        "country": ["GB"],
+        "channel": ["chat"],
+        "caller_type": ["other"],
+        "referral_source": ["other"],
+    }
+    query = build_query(
+        {"dataset": dataset.id, "statistic": "count", "filters": one_cell, "epsilon": 1}, dataset
+    )
+    plan = plan_query(query, dataset)
+    assert plan.sensitivity == 1
+    assert plan.scale == pytest.approx(1.0)
+    two = build_query(
+        {
+            "dataset": dataset.id,
+            "statistic": "count",
+            "group_by": ["month"],
+            "filters": {**one_cell, "month": ["2024-01", "2024-02"]},
+            "epsilon": 1,
+        },
+        dataset,
+    )
+    assert plan_query(two, dataset).sensitivity == 2
+
+
+def test_zcdp_noise_is_calibrated_to_the_exact_l2_root(
+    make_dataset: Callable[..., DatasetPolicy],
+) -> None:
+    # 22 contacts, at most 1 per cell, 72 output cells: L2 sensitivity sqrt(22), not 5.
+    dataset = make_dataset(
+        definition="zcdp",
+        delta=Fraction(1, 10**7),
+        max_contacts_per_person=22,
+        max_contacts_per_cell=1,
+    )
+    query = build_query(
+        {
+            "dataset": dataset.id,
+            "statistic": "count",
+            "group_by": ["month", "referral_source"],
+            "filters": {"country": ["GB"], "channel": ["chat"], "caller_type": ["other"]},
+            "rho": "0.5",
+        },
+        dataset,
+    )
+    plan = plan_query(query, dataset)
+    assert plan.cost == Fraction(1, 2)
+    assert Fraction(plan.sensitivity) ** 2 >= 22 and plan.sensitivity < 4.6905
+    # rho = d**2 / (2 scale**2): the scale is sqrt(22), 13.6% less variance than at 5.
+    assert plan.scale == pytest.approx(22**0.5, rel=1e-9)
+    measurement = dp.deserialize(measurement_json(plan))
+    assert measurement.check(plan.sensitivity, 0.5)
+    assert not measurement.check(5.0, 0.5)
+
+
+@pytest.mark.parametrize("definition", ["pure", "zcdp"])
+@pytest.mark.parametrize("statistic", ["count", "mean"])
+def test_a_loose_accuracy_target_is_refused_like_a_cost_below_the_minimum(
+    definition: str, statistic: str, make_dataset: Callable[..., DatasetPolicy]
+) -> None:
+    dataset = make_dataset(definition=definition, delta=Fraction(1, 10**7))
+    measure = {} if statistic == "count" else {"measure": "minutes"}
+    for max_error in (1e308, 1e9):
+        query = build_query(
+            {
+                "dataset": dataset.id,
+                "statistic": statistic,
+                **measure,
+                "accuracy": {"max_error": max_error},
+            },
+            dataset,
+        )
+        with pytest.raises(InvalidQuery, match=r"^accuracy\.max_error: .*(minimum|too large)"):
+            plan_query(query, dataset)
+
+
+def test_totals_beyond_64_bits_release_within_the_64_bit_range(
+    make_dataset: Callable[..., DatasetPolicy],
+) -> None:
+    # Stored cells whose totals exceed 32 and 64 bits: the release neither fails nor wraps
+    # around (a wrapped total would be far from the truth and data-dependent).
+    dataset = make_dataset(max_contacts_per_person=1)
+    schema = {**{name: pl.Utf8 for name in DIMENSIONS}, "contacts": pl.Int64, "minutes": pl.Int64}
+    big = 2**62
+    cells = pl.DataFrame(
+        [
+            ("2024-01", "GB", "chat", "other", "other", 3_000_000_000, 0),
+            ("2024-02", "GB", "chat", "other", "other", big, 0),
+            ("2024-02", "IE", "chat", "other", "other", big, 0),
+            ("2024-02", "GB", "phone", "other", "other", big, 0),
+        ],
+        schema=schema,
+        orient="row",
+    )
+    query = build_query(
+        {"dataset": dataset.id, "statistic": "count", "group_by": ["month"], "epsilon": 1},
+        dataset,
+    )
+    plan = plan_query(query, dataset)
+    aggregates = true_aggregates(cells, query, dataset)
+    assert aggregates.counts[:2] == [3_000_000_000, 3 * big]
+    values = release_values(plan, aggregates)
+    assert abs(values[0].value - 3_000_000_000) < 100
+    # The 2**63 + 2**62 total is clamped to the largest 64-bit value before noise.
+    assert 2**63 - 100 < values[1].value <= 2**63 - 1
+    assert all(-100 < value.value < 100 for value in values[2:])

@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 from typing import Literal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.dp.sensitivity import sensitivity
+from service.dp.sensitivity import float_sqrt_at_least, sensitivity
 
 
 @pytest.mark.parametrize(
-    ("statistic", "norm", "total", "per_cell", "magnitude", "expected"),
+    ("statistic", "norm", "total", "per_cell", "magnitude", "cells", "squared"),
     [
-        ("count", "l1", 10, None, 1, 10),
-        ("count", "l2", 10, None, 1, 10),
-        ("count", "l1", 10, 3, 1, 10),
-        ("count", "l2", 10, 3, 1, 6),  # sqrt(3*9 + 1) = 5.29
-        ("count", "l2", 10, 1, 1, 4),  # sqrt(10) = 3.16
-        ("count", "l2", 4, 2, 1, 3),  # sqrt(8) = 2.83
-        ("count", "l2", 9, 3, 1, 6),  # sqrt(27) = 5.20
-        ("count", "l2", 4, 4, 1, 4),
-        ("count", "l2", 3, 50, 1, 3),  # a per-cell bound above C is C
-        ("sum", "l1", 10, None, 120, 1200),
-        ("sum", "l2", 10, None, 120, 1200),
-        ("sum", "l2", 10, 3, 120, 635),  # 120 * sqrt(28) = 634.98
-        ("sum", "l1", 1, 1, 7, 7),
-        ("count", "l1", 1, None, 120, 1),  # the magnitude only scales sums
+        # L1 cases give the distance itself, L2 cases its exact square.
+        ("count", "l1", 10, None, 1, None, 10),
+        ("count", "l2", 10, None, 1, None, 100),
+        ("count", "l1", 10, 3, 1, None, 10),
+        ("count", "l2", 10, 3, 1, None, 28),  # 3 * 3**2 + 1**2
+        ("count", "l2", 10, 1, 1, None, 10),
+        ("count", "l2", 4, 2, 1, None, 8),
+        ("count", "l2", 9, 3, 1, None, 27),
+        ("count", "l2", 4, 4, 1, None, 16),
+        ("count", "l2", 3, 50, 1, None, 9),  # a per-cell bound above C is C
+        ("sum", "l1", 10, None, 120, None, 1200),
+        ("sum", "l2", 10, None, 120, None, 1200**2),
+        ("sum", "l2", 10, 3, 120, None, 120**2 * 28),
+        ("sum", "l1", 1, 1, 7, None, 7),
+        ("count", "l1", 1, None, 120, None, 1),  # the magnitude only scales sums
+        # Few output cells: a person cannot spread over more cells than the vector has.
+        ("count", "l1", 3, 1, 1, 1, 1),  # one cell, k = 1, C = 3: exactly 1, not 3
+        ("count", "l2", 3, 1, 1, 1, 1),
+        ("count", "l1", 10, 3, 1, 2, 6),
+        ("count", "l2", 10, 3, 1, 2, 18),  # two full cells, no cell left for the rest
+        ("count", "l2", 10, 3, 1, 4, 28),  # three full cells and the rest in the fourth
+        ("count", "l2", 22, 1, 1, 40, 22),  # sqrt(22), not 5
+        ("sum", "l1", 10, 4, 5, 2, 40),
+        ("sum", "l2", 10, 4, 5, 3, 25 * (2 * 16 + 4)),
+        ("count", "l1", 10, None, 1, 1, 10),
     ],
 )
 def test_sensitivity_table(
@@ -37,18 +50,78 @@ def test_sensitivity_table(
     total: int,
     per_cell: int | None,
     magnitude: int,
-    expected: int,
+    cells: int | None,
+    squared: int,
 ) -> None:
-    assert (
-        sensitivity(
-            statistic,
-            norm,
-            max_contacts_per_person=total,
-            max_contacts_per_cell=per_cell,
-            measure_magnitude=magnitude,
-        )
-        == expected
+    result = sensitivity(
+        statistic,
+        norm,
+        max_contacts_per_person=total,
+        max_contacts_per_cell=per_cell,
+        measure_magnitude=magnitude,
+        output_cells=cells,
     )
+    if norm == "l1":
+        assert result == squared and isinstance(result, int)
+    else:
+        assert _is_least_float_root(result, squared)
+
+
+def _is_least_float_root(value: float, squared: int) -> bool:
+    """``value`` is the smallest float whose exact square is at least ``squared``."""
+    below = math.nextafter(value, 0.0)
+    return Fraction(value) ** 2 >= squared and (squared == 0 or Fraction(below) ** 2 < squared)
+
+
+def test_an_l2_sensitivity_is_the_exact_root_and_costs_less_than_its_rounding() -> None:
+    # sqrt(22) rounded up to 5 would cost 25 / 22 - 1 = 13.6% more rho at the same noise.
+    exact = sensitivity(
+        "count", "l2", max_contacts_per_person=22, max_contacts_per_cell=1, output_cells=22
+    )
+    assert 4.69 < exact < 4.6905
+    assert (5 / exact) ** 2 > 1.136
+
+
+@pytest.mark.parametrize("value", [0, 1, 2, 3, 22, 10**6, 2**53 + 1, 10**30 + 7, 2**104])
+def test_float_sqrt_at_least_is_the_least_float_not_below_the_root(value: int) -> None:
+    assert _is_least_float_root(float_sqrt_at_least(value), value)
+
+
+def _brute_force(total: int, per_cell: int, magnitude: int, cells: int) -> tuple[int, int]:
+    """The largest L1 distance and squared L2 distance over every way one person can place
+    contacts into ``cells`` cells (at most ``per_cell`` each, ``total`` in all), each contact
+    moving a sum by ``magnitude`` (the extreme value)."""
+    best_l1 = best_squared = 0
+    for placement in itertools.product(range(per_cell + 1), repeat=cells):
+        if sum(placement) > total:
+            continue
+        best_l1 = max(best_l1, sum(placement) * magnitude)
+        best_squared = max(best_squared, sum((n * magnitude) ** 2 for n in placement))
+    return best_l1, best_squared
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=4),
+)
+def test_sensitivity_equals_the_brute_force_worst_person(
+    total: int, per_cell: int, magnitude: int, cells: int
+) -> None:
+    bounds = {
+        "max_contacts_per_person": total,
+        "max_contacts_per_cell": per_cell,
+        "output_cells": cells,
+    }
+    worst_l1, worst_squared = _brute_force(total, min(per_cell, total), magnitude, cells)
+    assert sensitivity("sum", "l1", **bounds, measure_magnitude=magnitude) == worst_l1
+    l2 = sensitivity("sum", "l2", **bounds, measure_magnitude=magnitude)
+    assert _is_least_float_root(l2, worst_squared)
+    count_l1, count_squared = _brute_force(total, min(per_cell, total), 1, cells)
+    assert sensitivity("count", "l1", **bounds) == count_l1
+    assert _is_least_float_root(sensitivity("count", "l2", **bounds), count_squared)
 
 
 def test_sensitivity_rejects_impossible_bounds() -> None:
@@ -96,7 +169,11 @@ def test_removing_any_person_moves_aggregates_at_most_the_sensitivity(
 ) -> None:
     total, per_cell, magnitude, persons = cube
     counts, sums = _vectors(persons)
-    bounds = {"max_contacts_per_person": total, "max_contacts_per_cell": per_cell}
+    bounds = {
+        "max_contacts_per_person": total,
+        "max_contacts_per_cell": per_cell,
+        "output_cells": len(counts),
+    }
     for removed in range(len(persons)):
         rest = persons[:removed] + persons[removed + 1 :]
         rest_counts, rest_sums = _vectors(rest) if rest else ([0] * len(counts), [0] * len(sums))
@@ -109,7 +186,7 @@ def test_removing_any_person_moves_aggregates_at_most_the_sensitivity(
             l1 = sensitivity(statistic, "l1", **bounds, measure_magnitude=magnitude)
             l2 = sensitivity(statistic, "l2", **bounds, measure_magnitude=magnitude)
             assert sum(abs(x) for x in moved) <= l1
-            assert math.sqrt(sum(x * x for x in moved)) <= l2
+            assert sum(x * x for x in moved) <= Fraction(l2) ** 2
 
 
 @given(
@@ -126,6 +203,5 @@ def test_a_worst_case_person_reaches_the_bound(total: int, per_cell: int, magnit
     assert sensitivity("sum", "l1", **bounds, measure_magnitude=magnitude) == sum(moved)
     assert sensitivity("count", "l1", **bounds) == total
     l2 = sensitivity("sum", "l2", **bounds, measure_magnitude=magnitude)
-    squared = sum(x * x for x in moved)
-    # Tight: the smallest integer at least the worst-case L2 norm.
-    assert (l2 - 1) ** 2 < squared <= l2**2
+    # Tight: the smallest float at least the worst-case L2 norm.
+    assert _is_least_float_root(l2, sum(x * x for x in moved))
