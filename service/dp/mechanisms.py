@@ -32,6 +32,10 @@ _NUDGES = 16
 MAX_GAUSSIAN_SCALE = 1e6
 """The largest discrete Gaussian scale a plan may use (its accuracy takes ~1 s to compute)."""
 
+MAX_LAPLACE_SCALE = 1e15
+"""The largest discrete Laplace scale a plan may use: noise at it stays below 2**63 with
+probability 1 - e**-9000."""
+
 _GAUSSIAN_INVERSE_LIMIT = 1e4
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -103,11 +107,13 @@ def scale_to_accuracy(definition: Definition, scale: float, alpha: float) -> flo
 
 def _check_scale(definition: Definition, scale: float, field: str, problem: str) -> None:
     # OpenDP sums the discrete Gaussian's pmf to find its accuracy: time grows with the
-    # scale (about 1 s at 1e6). Beyond that the release would be noise anyway.
-    if definition == "zcdp" and scale > MAX_GAUSSIAN_SCALE:
-        raise InvalidQuery(
-            field, f"{problem}: the noise scale would exceed {MAX_GAUSSIAN_SCALE:.0f}"
-        )
+    # scale (about 1 s at 1e6). Beyond that the release would be noise anyway. A Laplace
+    # scale is capped so that noise never reaches the 64-bit range, where values would
+    # saturate outside their own intervals. Both limits depend on the plan alone, never on
+    # data, and are checked before anything is charged.
+    limit = MAX_GAUSSIAN_SCALE if definition == "zcdp" else MAX_LAPLACE_SCALE
+    if scale > limit:
+        raise InvalidQuery(field, f"{problem}: the noise scale would exceed {limit:.0f}")
 
 
 def _scale_for_accuracy(definition: Definition, max_error: float, alpha: float) -> float:
@@ -163,7 +169,8 @@ def _plan_for_cost(
 ) -> Plan:
     bound = float_at_most(cost)
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
-    _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
+    unit = "epsilon" if definition == "pure" else "rho"
+    _check_scale(definition, scale, unit, f"{cost} is too small for this query")
     if not measurement.check(distance(definition, sensitivity), bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)

@@ -149,6 +149,16 @@ def test_large_gaussian_targets_are_met_quickly(max_error: float) -> None:
             lambda: plan_for_cost("zcdp", 50_000, Fraction(1, 10**6), 0.05),
             "rho: 1/1000000 is too small for this query: the noise scale would exceed 1000000",
         ),
+        (
+            lambda: plan_for_cost("pure", 10**10, Fraction(1, 10**6), 0.05),
+            "epsilon: 1/1000000 is too small for this query: "
+            "the noise scale would exceed 1000000000000000",
+        ),
+        (
+            lambda: plan_for_accuracy("pure", 10, 1e308, 0.05),
+            "accuracy.max_error: 1e+308 is too large: "
+            "the noise scale would exceed 1000000000000000",
+        ),
     ],
 )
 def test_unworkable_plans_are_refused_clearly(call: Callable[[], object], message: str) -> None:
