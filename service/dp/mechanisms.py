@@ -82,7 +82,7 @@ def build_measurement(definition: Definition, scale: float) -> dp.Measurement:
     return measurement
 
 
-def distance(definition: Definition, sensitivity: float) -> int | float:
+def _distance(definition: Definition, sensitivity: float) -> int | float:
     """``sensitivity`` as the type of the measurement's input distance: an int under
     ``l1_distance(i64)``, a float under ``l2_distance(f64)``."""
     if definition == "pure":
@@ -171,7 +171,7 @@ def _plan_for_cost(
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     unit = "epsilon" if definition == "pure" else "rho"
     _check_scale(definition, scale, unit, f"{cost} is too small for this query")
-    if not measurement.check(distance(definition, sensitivity), bound):
+    if not measurement.check(_distance(definition, sensitivity), bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
@@ -186,7 +186,7 @@ def _measurement_for_cost(
     time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
     that not settle within a few steps, OpenDP's binary search decides.
     """
-    d_in = distance(definition, sensitivity)
+    d_in = _distance(definition, sensitivity)
     if definition == "pure":
         scale = d_in / bound
     else:
@@ -214,7 +214,7 @@ def plan_for_accuracy(
     """
     scale = _scale_for_accuracy(definition, max_error, alpha)
     measurement = build_measurement(definition, scale)
-    d_in = distance(definition, sensitivity)
+    d_in = _distance(definition, sensitivity)
     cost = ceil_nano(float(measurement.map(d_in)))  # type: ignore[no-untyped-call]
     if not measurement.check(d_in, float_at_most(cost)):
         raise ValueError(f"the measurement at scale {scale} does not confirm cost {cost}")
