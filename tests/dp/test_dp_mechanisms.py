@@ -20,6 +20,7 @@ from service.dp.mechanisms import (
     scale_to_accuracy,
     serialized,
 )
+from service.dp.sensitivity import float_sqrt_at_least
 from service.policy.model import Definition
 
 DEFINITIONS: list[Definition] = ["pure", "zcdp"]
@@ -53,6 +54,22 @@ def test_any_asked_cost_is_confirmed_by_the_privacy_map(
     plan = plan_for_cost(definition, sensitivity, cost, 0.05)
     assert plan.cost == cost
     assert Fraction(plan.measurement.map(sensitivity)) <= cost
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=10**6).map(lambda n: Fraction(n, 10**6)),
+    st.integers(min_value=1, max_value=10**5).map(float_sqrt_at_least),
+)
+def test_an_exact_l2_root_is_charged_exactly_and_confirmed(
+    cost: Fraction, sensitivity: float
+) -> None:
+    plan = plan_for_cost("zcdp", sensitivity, cost, 0.05)
+    assert plan.cost == cost and plan.sensitivity == sensitivity
+    assert Fraction(plan.measurement.map(sensitivity)) <= cost
+    # Calibrated to the root itself: the next integer would lose more than was charged.
+    if sensitivity != math.ceil(sensitivity):
+        assert Fraction(plan.measurement.map(float(math.ceil(sensitivity)))) > cost
 
 
 def test_ten_charges_of_a_tenth_spend_exactly_one() -> None:
