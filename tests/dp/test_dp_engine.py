@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from fractions import Fraction
@@ -10,13 +11,17 @@ from typing import Any
 import opendp.prelude as dp
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.dp.accounting import epsilon_at_delta
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import measurement_json, plan_query, plan_summary, release_values
 from service.dp.errors import InvalidQuery
 from service.dp.query import build_query
-from service.policy.model import DatasetPolicy
+from service.dp.sensitivity import float_sqrt_at_least
+from service.policy.model import DatasetPolicy, Dimension
+from tests.dataset_policies import month_channel_dataset
 
 DIMENSIONS = ("month", "country", "channel", "caller_type", "referral_source")
 
@@ -292,3 +297,68 @@ def test_totals_beyond_64_bits_release_within_the_64_bit_range(
     # The 2**63 + 2**62 total is clamped to the largest 64-bit value before noise.
     assert 2**63 - 100 < values[1].value <= 2**63 - 1
     assert all(-100 < value.value < 100 for value in values[2:])
+
+
+@st.composite
+def small_queries(draw: st.DrawFn) -> tuple[DatasetPolicy, dict[str, Any]]:
+    """A two-by-two dataset with random bounds and a random count query over it."""
+    total = draw(st.integers(min_value=1, max_value=5))
+    per_cell = draw(st.one_of(st.none(), st.integers(min_value=1, max_value=3)))
+    definition = draw(st.sampled_from(["pure", "zcdp"]))
+    dataset = month_channel_dataset(
+        ("2024-01", "2024-02"),
+        dimensions=(
+            Dimension("month", "month", ("2024-01", "2024-02")),
+            Dimension("channel", "categorical", ("phone", "chat")),
+        ),
+        definition=definition,
+        delta=Fraction(1, 10**7),
+        max_contacts_per_person=total,
+        max_contacts_per_cell=per_cell,
+    )
+    group_by = draw(st.sets(st.sampled_from(["month", "channel"])))
+    filters = {}
+    for dimension in dataset.dimensions:
+        if draw(st.booleans()):
+            filters[dimension.name] = [draw(st.sampled_from(dimension.values))]
+    privacy = {"epsilon": 1} if definition == "pure" else {"rho": 1}
+    raw = {
+        "dataset": dataset.id,
+        "statistic": "count",
+        "group_by": sorted(group_by),
+        "filters": filters,
+        **privacy,
+    }
+    return dataset, raw
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_queries())
+def test_plan_sensitivity_is_the_worst_person_over_every_stored_placement(
+    case: tuple[DatasetPolicy, dict[str, Any]],
+) -> None:
+    """Brute force: place one person's contacts into the stored cells in every way the bounds
+    allow, aggregate them as the query does, and take the largest distance they move."""
+    dataset, raw = case
+    query = build_query(raw, dataset)
+    stored = list(itertools.product(*(dimension.values for dimension in dataset.dimensions)))
+    total = dataset.max_contacts_per_person
+    per_cell = min(total, dataset.max_contacts_per_cell or total)
+    schema = {"month": pl.Utf8, "channel": pl.Utf8, "contacts": pl.Int64}
+    worst_l1 = worst_squared = 0
+    for placement in itertools.product(range(per_cell + 1), repeat=len(stored)):
+        if sum(placement) > total:
+            continue
+        person = pl.DataFrame(
+            [(*cell, contacts) for cell, contacts in zip(stored, placement, strict=True)],
+            schema=schema,
+            orient="row",
+        )
+        moved = true_aggregates(person, query, dataset).counts
+        worst_l1 = max(worst_l1, sum(moved))
+        worst_squared = max(worst_squared, sum(value * value for value in moved))
+    plan = plan_query(query, dataset)
+    if dataset.definition == "pure":
+        assert plan.sensitivity == worst_l1
+    else:
+        assert plan.sensitivity == float_sqrt_at_least(worst_squared)
