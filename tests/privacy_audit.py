@@ -4,7 +4,8 @@ Run the mechanism many times on two neighbouring datasets (``with``: the audited
 ``without``: out) and count how often a release reaches a threshold fixed in advance. For any
 event ``E`` an epsilon-DP mechanism satisfies ``P[M(with) in E] <= e**epsilon P[M(without) in E]``,
 so ``ln(lower(P_with) / upper(P_without))`` with exact (Clopper-Pearson) binomial bounds is a
-lower bound on the true epsilon that holds with probability at least ``confidence``. A path
+lower bound on the true epsilon that holds with probability at least ``confidence`` (for an
+(epsilon, delta) claim, ``delta`` is taken off the first rate). A path
 whose lower bound exceeds its claimed epsilon demonstrably loses more than it charges.
 
 The API, for any suite (engine, exchange, synopsis build) that can draw fresh releases:
@@ -73,15 +74,21 @@ def clopper_pearson(hits: int, trials: int, confidence: float) -> tuple[float, f
 
 
 def epsilon_lower_bound(
-    hits_with: int, hits_without: int, trials: int, confidence: float = CONFIDENCE
+    hits_with: int,
+    hits_without: int,
+    trials: int,
+    confidence: float = CONFIDENCE,
+    *,
+    delta: float = 0.0,
 ) -> float:
-    """``ln(lower(P_with) / upper(P_without))``: at least the true epsilon with probability
-    ``confidence`` (each of the two bounds at half the error, by the union bound).
-    ``-inf`` when no release on the ``with`` side reached the threshold."""
+    """``ln((lower(P_with) - delta) / upper(P_without))``: at least the true epsilon of an
+    (epsilon, ``delta``)-DP mechanism with probability ``confidence`` (each of the two bounds
+    at half the error, by the union bound). ``-inf`` when the lower rate is not above
+    ``delta``."""
     half = 1 - (1 - confidence) / 2
     lower, _ = clopper_pearson(hits_with, trials, half)
     _, upper = clopper_pearson(hits_without, trials, half)
-    return math.log(lower / upper) if lower > 0 else -math.inf
+    return math.log((lower - delta) / upper) if lower > delta else -math.inf
 
 
 def audit(
@@ -93,20 +100,22 @@ def audit(
     trials: int,
     claimed_epsilon: float,
     confidence: float = CONFIDENCE,
+    delta: float = 0.0,
 ) -> Audit:
     """Draw ``trials`` fresh releases on each side and bound the epsilon they show.
 
     ``release_with(i)`` / ``release_without(i)`` return the audited value of the ``i``-th
     release (``i`` runs from 0 to ``trials - 1``; a path that answers repeated questions from
     a cache can use it to ask a distinct question each time). Every call must draw fresh
-    noise: a repeated value would count one release many times.
+    noise: a repeated value would count one release many times. ``delta`` is the claim's
+    delta (0 for pure DP).
     """
     hits_with = sum(release_with(index) >= threshold for index in range(trials))
     hits_without = sum(release_without(index) >= threshold for index in range(trials))
     return Audit(
         scenario=scenario,
         claimed_epsilon=claimed_epsilon,
-        lower_bound=epsilon_lower_bound(hits_with, hits_without, trials, confidence),
+        lower_bound=epsilon_lower_bound(hits_with, hits_without, trials, confidence, delta=delta),
         threshold=threshold,
         trials=trials,
         hits_with=hits_with,

@@ -40,6 +40,13 @@ def test_the_epsilon_bound_is_minus_infinity_without_hits() -> None:
     assert epsilon_lower_bound(0, 0, 100) == -math.inf
 
 
+def test_a_delta_claim_lowers_the_epsilon_bound() -> None:
+    pure = epsilon_lower_bound(5000, 1000, 10**4)
+    approximate = epsilon_lower_bound(5000, 1000, 10**4, delta=0.1)
+    assert approximate < pure
+    assert epsilon_lower_bound(5000, 1000, 10**4, delta=0.6) == -math.inf
+
+
 def test_audit_counts_releases_at_or_above_the_threshold() -> None:
     result = audit(
         "fixed",
