@@ -112,8 +112,8 @@ def audit_policies(policy_dir: Path) -> Path:
 
 
 def _batch(tag: str, *, audited: bool) -> bytes:
-    """One month of contacts: 14 people with 2 contacts each in the target cell, some in the
-    others, and (if ``audited``) the audited person with ``BOUND`` contacts in the target."""
+    """One batch: 7 callers with 2 contacts each in the target cell, a few more in every cell,
+    and (if ``audited``) the audited person with ``BOUND`` contacts in the target cell."""
     lines = ["month,channel,person"]
     for index in range(7):
         lines += [f"2024-01,chat,{tag}-caller-{index}"] * 2
