@@ -9,9 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from live_dpx import LiveDpx, Proxy
-
-from service.client import (
+from dpx_client import (
     AuthError,
     BudgetExhaustedError,
     DpxClient,
@@ -22,6 +20,7 @@ from service.client import (
     UnavailableError,
     verify_signature,
 )
+from live_dpx import LiveDpx, Proxy
 
 pytestmark = pytest.mark.slow
 

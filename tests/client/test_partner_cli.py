@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from dpx_client.cli import main
 from live_dpx import LiveDpx
-
-from service.client.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from service.client.client import DpxClient, DpxError, Release
+from dpx_client.client import DpxClient, DpxError, Release
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 F = TypeVar("F", bound=Callable[..., Any])
