@@ -70,15 +70,24 @@ class Release(MethodView):
         document: dict[str, Any] = current_app.extensions["dpx.exchange"].get_release(
             caller, release_id
         )
-        if request.accept_mimetypes.best_match(["application/json", CSV_MEDIA_TYPE]) == (
-            CSV_MEDIA_TYPE
-        ):
-            return Response(
-                release_csv(document),
-                mimetype=CSV_MEDIA_TYPE,
-                headers={
-                    "Content-Disposition": f'attachment; filename="{document["release_id"]}.csv"',
-                    "Vary": "Accept",
-                },
-            )
+        if _wants_csv():
+            return _csv_download(document)
         return document, {"Vary": "Accept"}
+
+
+def _wants_csv() -> bool:
+    """True when the caller prefers CSV to JSON; JSON wins ties, ``*/*`` and no Accept."""
+    preferred = request.accept_mimetypes.best_match(["application/json", CSV_MEDIA_TYPE])
+    return preferred == CSV_MEDIA_TYPE
+
+
+def _csv_download(document: dict[str, Any]) -> Response:
+    """The release's rows as a CSV attachment named after the release."""
+    return Response(
+        release_csv(document),
+        mimetype=CSV_MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{document["release_id"]}.csv"',
+            "Vary": "Accept",
+        },
+    )
