@@ -1,10 +1,8 @@
-"""The partner-side client of dpx: ``DpxClient`` for Python code, ``dpx-partner`` for shells,
-and the offline check of a release's signature.
+"""The partner-side client of dpx: ``DpxClient`` for Python code, ``dpx-partner`` for shells.
 
-The ``dpx-client`` distribution needs ``requests``, ``cryptography``, ``click`` and ``rich``;
-``polars`` and ``pandas`` only for ``Release.to_polars`` and ``Release.to_pandas`` (the
-``polars`` and ``pandas`` extras). Nothing here imports the service; the service imports
-:mod:`dpx_client.signature` so that it signs exactly what a partner verifies.
+Only ``requests``, ``cryptography``, ``click`` and ``rich`` are needed (and the ``polars`` or
+``pandas`` extra for ``Release.to_polars`` or ``to_pandas``); nothing here imports the service
+itself, whose signer uses :mod:`dpx_client.signature`.
 """
 
 from dpx_client.client import (
