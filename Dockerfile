@@ -16,8 +16,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY service ./service
-RUN pip install ".[postgres]"
+# The service depends on the partner client in client/: installed together, from here.
+RUN pip install ./client ".[postgres]"
 COPY gunicorn.conf.py ./
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/dpx --no-create-home dpx \

@@ -45,6 +45,8 @@ def test_scripts_test_builds_the_venv_and_runs_tests(fresh_clone: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed", result.stdout)
     assert (fresh_clone / ".venv" / "bin" / "dpx").exists()
+    # The partner client's own distribution is installed from client/ beside the service.
+    assert (fresh_clone / ".venv" / "bin" / "dpx-partner").exists()
 
 
 @pytest.mark.slow

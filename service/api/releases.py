@@ -1,10 +1,11 @@
-"""Stored releases: a partner reads its own, a DPO reads all."""
+"""Stored releases: a partner reads its own, a DPO reads all; one release also as CSV."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from dpx_client.table import CSV_MEDIA_TYPE, release_csv
+from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -18,6 +19,19 @@ from service.api.schemas import (
 )
 
 blp = Blueprint("releases", __name__, url_prefix="/v1/releases", description="Releases")
+
+# The CSV download is rendered by the partner client's own table code, so a release's CSV
+# is the same whether the service or the client writes it.
+CSV_RESPONSE = {
+    200: {
+        "content": {
+            CSV_MEDIA_TYPE: {
+                "schema": {"type": "string"},
+                "example": release_csv(RELEASE_EXAMPLE),
+            }
+        }
+    }
+}
 
 
 @blp.route("")
@@ -39,17 +53,41 @@ class Releases(MethodView):
 
 @blp.route("/<string:release_id>")
 class Release(MethodView):
-    @blp.doc(security=BEARER)
+    @blp.doc(security=BEARER, responses=CSV_RESPONSE)
     @blp.response(
         200,
         ReleaseSchema,
         example={k: v for k, v in RELEASE_EXAMPLE.items() if k not in ("cached", "budget")},
     )
     @problem_responses(blp, 401, 403, 404)
-    def get(self, release_id: str) -> dict[str, Any]:
-        """One release; another partner's release is 404."""
+    def get(self, release_id: str) -> Any:
+        """One release; another partner's release is 404.
+
+        With `Accept: text/csv`, the release's rows as CSV instead: one column per
+        group-by dimension, then `value`, `ci_low`, `ci_high` and `release_id`.
+        """
         caller = require("partner", "dpo")
         document: dict[str, Any] = current_app.extensions["dpx.exchange"].get_release(
             caller, release_id
         )
-        return document
+        if _wants_csv():
+            return _csv_download(document)
+        return document, {"Vary": "Accept"}
+
+
+def _wants_csv() -> bool:
+    """True when the caller prefers CSV to JSON; JSON wins ties, ``*/*`` and no Accept."""
+    preferred = request.accept_mimetypes.best_match(["application/json", CSV_MEDIA_TYPE])
+    return preferred == CSV_MEDIA_TYPE
+
+
+def _csv_download(document: dict[str, Any]) -> Response:
+    """The release's rows as a CSV attachment named after the release."""
+    return Response(
+        release_csv(document),
+        mimetype=CSV_MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{document["release_id"]}.csv"',
+            "Vary": "Accept",
+        },
+    )

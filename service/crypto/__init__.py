@@ -4,7 +4,7 @@ and API token hashing, built from `cryptography` primitives only."""
 from service.crypto.envelope import Sealed, kek_id_of, open_sealed, reencrypt, rewrap, seal
 from service.crypto.errors import CryptoError, IntegrityError, KeyringError, UnknownKey
 from service.crypto.keyring import Keyring
-from service.crypto.signing import canonical_json, sign_document, verify_document
+from service.crypto.signing import canonical_json, sign_document, verify_signature
 from service.crypto.tokens import Role, looks_like_token, new_token, token_hash, token_prefix
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "sign_document",
     "token_hash",
     "token_prefix",
-    "verify_document",
+    "verify_signature",
 ]

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from werkzeug.test import TestResponse
 
-from service.crypto.signing import verify_document
+from service.crypto.signing import verify_signature
 from tests.conftest import BOTH_BACKENDS, Tokens, bearer
 
 pytestmark = BOTH_BACKENDS
@@ -302,19 +302,19 @@ def test_release_covers_the_whole_domain_and_verifies(
     keys = signing_keys(client)
     assert release["signature"]["alg"] == "Ed25519"
     assert release["signature"]["key_id"] in {key["key_id"] for key in keys}
-    assert verify_document(signed_part(release), keys)
+    assert verify_signature(signed_part(release), keys)
     tampered = json.loads(json.dumps(signed_part(release)))
     tampered["rows"][0]["value"] += 1
-    assert not verify_document(tampered, keys)
+    assert not verify_signature(tampered, keys)
 
     # A cached re-read carries a different budget view, and the same signature still holds.
     again = query(client, callers.analyst, body)
     assert again.status_code == 200 and again.json["cached"] is True
     assert signed_part(again.json) == signed_part(release)
-    assert verify_document(signed_part(again.json), keys)
+    assert verify_signature(signed_part(again.json), keys)
     stored = client.get(f"/v1/releases/{release['release_id']}", headers=callers.analyst)
     assert stored.status_code == 200
-    assert verify_document(signed_part(stored.json), keys)
+    assert verify_signature(signed_part(stored.json), keys)
 
 
 # -- 2. exhaustion at exactly the right query ------------------------------------------------

@@ -15,7 +15,7 @@ from service.components import Components
 from service.config import Settings
 from service.crypto.errors import KeyringError
 from service.crypto.keyring import Keyring
-from service.crypto.signing import sign_document, verify_document
+from service.crypto.signing import sign_document, verify_signature
 from service.store.ingest import parse_batch
 
 DATASET = "uk-helpline-2024"
@@ -139,11 +139,11 @@ def test_rotate_signing_key_keeps_old_releases_verifiable(
     statuses = {key["key_id"]: key["status"] for key in published}
     new = Keyring.load(settings.keyring_path).signing_key_id
     assert statuses == {old: "retired", new: "current"}
-    assert verify_document(before, published)
+    assert verify_signature(before, published)
     # The running app took over the new key: what it signs now verifies with it.
     after = {"release_id": "rel_2"}
     after["signature"] = sign_document(app.extensions["dpx.keyring"], after)
-    assert after["signature"]["key_id"] == new and verify_document(after, published)
+    assert after["signature"]["key_id"] == new and verify_signature(after, published)
 
 
 # -- passphrase protection ------------------------------------------------------------------

@@ -7,21 +7,21 @@ from __future__ import annotations
 import copy
 import socket
 from collections.abc import Iterator
+from datetime import date
 
+import polars as pl
 import pytest
-from live_dpx import LiveDpx, Proxy
-
-from service.client import (
+from dpx_client import (
     AuthError,
     BudgetExhaustedError,
     DpxClient,
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
-    Release,
     UnavailableError,
     verify_signature,
 )
+from live_dpx import LiveDpx, Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -93,24 +93,24 @@ def test_signatures_verify_offline_and_tampering_is_detected(client: DpxClient) 
     assert not client.verify(unsigned)
 
 
-def test_release_converts_to_a_polars_frame(client: DpxClient) -> None:
+def test_release_converts_to_a_polars_frame_with_months_as_dates(client: DpxClient) -> None:
     release = client.query(dataset=UK, group_by=["month", "channel"], epsilon=0.1)
     frame = release.to_polars()
     assert frame.shape == (48, 5)
     assert frame.columns == ["month", "channel", "value", "ci_low", "ci_high"]
+    assert frame.schema["month"] == pl.Date
+    assert frame["month"].unique().sort().to_list() == [date(2024, m, 1) for m in range(1, 13)]
     assert frame["value"].to_list() == release.values
     assert (frame["ci_low"] <= frame["ci_high"]).all()
+    assert release.to_pandas()["value"].to_list() == release.values
 
 
-def test_to_pandas_needs_pandas() -> None:
-    release = Release({"query": {"group_by": []}, "rows": [{"value": 3, "ci": [1, 5]}]})
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install pandas"):
-            release.to_pandas()
-    else:
-        assert release.to_pandas().shape == (1, 3)
+def test_the_csv_download_is_the_release_as_the_client_writes_it(client: DpxClient) -> None:
+    release = client.query(dataset=UK, group_by=["referral_source"], epsilon=0.1)
+    downloaded = client.release_csv(release.release_id)
+    assert downloaded == release.to_csv()
+    assert downloaded.splitlines()[0] == "referral_source,value,ci_low,ci_high,release_id"
+    assert len(downloaded.splitlines()) == 1 + len(release.rows)
 
 
 def test_problems_raise_typed_errors(client: DpxClient, live: LiveDpx) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from dpx_client import Release, verify_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.client import Release, verify_signature
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -10,9 +12,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from dpx_client.cli import main
 from live_dpx import LiveDpx
-
-from service.client.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +107,35 @@ def test_estimate_buys_accuracy_and_spends_nothing(live: LiveDpx) -> None:
     )
     assert table.exit_code == 0, table.output
     assert "epsilon 0.3" in table.stdout and "discrete_laplace" in table.stdout
+
+
+def test_query_csv_is_the_download_of_its_release(live: LiveDpx) -> None:
+    args = ["query", "--dataset", UK, "--by", "referral_source", "--epsilon", "0.1", "--csv"]
+    result = partner(live, *args)
+    assert result.exit_code == 0, result.output
+    header, *lines = list(csv.reader(io.StringIO(result.stdout)))
+    assert header == ["referral_source", "value", "ci_low", "ci_high", "release_id"]
+    assert [line[0] for line in lines] == [
+        "social_media_ad",
+        "police_warning",
+        "search_warning",
+        "professional",
+        "word_of_mouth",
+        "other",
+    ]
+    (release_id,) = {line[-1] for line in lines}
+    downloaded = partner(live, "release", release_id, "--csv")
+    assert downloaded.exit_code == 0, downloaded.output
+    assert downloaded.stdout == result.stdout
+
+
+def test_json_and_csv_together_is_a_usage_error_that_spends_nothing(live: LiveDpx) -> None:
+    before = as_json(partner(live, "budgets", "--json"))
+    args = ["query", "--dataset", UK, "--by", "channel", "--epsilon", "0.1", "--json", "--csv"]
+    result = partner(live, *args)
+    assert result.exit_code == 2
+    assert "--json and --csv: choose one" in result.stderr
+    assert as_json(partner(live, "budgets", "--json")) == before
 
 
 def test_datasets_and_budgets_tables(live: LiveDpx) -> None:

@@ -11,13 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dpx_client.signature
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.crypto import signing
 from service.crypto.keyring import Keyring
-from service.crypto.signing import canonical_json, sign_document, verify_document
+from service.crypto.signing import canonical_json, sign_document, verify_signature
 
 RELEASE: dict[str, Any] = {
     "release_id": "rel_0001",
@@ -72,7 +74,7 @@ def test_a_signed_release_verifies_with_the_published_keys(keyring: Keyring) -> 
     assert release["signature"]["alg"] == "Ed25519"
     assert release["signature"]["key_id"] == keyring.signing_key_id
     assert len(base64.b64decode(release["signature"]["value"], validate=True)) == 64
-    assert verify_document(release, keyring.public_signing_keys())
+    assert verify_signature(release, keyring.public_signing_keys())
 
 
 def test_a_partner_verifies_with_cryptography_alone(keyring: Keyring) -> None:
@@ -80,12 +82,13 @@ def test_a_partner_verifies_with_cryptography_alone(keyring: Keyring) -> None:
     published = json.loads(json.dumps({"keys": keyring.public_signing_keys()}))
 
     # What the partner documentation tells a partner to do, written out in full.
-    signature = release.pop("signature")
+    signature = release["signature"]
     (key,) = [k for k in published["keys"] if k["key_id"] == signature["key_id"]]
     public_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
-    message = json.dumps(release, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    signed_part = {k: v for k, v in release.items() if k not in ("signature", "cached", "budget")}
+    message = json.dumps(
+        signed_part, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode("utf-8")
     public_key.verify(base64.b64decode(signature["value"]), message)
 
 
@@ -93,6 +96,19 @@ def test_an_existing_signature_field_is_not_signed(keyring: Keyring) -> None:
     stale = dict(RELEASE, signature={"alg": "Ed25519", "key_id": "sig-00000000", "value": ""})
 
     assert sign_document(keyring, stale) == sign_document(keyring, RELEASE)
+
+
+def test_what_describes_one_response_is_outside_the_signature(keyring: Keyring) -> None:
+    release = signed(keyring, RELEASE)
+    repeat = dict(release, cached=True, budget={"partner_remaining": {"epsilon": 0.5}})
+
+    assert verify_signature(repeat, keyring.public_signing_keys())
+    assert sign_document(keyring, repeat) == release["signature"]
+
+
+def test_the_service_signs_by_the_partner_clients_definition_not_a_copy() -> None:
+    assert signing.canonical_json is dpx_client.signature.canonical_json
+    assert signing.verify_signature is dpx_client.signature.verify_signature
 
 
 def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
@@ -120,7 +136,6 @@ def _delete(name: str) -> Callable[[dict[str, Any]], None]:
         _set(("rows", 0, "value"), 412.0),
         _set(("privacy", "epsilon"), 0.05),
         _set(("query", "filters", "channel"), ["phone"]),
-        _set(("cached",), True),
         _set(("dataset",), "ie-helpline-2024"),
         _set(("extra",), None),
         _delete("mechanism"),
@@ -140,7 +155,7 @@ def test_any_change_breaks_verification(
 
     edit(release)
 
-    assert not verify_document(release, keyring.public_signing_keys())
+    assert not verify_signature(release, keyring.public_signing_keys())
 
 
 def test_a_flipped_signature_bit_breaks_verification(keyring: Keyring) -> None:
@@ -151,7 +166,7 @@ def test_a_flipped_signature_bit_breaks_verification(keyring: Keyring) -> None:
         tampered = bytearray(raw)
         tampered[offset] ^= 0x01
         release["signature"]["value"] = base64.b64encode(bytes(tampered)).decode()
-        assert not verify_document(release, keyring.public_signing_keys())
+        assert not verify_signature(release, keyring.public_signing_keys())
 
 
 def test_a_release_signed_before_rotation_verifies_with_the_retired_key(
@@ -166,8 +181,8 @@ def test_a_release_signed_before_rotation_verifies_with_the_retired_key(
     published = keyring.public_signing_keys()
     assert before["signature"]["key_id"] == old
     assert after["signature"]["key_id"] == keyring.signing_key_id != old
-    assert verify_document(before, published)
-    assert verify_document(after, published)
+    assert verify_signature(before, published)
+    assert verify_signature(after, published)
 
 
 def test_another_keyrings_keys_do_not_verify(keyring: Keyring, tmp_path: Path) -> None:
@@ -177,8 +192,8 @@ def test_another_keyrings_keys_do_not_verify(keyring: Keyring, tmp_path: Path) -
     # Even under a borrowed key id, the stranger's signature fails against our key.
     release["signature"]["key_id"] = keyring.signing_key_id
 
-    assert not verify_document(release, keys)
-    assert not verify_document(signed(stranger, RELEASE), keys)
+    assert not verify_signature(release, keys)
+    assert not verify_signature(signed(stranger, RELEASE), keys)
 
 
 @pytest.mark.parametrize(
@@ -196,14 +211,14 @@ def test_malformed_published_keys_are_false_not_errors(keyring: Keyring, keys: l
         if isinstance(key, dict) and "key_id" in key:
             key["key_id"] = keyring.signing_key_id
 
-    assert not verify_document(release, keys)
+    assert not verify_signature(release, keys)
 
 
 def test_a_document_without_canonical_form_is_false(keyring: Keyring) -> None:
     release = signed(keyring, RELEASE)
     release["rows"] = [{"value": math.nan}]
 
-    assert not verify_document(release, keyring.public_signing_keys())
+    assert not verify_signature(release, keyring.public_signing_keys())
 
 
 json_values = st.recursive(
@@ -226,4 +241,4 @@ def test_every_json_document_round_trips_through_sign_and_verify(
     # The signature survives transport as JSON, as a partner receives it.
     received = json.loads(json.dumps(release))
 
-    assert verify_document(received, keyring.public_signing_keys())
+    assert verify_signature(received, keyring.public_signing_keys())

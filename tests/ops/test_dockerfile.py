@@ -86,6 +86,19 @@ def test_the_image_installs_the_package_with_the_postgres_extra() -> None:
     assert "postgres" in dev_extras.group(1).split(",")
 
 
+def test_the_image_and_the_venv_install_the_client_with_the_service_from_client() -> None:
+    # One pip run for both: the service's dpx-client requirement is met by client/, never
+    # looked up on an index.
+    (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
+    dev_install = next(
+        line
+        for line in (ROOT / "scripts" / "_venv.sh").read_text().splitlines()
+        if "pip install" in line and '".[' in line
+    )
+    assert "./client" in shlex.split(install)
+    assert "./client" in shlex.split(dev_install)
+
+
 def test_the_image_runs_as_a_non_root_user_from_before_the_entrypoint() -> None:
     keywords = [kw for kw, _ in _instructions()]
     (user,) = _all("USER")
@@ -111,7 +124,9 @@ def test_the_healthcheck_asks_readyz_with_python_alone() -> None:
     compile(argv[2], "<healthcheck>", "exec")
 
 
-@pytest.mark.parametrize("copied", ["pyproject.toml", "README.md", "service", "gunicorn.conf.py"])
+@pytest.mark.parametrize(
+    "copied", ["pyproject.toml", "README.md", "client", "service", "gunicorn.conf.py"]
+)
 def test_what_the_image_copies_exists_and_is_not_docker_ignored(copied: str) -> None:
     sources = [word for rest in _all("COPY") for word in rest.split()[:-1]]
     assert copied in sources

@@ -1,10 +1,11 @@
 """The partner-side client of dpx: ``DpxClient`` for Python code, ``dpx-partner`` for shells.
 
-Only ``requests``, ``cryptography`` and (for ``Release.to_polars``) ``polars`` are needed;
-nothing here imports the service itself.
+Only ``requests``, ``cryptography``, ``click`` and ``rich`` are needed (and the ``polars`` or
+``pandas`` extra for ``Release.to_polars`` or ``to_pandas``); nothing here imports the service
+itself, whose signer uses :mod:`dpx_client.signature`.
 """
 
-from service.client.client import (
+from dpx_client.client import (
     AuthError,
     BudgetExhaustedError,
     ConflictError,
@@ -17,8 +18,8 @@ from service.client.client import (
     RateLimitedError,
     Release,
     UnavailableError,
-    verify_signature,
 )
+from dpx_client.signature import verify_signature
 
 __all__ = [
     "AuthError",

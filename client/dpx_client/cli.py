@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from service.client.client import DpxClient, DpxError, Release
+from dpx_client.client import DpxClient, DpxError, Release
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,6 +106,17 @@ def main(ctx: click.Context, url: str, timeout: float) -> None:
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="print the service's JSON instead of a table"
 )
+csv_option = click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="print the rows as CSV: dimensions, value, ci_low, ci_high, release_id",
+)
+
+
+def _one_format(as_json: bool, as_csv: bool) -> None:
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv: choose one")
 
 
 @main.command()
@@ -322,14 +333,24 @@ def _print_release(release: Release) -> None:
 
 @main.command()
 @query_options
+@csv_option
 @click.option("--idempotency-key", help="reuse to make a retried run of a script charge once")
 @click.pass_context
 @_friendly
 def query(
-    ctx: click.Context, /, as_json: bool, idempotency_key: str | None, **options: Any
+    ctx: click.Context,
+    /,
+    as_json: bool,
+    as_csv: bool,
+    idempotency_key: str | None,
+    **options: Any,
 ) -> None:
     """Run a query: a signed release, charged unless an identical one exists."""
+    _one_format(as_json, as_csv)
     release = _client(ctx).query(**_query_fields(**options), idempotency_key=idempotency_key)
+    if as_csv:
+        click.echo(release.to_csv(), nl=False)
+        return
     if as_json:
         _print_json(release.document)
         return
@@ -366,10 +387,15 @@ def releases(ctx: click.Context, limit: int, as_json: bool) -> None:
 @main.command()
 @click.argument("release_id")
 @json_option
+@csv_option
 @click.pass_context
 @_friendly
-def release(ctx: click.Context, release_id: str, as_json: bool) -> None:
+def release(ctx: click.Context, release_id: str, as_json: bool, as_csv: bool) -> None:
     """One stored release."""
+    _one_format(as_json, as_csv)
+    if as_csv:
+        click.echo(_client(ctx).release_csv(release_id), nl=False)
+        return
     found = _client(ctx).release(release_id)
     if as_json:
         _print_json(found.document)

@@ -11,9 +11,7 @@ the service but its published public keys is trusted.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -21,15 +19,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dpx_client.signature import verify_signature
+from dpx_client.table import (
+    CSV_MEDIA_TYPE,
+    month_dimensions,
+    release_columns,
+    release_csv,
+    release_html,
+)
 
 if TYPE_CHECKING:
     import polars as pl
 
 RETRY_STATUSES = frozenset({429, 503})
-# Members a server adds to a release for one caller after signing it.
-UNSIGNED_FIELDS = frozenset({"signature", "cached", "budget"})
 MAX_RETRY_AFTER = 30.0
 
 
@@ -126,45 +129,6 @@ def error_from_response(response: requests.Response) -> DpxError:
     return kind(response.status_code, code, detail, body)
 
 
-def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """The bytes a release signature covers: keys sorted, separators ``,`` and ``:``, UTF-8."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def verify_signature(document: Mapping[str, Any], keys: Sequence[Mapping[str, Any]]) -> bool:
-    """True only if ``document["signature"]`` is a valid Ed25519 signature, by the key it
-    names among ``keys`` (as ``GET /v1/signing-keys`` lists them), over the document
-    without its unsigned members (``signature``, ``cached``, ``budget``).
-
-    Malformed input of any kind is False, never an exception.
-    """
-    signature = document.get("signature")
-    if not isinstance(signature, Mapping) or signature.get("alg") != "Ed25519":
-        return False
-    named = [
-        key
-        for key in keys
-        if key.get("key_id") == signature.get("key_id") and key.get("alg") == "Ed25519"
-    ]
-    if len(named) != 1:
-        return False
-    signed = {name: value for name, value in document.items() if name not in UNSIGNED_FIELDS}
-    try:
-        public_key = Ed25519PublicKey.from_public_bytes(
-            base64.b64decode(str(named[0].get("public_key")), validate=True)
-        )
-        public_key.verify(
-            base64.b64decode(str(signature.get("value")), validate=True), canonical_json(signed)
-        )
-    # binascii.Error is a ValueError; TypeError and ValueError also cover documents that
-    # have no canonical JSON form.
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
 class Release:
     """A signed release as the service returned it, with its rows in convenient shapes."""
 
@@ -218,30 +182,40 @@ class Release:
         budget: dict[str, Any] = self.document.get("budget") or {}
         return budget
 
-    def _columns(self) -> dict[str, list[Any]]:
-        columns: dict[str, list[Any]] = {name: [] for name in self.group_by}
-        columns.update(value=[], ci_low=[], ci_high=[])
-        for row in self.rows:
-            for name in self.group_by:
-                columns[name].append(row[name])
-            columns["value"].append(row["value"])
-            columns["ci_low"].append(row["ci"][0])
-            columns["ci_high"].append(row["ci"][1])
-        return columns
-
     def to_polars(self) -> pl.DataFrame:
-        """The rows as a Polars frame: group-by columns, ``value``, ``ci_low``, ``ci_high``."""
-        import polars as pl
-
-        return pl.DataFrame(self._columns())
+        """The rows as a Polars frame: group-by columns (months as ``Date``, the first day
+        of the month), ``value``, ``ci_low``, ``ci_high``. Needs polars
+        (``dpx-client[polars]``)."""
+        try:
+            import polars as pl
+        except ImportError as missing:
+            raise ImportError("to_polars() needs polars: pip install 'dpx-client[polars]'") from (
+                missing
+            )
+        return pl.DataFrame(release_columns(self.document, months_as_dates=True))
 
     def to_pandas(self) -> Any:
-        """The rows as a pandas DataFrame (needs pandas; ``ImportError`` without it)."""
+        """The rows as a pandas DataFrame, columns as in :meth:`to_polars` (months as
+        ``datetime64``). Needs pandas (``dpx-client[pandas]``)."""
         try:
             import pandas as pd
         except ImportError as missing:
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from missing
-        return pd.DataFrame(self._columns())
+            raise ImportError("to_pandas() needs pandas: pip install 'dpx-client[pandas]'") from (
+                missing
+            )
+        frame = pd.DataFrame(release_columns(self.document, months_as_dates=True))
+        for name in month_dimensions(self.document):
+            frame[name] = pd.to_datetime(frame[name])
+        return frame
+
+    def to_csv(self) -> str:
+        """The rows as CSV, byte for byte what ``GET /v1/releases/{id}`` answers to
+        ``Accept: text/csv``: dimensions, ``value``, ``ci_low``, ``ci_high``, ``release_id``."""
+        return release_csv(self.document)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows a release as a table."""
+        return release_html(self.document)
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:
@@ -389,6 +363,16 @@ class DpxClient:
             keys = self.signing_keys()
         return verify_signature(document, keys)
 
+    def release_csv(self, release_id: str) -> str:
+        """One stored release as CSV, as the service renders it (see :meth:`Release.to_csv`)."""
+        csv_text: str = self._call(
+            "GET",
+            f"/v1/releases/{_segment(release_id)}",
+            headers={"Accept": CSV_MEDIA_TYPE},
+            text=True,
+        )
+        return csv_text
+
     # -- transport --------------------------------------------------------------------------
 
     def _call(
@@ -399,8 +383,10 @@ class DpxClient:
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        text: bool = False,
     ) -> Any:
-        """Send one logical request, retrying what may be retried; the decoded JSON body."""
+        """Send one logical request, retrying what may be retried; the decoded JSON body, or
+        with ``text`` the body as text."""
         call_id = "req_" + secrets.token_hex(8)
         sent = {"X-Request-ID": call_id, **(headers or {})}
         url = self.base_url + path
@@ -426,7 +412,7 @@ class DpxClient:
                 continue
             if response.status_code >= 400:
                 raise error_from_response(response)
-            return response.json()
+            return response.text if text else response.json()
 
     def _delay(self, call_id: str, attempt: int, retry_after: str | None) -> float:
         """Seconds to wait before retry ``attempt + 1``: the server's Retry-After if it gave
