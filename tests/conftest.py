@@ -26,9 +26,9 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
 from service.database.migrate import upgrade
+from tests.dataset_policies import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_POLICIES = ROOT / "policies"
 PG_URL = os.environ.get("DPX_TEST_DATABASE_URL", "")
 
 

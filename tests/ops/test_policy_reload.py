@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from service.components import Components
-from tests.live_server import ROOT, deploy, serve, settings_variables
+from tests.dataset_policies import DEMO_POLICIES
+from tests.live_server import deploy, serve, settings_variables
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def _wait_for_budget(url: str, headers: dict[str, str], budget: float) -> None:
 
 def test_sighup_puts_a_valid_change_in_force_and_keeps_the_last_good_set(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies", policies)
+    shutil.copytree(DEMO_POLICIES, policies)
     settings = deploy(tmp_path, policies)
     components = Components.open(settings)
     headers = {"Authorization": "Bearer " + components.tokens.issue("partner", "no-police").token}
