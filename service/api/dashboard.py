@@ -40,7 +40,15 @@ from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from service.api.charts import Line, StepLine, band_chart, burndown_chart
+from service.api.charts import (
+    Bar,
+    Line,
+    StepLine,
+    band_chart,
+    bar_chart,
+    burndown_chart,
+    value_range,
+)
 from service.audit.log import AuditLog
 from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
@@ -60,6 +68,7 @@ EXPIRY_WARNING = timedelta(days=60)
 REFUSALS_SINCE = timedelta(days=30)
 RECENT = 20
 MAX_RELEASE_LINES = 7
+MAX_RELEASE_PANELS = 12
 SIGN_IN_FAILED = "That token cannot sign in to the dashboard."
 # Everything the pages load comes from this service; nothing may frame them.
 _SECURITY_HEADERS = {
@@ -234,16 +243,18 @@ def overview() -> str:
 @bp.get("/releases/<string:release_id>")
 @signed_in
 def release(release_id: str) -> str:
-    """One release: its query, cost and accuracy, a chart when grouped by month, its rows."""
+    """One release: its query, cost and accuracy, its chart(s) and its rows."""
     current: SignedIn = g.signed_in
     document = _exchange().get_release(current.principal, release_id)
+    charts, caption = _release_charts(document)
     return render_template(
         "dashboard_release.html",
         signed_in=current,
         release=_release_summary(document),
         document=document,
         rows=_release_rows(document),
-        chart=_release_chart(document),
+        charts=charts,
+        caption=caption,
     )
 
 
@@ -375,11 +386,51 @@ def _release_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _release_chart(document: dict[str, Any]) -> Markup | None:
+def _release_charts(document: dict[str, Any]) -> tuple[list[Markup], str]:
+    """The charts of a release and their caption: lines with bands over months when grouped
+    by month, otherwise bars with whiskers; a second dimension gives one panel per value of
+    the first (small multiples on one shared axis). None for more than the page can hold."""
+    group_by = list(document.get("query", {}).get("group_by") or [])
+    if "month" in group_by:
+        chart = _month_chart(document)
+        if chart is not None:
+            return [chart], "Line: released value. Band: its confidence interval."
+    summary = _release_summary(document)
+    alpha = document.get("accuracy", {}).get("alpha")
+    label = f"{summary['statistic']}, whiskers: {1 - alpha:.0%} interval" if alpha else ""
+    panels: dict[str, list[Bar]] = {}
+    for row in document.get("rows", []):
+        cell = [str(row[name]) for name in group_by]
+        panel = cell[0] if len(cell) > 1 else ""
+        category = ", ".join(cell[1:] if len(cell) > 1 else cell) or "all"
+        low, high = row["ci"]
+        panels.setdefault(panel, []).append(
+            Bar(category, float(row["value"]), (float(low), float(high)))
+        )
+    if not panels or len(panels) > MAX_RELEASE_PANELS:
+        return [], ""
+    axis = value_range(
+        [v for bars in panels.values() for b in bars for v in (b.value, *b.interval)]
+    )
+    title = f"{summary['statistic']} by {summary['group_by']} ({summary['dataset']})"
+    charts = [
+        Markup(  # noqa: S704 - charts.py escapes all text
+            bar_chart(
+                bars,
+                title=f"{title}: {group_by[0]} {panel}" if panel else title,
+                y_label=label,
+                axis=axis,
+            )
+        )
+        for panel, bars in panels.items()
+    ]
+    shape = "Bar" if axis.zero_based else "Dot"
+    return charts, f"{shape}: released value. Whisker: its confidence interval."
+
+
+def _month_chart(document: dict[str, Any]) -> Markup | None:
     """A line per combination of the other dimensions over months, with its interval band."""
     group_by = list(document.get("query", {}).get("group_by") or [])
-    if "month" not in group_by:
-        return None
     others = [name for name in group_by if name != "month"]
     months: list[str] = []
     series: dict[tuple[str, ...], dict[str, tuple[float, float, float]]] = {}

@@ -375,26 +375,45 @@ def test_a_release_by_month_and_channel_draws_a_line_per_channel(
     assert "channel: phone, chat" in html
 
 
-def test_a_release_without_months_is_a_table_without_chart(
-    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
-) -> None:
+def _release_page(client: FlaskClient, token: str, group_by: list[str]) -> str:
     released = client.post(
         "/v1/queries",
-        headers=bearer(issued["partner"].token),
+        headers=bearer(token),
         json={
             "dataset": "uk-helpline-2024",
             "statistic": "count",
-            "group_by": ["channel"],
+            "group_by": group_by,
             "epsilon": 0.25,
         },
     )
     assert released.status_code == 201, released.json
-    sign_in(client, issued["partner"].token)
+    sign_in(client, token)
     page = client.get(f"/dashboard/releases/{released.json['release_id']}")
-    html = page.get_data(as_text=True)
-    assert page.status_code == 200 and "<svg" not in html
+    assert page.status_code == 200
+    return page.get_data(as_text=True)
+
+
+def test_a_release_by_channel_draws_a_bar_with_a_whisker_per_channel(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    html = _release_page(client, issued["partner"].token, ["channel"])
+    assert html.count("<svg") == 1
+    assert html.count('class="bar"') == 4
+    assert html.count('class="whisker"') == 4
+    assert "Whisker: its confidence interval." in html
     for channel in ("phone", "chat", "email", "web"):
         assert f"<td>{channel}</td>" in html
+        assert re.search(rf"<title>{channel}: \d[\d,]* \(\d[\d,]* to \d[\d,]*\)</title>", html)
+
+
+def test_a_release_by_two_dimensions_draws_one_panel_per_value_of_the_first(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    html = _release_page(client, issued["partner"].token, ["channel", "referral_source"])
+    assert html.count("<svg") == 4
+    assert html.count('class="whisker"') == 4 * 6
+    for channel in ("phone", "chat", "email", "web"):
+        assert f"count by channel, referral_source (uk-helpline-2024): channel {channel}" in html
 
 
 def test_dpo_is_warned_of_a_grant_expiring_within_60_days(
