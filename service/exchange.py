@@ -40,6 +40,7 @@ from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summ
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.policy.changes import budget_changes
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
@@ -103,16 +104,21 @@ class Exchange:
         return self._policies
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
-        """Swap in a validated policy set (all or nothing) and record it in the audit log."""
+        """Swap in a validated policy set (all or nothing) and record it in the audit log,
+        with every budget it changes (so budgets can be shown as they were at any time)."""
         with self._policy_lock:
-            previous = self._policies.version
+            previous = self._policies
             self._policies = policies
         with self.database.write() as conn:
             self.audit.append(
                 conn,
                 actor=actor,
                 action="policy.reload",
-                details={"from": previous, "to": policies.version},
+                details={
+                    "from": previous.version,
+                    "to": policies.version,
+                    "budgets": budget_changes(previous, policies),
+                },
             )
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:

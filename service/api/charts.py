@@ -269,15 +269,16 @@ def burndown_chart(
         return frame.x(seconds / span)
 
     parts = [_axes(frame, title, unit)]
+    shown_date = ""
     for tick in _time_ticks(start, end):
-        # Every tick carries its date; within two days also its time (UTC, as stored).
-        parts.append(
-            _text(x_at(tick), frame.bottom + 14, tick.strftime("%Y-%m-%d"), anchor="middle")
-        )
-        if end - start < timedelta(days=2):
-            parts.append(
-                _text(x_at(tick), frame.bottom + 27, tick.strftime("%H:%M UTC"), anchor="middle")
-            )
+        # A tick shows its date where the date changes (the first tick always), and within
+        # two days its time too (UTC, as stored; with seconds within an hour).
+        day = tick.strftime("%Y-%m-%d")
+        clock = _clock(tick, end - start)
+        rows = ([day] if day != shown_date else []) + ([clock] if clock else [])
+        shown_date = day
+        for row, text in enumerate(rows):
+            parts.append(_text(x_at(tick), frame.bottom + 14 + 13 * row, text, anchor="middle"))
     for number, line in enumerate(lines):
         colour = PALETTE[number % len(PALETTE)]
         value = line.start
@@ -379,6 +380,12 @@ def _time_ticks(start: datetime, end: datetime, count: int = 4) -> list[datetime
         return [start]
     step = (end - start) / count
     return [start + step * i for i in range(count + 1)]
+
+
+def _clock(at: datetime, span: timedelta) -> str:
+    if span >= timedelta(days=2):
+        return ""
+    return at.strftime("%H:%M:%S UTC" if span < timedelta(hours=1) else "%H:%M UTC")
 
 
 def _svg(title: str, parts: Sequence[str], *, legend_rows: int) -> str:

@@ -229,7 +229,8 @@ def test_bar_chart_rejects_an_interval_that_ends_before_it_starts() -> None:
 @pytest.mark.parametrize(
     ("span", "labels"),
     [
-        (timedelta(minutes=20), {"2026-03-01", "00:00 UTC", "00:20 UTC"}),
+        (timedelta(minutes=20), {"2026-03-01", "00:00:00 UTC", "00:20:00 UTC"}),
+        (timedelta(hours=30), {"2026-03-01", "00:00 UTC", "2026-03-02", "06:00 UTC"}),
         (timedelta(days=10), {"2026-03-01", "2026-03-11"}),
     ],
 )

@@ -302,6 +302,35 @@ def test_partner_burndown_steps_down_by_its_charge(
     assert re.search(r"no-police \(grant 2\): 1\.5 epsilon remaining", html)
 
 
+def test_burndown_draws_each_grant_as_it_was_before_and_after_a_policy_change(
+    app: Flask,
+    client: FlaskClient,
+    issued: dict[str, IssuedToken],
+    release_id: str,
+    policy_dir: Path,
+) -> None:
+    # 0.5 spent of a grant of 2, then the DPO raises the grant to 3.
+    partner_file = policy_dir / "partners" / "no-police.yaml"
+    partner_file.write_text(
+        partner_file.read_text().replace("budget: {epsilon: 2.0}", "budget: {epsilon: 3.0}", 1)
+    )
+    app.extensions["dpx.exchange"].replace_policies(load_policies(policy_dir))
+    sign_in(client, issued["partner"].token)
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert re.search(r"no-police \(grant 3\): 2\.5 epsilon remaining", html)
+    chart = next(
+        svg for svg in html.split("<svg")[1:] if "uk-helpline-2024: epsilon remaining" in svg
+    )
+    [line] = re.findall(r'<polyline class="series" points="([^"]+)"', chart)
+    ys = [float(pair.split(",")[1]) for pair in line.split()]
+    # From the grant of 2: down by the charge, then up by the raise to 2.5, above where it
+    # started (SVG y grows downwards). Drawn against today's grant, it would start at 3.
+    assert len(ys) == 6
+    start, charged, raised = ys[0], ys[2], ys[4]
+    assert charged > start > raised
+    assert (charged - start) / (start - raised) == pytest.approx(1.0, rel=0.02)
+
+
 def test_release_page_draws_the_months_as_a_line_inside_a_band(
     client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
 ) -> None:
@@ -403,7 +432,7 @@ def test_a_release_by_channel_draws_a_bar_with_a_whisker_per_channel(
     assert "Whisker: its confidence interval." in html
     for channel in ("phone", "chat", "email", "web"):
         assert f"<td>{channel}</td>" in html
-        assert re.search(rf"<title>{channel}: \d[\d,]* \(\d[\d,]* to \d[\d,]*\)</title>", html)
+        assert re.search(rf"<title>{channel}: -?\d[\d,]* \(\d[\d,]* to \d[\d,]*\)</title>", html)
 
 
 def test_a_release_by_two_dimensions_draws_one_panel_per_value_of_the_first(
