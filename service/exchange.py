@@ -21,7 +21,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -119,6 +119,16 @@ class Exchange:
                     "to": policies.version,
                     "budgets": budget_changes(previous, policies),
                 },
+            )
+
+    def refuse_policies(self, defects: Sequence[str], *, actor: str = "admin:reload") -> None:
+        """Record in the audit log that a proposed policy set was refused, and why."""
+        with self.database.write() as conn:
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="policy.reload_refused",
+                details={"kept": self._policies.version, "defects": list(defects)},
             )
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:
