@@ -118,7 +118,13 @@ class BatchSchema(Schema):
     rows = fields.Integer()
     contacts = fields.Integer()
     cells = fields.Integer()
-    truncated = fields.Integer(metadata={"description": "contacts dropped by the person bound"})
+    truncated = fields.Integer(
+        metadata={
+            "description": "contacts dropped by the person bound: a person's contacts beyond "
+            "the dataset's max_contacts_per_person (or max_contacts_per_cell in one cell), "
+            "which the privacy guarantee relies on"
+        }
+    )
     clamped = fields.Integer(metadata={"description": "measure values clamped to their bounds"})
     created_at = fields.DateTime()
 
