@@ -427,7 +427,8 @@ def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
         "measure": query.get("measure"),
         "group_by": ", ".join(query.get("group_by") or []) or "—",
         "filters": filters or "none",
-        "cost": f"{unit} {privacy.get(unit, 0):g}",
+        # The exact decimal the ledger charged, as the release states it; never a rounded float.
+        "cost": f"{unit} {(privacy.get('cost') or {}).get(unit, privacy.get(unit, 0))}",
         "created_at": document.get("created_at", ""),
     }
 

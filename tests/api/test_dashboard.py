@@ -475,3 +475,24 @@ grants:
     expiring = html.split('id="expiring"')[1].split("</section>")[0]
     assert soon.isoformat() in expiring and "expires in 30 days" in expiring
     assert later.isoformat() not in expiring
+
+
+def test_release_page_shows_the_exact_cost_charged(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    released = client.post(
+        "/v1/queries",
+        headers=bearer(issued["partner"].token),
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["channel"],
+            "accuracy": {"max_error": 80},
+        },
+    )
+    assert released.status_code == 201, released.json
+    exact = released.json["privacy"]["cost"]["epsilon"]
+    assert len(exact) > 6  # rounded up to a nano-unit: more digits than a float's %g shows
+    sign_in(client, issued["partner"].token)
+    html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(as_text=True)
+    assert f"<dd>epsilon {exact}</dd>" in html
