@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from fractions import Fraction
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -41,21 +39,12 @@ from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from service.api.charts import (
-    Bar,
-    Line,
-    StepLine,
-    band_chart,
-    bar_chart,
-    burndown_chart,
-    value_range,
-)
+from service.api.burndowns import budget_changes_since, burndown_charts, window_start
+from service.api.charts import Bar, Line, band_chart, bar_chart, value_range
 from service.audit.log import AuditLog
 from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
-from service.ledger.budgets import ChargeLine
-from service.policy.changes import GLOBAL
 
 bp = Blueprint(
     "dashboard",
@@ -233,11 +222,10 @@ def overview() -> str:
     history = exchange.ledger.history(partner=None if caller.role == "dpo" else caller.subject)
     context: dict[str, Any] = {
         "budgets": budgets,
-        "burndowns": _burndowns(
-            exchange,
+        "burndowns": burndown_charts(
             budgets,
             history,
-            _budget_changes(current_app.extensions["dpx.audit"], _window_start(history, now)),
+            budget_changes_since(current_app.extensions["dpx.audit"], window_start(history, now)),
             now,
             with_global=caller.role == "dpo",
         ),
@@ -268,110 +256,6 @@ def release(release_id: str) -> str:
 
 
 # -- what the pages show --------------------------------------------------------------------
-
-
-def _burndowns(
-    exchange: Exchange,
-    budgets: Sequence[dict[str, Any]],
-    history: Sequence[ChargeLine],
-    changes: Sequence[BudgetChange],
-    now: datetime,
-    *,
-    with_global: bool,
-) -> list[Markup]:
-    """One burn-down chart per dataset: each grant's remaining budget (and the global cap's),
-    each drawn against the budget in force at the time, as the policy changes set it."""
-    start = _window_start(history, now)
-    charts = []
-    for dataset in sorted({row["dataset"] for row in budgets}):
-        rows = [row for row in budgets if row["dataset"] == dataset]
-        unit = rows[0]["unit"]
-        spend = [line for line in history if line.dataset == dataset]
-        lines = []
-        if with_global:
-            lines.append(
-                _burndown(
-                    f"global cap {rows[0]['dataset_global']:g}",
-                    rows[0]["dataset_global"],
-                    spend,
-                    [c for c in changes if c.dataset == dataset and c.partner == GLOBAL],
-                )
-            )
-        for row in rows:
-            own = [line for line in spend if line.partner == row["partner"]]
-            moves = [c for c in changes if c.dataset == dataset and c.partner == row["partner"]]
-            lines.append(
-                _burndown(
-                    f"{row['partner']} (grant {row['granted']:g})", row["granted"], own, moves
-                )
-            )
-        charts.append(
-            Markup(  # noqa: S704 - charts.py escapes all text
-                burndown_chart(
-                    lines, start=start, end=now, title=f"{dataset}: {unit} remaining", unit=unit
-                )
-            )
-        )
-    return charts
-
-
-def _window_start(history: Sequence[ChargeLine], now: datetime) -> datetime:
-    """From a little before the first charge, so that the first step is visible; a day
-    back when nothing was charged yet."""
-    if not history:
-        return now - timedelta(days=1)
-    span = max(now - history[0].created_at, timedelta(minutes=1))
-    return history[0].created_at - span / 10
-
-
-@dataclass(frozen=True)
-class BudgetChange:
-    """A budget set anew by a policy reload: ``old`` until ``at``, ``new`` from then on."""
-
-    at: datetime
-    dataset: str
-    partner: str
-    old: Fraction
-    new: Fraction
-
-
-def _budget_changes(audit: AuditLog, since: datetime) -> list[BudgetChange]:
-    """The budget changes of every policy reload since ``since``, oldest first (an absent
-    budget counts as 0: nothing could be spent against it)."""
-    found = []
-    for entry in audit.entries(since=since):
-        if entry.action != "policy.reload":
-            continue
-        for change in entry.details.get("budgets", ()):
-            found.append(
-                BudgetChange(
-                    entry.at if entry.at.tzinfo else entry.at.replace(tzinfo=UTC),
-                    change["dataset"],
-                    change["partner"],
-                    Fraction(change["from"] or 0),
-                    Fraction(change["to"] or 0),
-                )
-            )
-    return found
-
-
-def _burndown(
-    label: str, budget: float, spend: Iterable[ChargeLine], changes: Sequence[BudgetChange]
-) -> StepLine:
-    """Remaining budget over time: down at each charge, and by the difference at each change
-    of the budget, starting from the budget in force before the first change shown."""
-    initial = Fraction(budget) - sum((c.new - c.old for c in changes), Fraction(0))
-    events: list[tuple[datetime, Fraction, Fraction]] = [
-        (line.created_at, -line.amount, Fraction(0)) for line in spend
-    ]
-    events += [(c.at, Fraction(0), c.new - c.old) for c in changes]
-    granted, spent = initial, Fraction(0)
-    steps = []
-    for at, charge, move in sorted(events, key=lambda event: event[0]):
-        spent -= charge
-        granted += move
-        steps.append((at, float(max(granted - spent, Fraction(0)))))
-    return StepLine(label, float(max(initial, Fraction(0))), steps)
 
 
 def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:
