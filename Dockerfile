@@ -15,16 +15,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# constraints.txt (scripts/lock) pins every distribution to the version the tests passed with.
+COPY pyproject.toml README.md constraints.txt ./
 COPY client ./client
 COPY service ./service
 # The service depends on the partner client in client/: installed together, from here.
-RUN pip install ./client ".[postgres]"
+RUN pip install --constraint constraints.txt ./client ".[postgres]"
 COPY gunicorn.conf.py ./
 
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/dpx --no-create-home dpx \
+RUN groupadd --system --gid 10001 dpx \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/dpx --no-create-home dpx \
  && mkdir -p /var/lib/dpx /etc/dpx/policies \
- && chown dpx:dpx /var/lib/dpx
+ && chown 10001:10001 /var/lib/dpx
 
 ENV DPX_ENV=production \
     DPX_DATA_DIR=/var/lib/dpx \
@@ -33,7 +35,8 @@ ENV DPX_ENV=production \
     DPX_BIND=0.0.0.0:8000 \
     PROMETHEUS_MULTIPROC_DIR=/var/lib/dpx/prometheus
 
-USER dpx
+# Numeric, so that the runtime (and a Kubernetes runAsNonRoot check) need not resolve a name.
+USER 10001:10001
 VOLUME ["/var/lib/dpx"]
 EXPOSE 8000
 

@@ -7,7 +7,9 @@ Operations:
 - Metrics: ``GET /metrics``; each worker writes its counters to files under
   ``PROMETHEUS_MULTIPROC_DIR`` (default ``$DPX_DATA_DIR/prometheus``; its ``*.db`` files
   are deleted when the master starts) and a scrape sums them over all workers.
-- ``kill -HUP <master pid>`` reloads the policy files. The app is preloaded in the master,
+- ``dpx reload`` (or ``kill -HUP`` to the pid in ``$DPX_DATA_DIR/gunicorn.pid``) reloads
+  the policy files and reports the outcome the master writes to
+  ``$DPX_DATA_DIR/policy-reload.json``. The app is preloaded in the master,
   so the master itself reloads them (``on_reload``): a valid set is put in force (one audit
   entry) and the new workers that HUP starts fork with it; an invalid set is refused,
   logged as ``file:field: reason`` lines, and the new workers keep the last good set.
@@ -27,9 +29,12 @@ os.environ.setdefault(
 
 from flask import Flask  # noqa: E402
 
+from service.config import Settings  # noqa: E402
 from service.observability.logs import ACCESS_LOG_FORMAT, logging_config  # noqa: E402
 
 bind = os.environ.get("DPX_BIND", "127.0.0.1:8000")
+# `dpx reload` finds the master through this file.
+pidfile = str(Settings.from_env().pid_file)
 workers = int(os.environ.get("DPX_WORKERS", "2"))
 # Threads let a worker overlap one request's fsync with another's work and keep client
 # connections alive; SQLite writers still queue on BEGIN IMMEDIATE, PostgreSQL on row locks.
@@ -71,8 +76,11 @@ def on_reload(server: Any) -> None:
     from service.policy.reload import reload_policies
 
     app = _app(server)
+    settings = app.config["DPX_SETTINGS"]
     try:
-        reload_policies(app.extensions["dpx.exchange"], app.config["DPX_SETTINGS"].policy_dir)
+        exchange = app.extensions["dpx.exchange"]
+        outcome = reload_policies(exchange, settings.policy_dir, exchange.ledger.all_spent())
+        outcome.write(settings.reload_status_file)
     except Exception:  # an exception here would stop the master, and with it the service
         log.exception("policy reload failed; keeping the policies in force")
     finally:

@@ -40,6 +40,16 @@ class Settings:
     audit_checkpoint_every: int = 100
     production: bool = False
 
+    @property
+    def pid_file(self) -> Path:
+        """Where the gunicorn master writes its pid (``dpx reload`` signals that process)."""
+        return self.data_dir / "gunicorn.pid"
+
+    @property
+    def reload_status_file(self) -> Path:
+        """Where the master writes the outcome of its last policy reload."""
+        return self.data_dir / "policy-reload.json"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default: the process environment)."""

@@ -21,7 +21,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -40,6 +40,7 @@ from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summ
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.policy.changes import budget_changes
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
@@ -103,16 +104,31 @@ class Exchange:
         return self._policies
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
-        """Swap in a validated policy set (all or nothing) and record it in the audit log."""
+        """Swap in a validated policy set (all or nothing) and record it in the audit log,
+        with every budget it changes (so budgets can be shown as they were at any time)."""
         with self._policy_lock:
-            previous = self._policies.version
+            previous = self._policies
             self._policies = policies
         with self.database.write() as conn:
             self.audit.append(
                 conn,
                 actor=actor,
                 action="policy.reload",
-                details={"from": previous, "to": policies.version},
+                details={
+                    "from": previous.version,
+                    "to": policies.version,
+                    "budgets": budget_changes(previous, policies),
+                },
+            )
+
+    def refuse_policies(self, defects: Sequence[str], *, actor: str = "admin:reload") -> None:
+        """Record in the audit log that a proposed policy set was refused, and why."""
+        with self.database.write() as conn:
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="policy.reload_refused",
+                details={"kept": self._policies.version, "defects": list(defects)},
             )
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:

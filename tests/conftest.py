@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -26,10 +27,14 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
 from service.database.migrate import upgrade
+from tests.dataset_policies import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_POLICIES = ROOT / "policies"
 PG_URL = os.environ.get("DPX_TEST_DATABASE_URL", "")
+
+# Property tests check results, not speed: on a loaded machine a 200 ms deadline only flakes.
+hypothesis_settings.register_profile("dpx", deadline=None)
+hypothesis_settings.load_profile("dpx")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

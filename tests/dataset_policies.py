@@ -1,16 +1,25 @@
-"""Dataset policies for the tests, built from the real policy model types.
+"""The tests' policies: their own copy of the demo policy files, and dataset policies built
+from the real policy model types.
 
-``demo_dataset`` is the demo UK helpline dataset of ``policies/datasets``; ``month_channel_dataset``
-is the same dataset cut down to two dimensions. Each takes any field to replace as a keyword.
+``DEMO_POLICIES`` (``tests/demo_policies``) is a snapshot of the demo set in ``policies/`` that
+belongs to the tests. The working tree's ``policies/`` is the operator's to edit, as README
+suggests, so no test reads it: a DPO's change there never changes what a test sees.
+
+``demo_dataset`` is the demo UK helpline dataset of that copy; ``month_channel_dataset`` is the
+same dataset cut down to two dimensions. Each takes any field to replace as a keyword.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from service.policy.model import DatasetPolicy, Dimension, Measure
+
+DEMO_POLICIES = Path(__file__).resolve().parent / "demo_policies"
+"""The tests' copy of the demo policy set (datasets/ and partners/)."""
 
 MONTHS = tuple(f"2024-{month:02d}" for month in range(1, 13))
 CHANNELS = ("phone", "chat", "email", "web")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from service.observability.logs import ACCESS_LOGGER
 from tests.live_server import ROOT, free_port
 
 
@@ -89,8 +91,36 @@ def test_scripts_run_serves_datasets_to_the_demo_partner(fresh_clone: Path) -> N
         )
         assert response.status_code == 200
         assert "uk-helpline-2024" in {d["id"] for d in response.json()["datasets"]}
+        # Every request of README's "A first query" works under the demo policies.
+        requests_made = _first_query_requests(fresh_clone / "README.md")
+        assert len(requests_made) >= 4
+        for path, body in requests_made:
+            answered = requests.post(
+                f"http://127.0.0.1:{port}{path}",
+                headers={"Authorization": f"Bearer {token}"},
+                json=body,
+                timeout=120,
+            )
+            assert answered.status_code in (200, 201), (path, body, answered.text)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         assert process.stdout is not None
+        rest = process.stdout.read()
         process.stdout.close()
+    # Quiet enough that the printed tokens stay on screen: apart from one access line per
+    # request, the server logs warnings and errors only.
+    logged = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    chatter = [entry for entry in logged if entry.get("logger") != ACCESS_LOGGER]
+    assert all(entry["level"] in ("WARNING", "ERROR") for entry in chatter), chatter[:5]
+
+
+def _first_query_requests(readme: Path) -> list[tuple[str, dict[str, object]]]:
+    """(path, JSON body) of each POST in the README's "A first query" section."""
+    text = readme.read_text()
+    section = text[text.index("## A first query") :]
+    section = section[: section.index("\n## ", 1)]
+    found = []
+    for body, url in re.findall(r"-d '(\{.*?\})' \\\n\s*(http://\S+)", section, flags=re.S):
+        found.append((url.split("8000", 1)[1], json.loads(body)))
+    return found

@@ -5,12 +5,18 @@ so the dashboard works on an air-gapped deployment and under a strict Content-Se
 Policy (colours are presentation attributes, never ``style``). Every piece of text that
 reaches the SVG is XML-escaped here, because the templates insert the result unescaped.
 
-Two kinds of chart:
+Three kinds of chart:
 
 * ``band_chart`` — one value per category (a release grouped by month) drawn as a line,
   with its confidence interval as a shaded polygon around it;
+* ``bar_chart`` — one value per category of any other grouping, a bar (or, on an axis that
+  does not start at zero, a dot) with its confidence interval as a whisker; panels of a
+  two-dimensional release share one value range (``value_range``) so they compare;
 * ``burndown_chart`` — budget remaining over time, one step line per account, falling at
-  each charge from the grant (or the dataset's global cap) towards zero.
+  each charge and moving at each change of the grant (or the dataset's global cap).
+
+The value axis starts at zero unless that would squeeze the data into a sliver of the plot
+(large counts with narrow intervals): then it spans the data alone and says so in its label.
 """
 
 from __future__ import annotations
@@ -38,6 +44,24 @@ class Line:
     label: str
     values: Sequence[float]
     band: Sequence[tuple[float, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One category's released value and its (low, high) interval."""
+
+    category: str
+    value: float
+    interval: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """The span of a value axis; ``zero_based`` is False when it was cut above zero."""
+
+    low: float
+    high: float
+    zero_based: bool
 
 
 @dataclass(frozen=True)
@@ -98,13 +122,14 @@ def band_chart(
     _check_finite(numbers)
     if not categories or not lines:
         return _empty(title, "nothing to draw")
-    frame = _frame(numbers, include_zero=True)
+    axis = value_range(numbers)
+    frame = _frame_of(axis)
     count = len(categories)
 
     def x_of(index: int) -> float:
         return frame.x(0.5 if count == 1 else index / (count - 1))
 
-    parts = [_axes(frame, title, y_label)]
+    parts = [_axes(frame, title, _axis_label(y_label, axis))]
     every = max(1, math.ceil(count / _MAX_X_LABELS))
     for index, category in enumerate(categories):
         if index % every == 0:
@@ -138,6 +163,89 @@ def band_chart(
     return _svg(title, parts, legend_rows=_legend_rows(len(lines)) if len(lines) > 1 else 0)
 
 
+def bar_chart(
+    bars: Sequence[Bar],
+    *,
+    title: str,
+    y_label: str = "",
+    axis: ValueRange | None = None,
+) -> str:
+    """An SVG chart of one value per category with its interval as a whisker.
+
+    On a zero-based axis each value is a ``rect.bar`` from zero; on an axis cut above zero
+    (see :func:`value_range`) a bar's length would mislead, so each value is a dot. Every
+    category has one ``line.whisker`` from its interval's low to its high end, and a
+    tooltip with value and interval. ``axis`` shares one range across small multiples.
+    Raises ``ValueError`` when a number is not finite or an interval does not hold its value.
+    """
+    numbers = [v for bar in bars for v in (bar.value, *bar.interval)]
+    _check_finite(numbers)
+    for bar in bars:
+        if not bar.interval[0] <= bar.interval[1]:
+            raise ValueError(f"the interval of {bar.category!r} ends before it starts")
+    if not bars:
+        return _empty(title, "nothing to draw")
+    axis = axis or value_range(numbers)
+    frame = _frame_of(axis)
+    slot = (frame.x1 - frame.x0) / len(bars)
+    width = max(2.0, min(slot * 0.6, 60.0))
+    parts = [_axes(frame, title, _axis_label(y_label, axis))]
+    every = max(1, math.ceil(len(bars) / _MAX_X_LABELS))
+    base = frame.y(max(axis.low, min(0.0, axis.high)))
+    for index, bar in enumerate(bars):
+        centre = frame.x0 + slot * (index + 0.5)
+        if index % every == 0:
+            parts.append(_text(centre, frame.bottom + 16, bar.category, anchor="middle"))
+        top = frame.y(bar.value)
+        tip = escape(
+            f"{bar.category}: {_number(bar.value)} "
+            f"({_number(bar.interval[0])} to {_number(bar.interval[1])})"
+        )
+        if axis.zero_based:
+            parts.append(
+                f'<rect class="bar" x="{centre - width / 2:.1f}" y="{min(top, base):.1f}" '
+                f'width="{width:.1f}" height="{abs(base - top):.1f}" fill="{PALETTE[0]}" '
+                f'fill-opacity="0.55"><title>{tip}</title></rect>'
+            )
+        else:
+            parts.append(
+                f'<circle class="dot" cx="{centre:.1f}" cy="{top:.1f}" r="4" '
+                f'fill="{PALETTE[0]}"><title>{tip}</title></circle>'
+            )
+        low, high = frame.y(bar.interval[0]), frame.y(bar.interval[1])
+        cap = min(width / 2, 8.0)
+        parts.append(
+            f'<line class="whisker" x1="{centre:.1f}" x2="{centre:.1f}" y1="{low:.1f}" '
+            f'y2="{high:.1f}" stroke="#000000" stroke-width="1.5"/>'
+            f'<line x1="{centre - cap:.1f}" x2="{centre + cap:.1f}" y1="{low:.1f}" '
+            f'y2="{low:.1f}" stroke="#000000" stroke-width="1.5"/>'
+            f'<line x1="{centre - cap:.1f}" x2="{centre + cap:.1f}" y1="{high:.1f}" '
+            f'y2="{high:.1f}" stroke="#000000" stroke-width="1.5"/>'
+        )
+    return _svg(title, parts, legend_rows=0)
+
+
+def value_range(numbers: Sequence[float]) -> ValueRange:
+    """The value axis for ``numbers``: from zero, unless zero lies further below the data
+    than the data spans (then an interval of 150 on a count of 50,000 would be a hairline)."""
+    _check_finite(numbers)
+    if not numbers:
+        return ValueRange(0.0, 1.0, True)
+    low, high = min(numbers), max(numbers)
+    if low <= 0 <= high or (low > 0 and low <= high - low) or (high < 0 and -high <= high - low):
+        ticks = _nice_ticks(min(low, 0.0), max(high, 0.0))
+        return ValueRange(ticks[0], ticks[-1], True)
+    ticks = _nice_ticks(low, high)
+    return ValueRange(ticks[0], ticks[-1], False)
+
+
+def _axis_label(label: str, axis: ValueRange) -> str:
+    if axis.zero_based:
+        return label
+    cut = f"axis from {_number(axis.low)}, not 0"
+    return f"{label} ({cut})" if label else cut
+
+
 def burndown_chart(
     lines: Sequence[StepLine], *, start: datetime, end: datetime, title: str, unit: str
 ) -> str:
@@ -161,10 +269,16 @@ def burndown_chart(
         return frame.x(seconds / span)
 
     parts = [_axes(frame, title, unit)]
+    shown_date = ""
     for tick in _time_ticks(start, end):
-        parts.append(
-            _text(x_at(tick), frame.bottom + 16, _time_label(tick, end - start), anchor="middle")
-        )
+        # A tick shows its date where the date changes (the first tick always), and within
+        # two days its time too (UTC, as stored; with seconds within an hour).
+        day = tick.strftime("%Y-%m-%d")
+        clock = _clock(tick, end - start)
+        rows = ([day] if day != shown_date else []) + ([clock] if clock else [])
+        shown_date = day
+        for row, text in enumerate(rows):
+            parts.append(_text(x_at(tick), frame.bottom + 14 + 13 * row, text, anchor="middle"))
     for number, line in enumerate(lines):
         colour = PALETTE[number % len(PALETTE)]
         value = line.start
@@ -190,6 +304,10 @@ def burndown_chart(
 def _check_finite(numbers: Sequence[float]) -> None:
     if not all(math.isfinite(v) for v in numbers):
         raise ValueError("chart values must be finite numbers")
+
+
+def _frame_of(axis: ValueRange) -> _Frame:
+    return _Frame(_LEFT, WIDTH - _RIGHT, _TOP, HEIGHT - _BOTTOM, axis.low, axis.high)
 
 
 def _frame(numbers: Sequence[float], *, include_zero: bool) -> _Frame:
@@ -264,10 +382,10 @@ def _time_ticks(start: datetime, end: datetime, count: int = 4) -> list[datetime
     return [start + step * i for i in range(count + 1)]
 
 
-def _time_label(at: datetime, span: timedelta) -> str:
-    if span < timedelta(hours=1):
-        return at.strftime("%H:%M:%S")
-    return at.strftime("%m-%d %H:%M") if span < timedelta(days=2) else at.strftime("%Y-%m-%d")
+def _clock(at: datetime, span: timedelta) -> str:
+    if span >= timedelta(days=2):
+        return ""
+    return at.strftime("%H:%M:%S UTC" if span < timedelta(hours=1) else "%H:%M UTC")
 
 
 def _svg(title: str, parts: Sequence[str], *, legend_rows: int) -> str:

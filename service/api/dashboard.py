@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from fractions import Fraction
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -40,12 +39,12 @@ from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from service.api.charts import Line, StepLine, band_chart, burndown_chart
+from service.api.burndowns import budget_changes_since, burndown_charts, window_start
+from service.api.charts import Bar, Line, band_chart, bar_chart, value_range
 from service.audit.log import AuditLog
 from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
-from service.ledger.budgets import ChargeLine
 
 bp = Blueprint(
     "dashboard",
@@ -60,6 +59,7 @@ EXPIRY_WARNING = timedelta(days=60)
 REFUSALS_SINCE = timedelta(days=30)
 RECENT = 20
 MAX_RELEASE_LINES = 7
+MAX_RELEASE_PANELS = 12
 SIGN_IN_FAILED = "That token cannot sign in to the dashboard."
 # Everything the pages load comes from this service; nothing may frame them.
 _SECURITY_HEADERS = {
@@ -222,7 +222,13 @@ def overview() -> str:
     history = exchange.ledger.history(partner=None if caller.role == "dpo" else caller.subject)
     context: dict[str, Any] = {
         "budgets": budgets,
-        "burndowns": _burndowns(exchange, budgets, history, now, with_global=caller.role == "dpo"),
+        "burndowns": burndown_charts(
+            budgets,
+            history,
+            budget_changes_since(current_app.extensions["dpx.audit"], window_start(history, now)),
+            now,
+            with_global=caller.role == "dpo",
+        ),
         "releases": [_release_summary(d) for d in exchange.list_releases(caller, limit=RECENT)],
     }
     if caller.role == "dpo":
@@ -234,75 +240,22 @@ def overview() -> str:
 @bp.get("/releases/<string:release_id>")
 @signed_in
 def release(release_id: str) -> str:
-    """One release: its query, cost and accuracy, a chart when grouped by month, its rows."""
+    """One release: its query, cost and accuracy, its chart(s) and its rows."""
     current: SignedIn = g.signed_in
     document = _exchange().get_release(current.principal, release_id)
+    charts, caption = _release_charts(document)
     return render_template(
         "dashboard_release.html",
         signed_in=current,
         release=_release_summary(document),
         document=document,
         rows=_release_rows(document),
-        chart=_release_chart(document),
+        charts=charts,
+        caption=caption,
     )
 
 
 # -- what the pages show --------------------------------------------------------------------
-
-
-def _burndowns(
-    exchange: Exchange,
-    budgets: Sequence[dict[str, Any]],
-    history: Sequence[ChargeLine],
-    now: datetime,
-    *,
-    with_global: bool,
-) -> list[Markup]:
-    """One burn-down chart per dataset: each grant's remaining budget (and the global cap's)."""
-    start = _window_start(history, now)
-    charts = []
-    for dataset in sorted({row["dataset"] for row in budgets}):
-        rows = [row for row in budgets if row["dataset"] == dataset]
-        unit = rows[0]["unit"]
-        spend = [line for line in history if line.dataset == dataset]
-        lines = []
-        if with_global:
-            lines.append(
-                _burndown(
-                    f"global cap {rows[0]['dataset_global']:g}", rows[0]["dataset_global"], spend
-                )
-            )
-        for row in rows:
-            own = [line for line in spend if line.partner == row["partner"]]
-            lines.append(
-                _burndown(f"{row['partner']} (grant {row['granted']:g})", row["granted"], own)
-            )
-        charts.append(
-            Markup(  # noqa: S704 - charts.py escapes all text
-                burndown_chart(
-                    lines, start=start, end=now, title=f"{dataset}: {unit} remaining", unit=unit
-                )
-            )
-        )
-    return charts
-
-
-def _window_start(history: Sequence[ChargeLine], now: datetime) -> datetime:
-    """From a little before the first charge, so that the first step is visible; a day
-    back when nothing was charged yet."""
-    if not history:
-        return now - timedelta(days=1)
-    span = max(now - history[0].created_at, timedelta(minutes=1))
-    return history[0].created_at - span / 10
-
-
-def _burndown(label: str, budget: float, spend: Iterable[ChargeLine]) -> StepLine:
-    remaining = Fraction(budget)
-    steps = []
-    for line in spend:
-        remaining -= line.amount
-        steps.append((line.created_at, float(max(remaining, Fraction(0)))))
-    return StepLine(label, budget, steps)
 
 
 def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:
@@ -358,7 +311,8 @@ def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
         "measure": query.get("measure"),
         "group_by": ", ".join(query.get("group_by") or []) or "—",
         "filters": filters or "none",
-        "cost": f"{unit} {privacy.get(unit, 0):g}",
+        # The exact decimal the ledger charged, as the release states it; never a rounded float.
+        "cost": f"{unit} {(privacy.get('cost') or {}).get(unit, privacy.get(unit, 0))}",
         "created_at": document.get("created_at", ""),
     }
 
@@ -375,11 +329,51 @@ def _release_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _release_chart(document: dict[str, Any]) -> Markup | None:
+def _release_charts(document: dict[str, Any]) -> tuple[list[Markup], str]:
+    """The charts of a release and their caption: lines with bands over months when grouped
+    by month, otherwise bars with whiskers; a second dimension gives one panel per value of
+    the first (small multiples on one shared axis). None for more than the page can hold."""
+    group_by = list(document.get("query", {}).get("group_by") or [])
+    if "month" in group_by:
+        chart = _month_chart(document)
+        if chart is not None:
+            return [chart], "Line: released value. Band: its confidence interval."
+    summary = _release_summary(document)
+    alpha = document.get("accuracy", {}).get("alpha")
+    label = f"{summary['statistic']}, whiskers: {1 - alpha:.0%} interval" if alpha else ""
+    panels: dict[str, list[Bar]] = {}
+    for row in document.get("rows", []):
+        cell = [str(row[name]) for name in group_by]
+        panel = cell[0] if len(cell) > 1 else ""
+        category = ", ".join(cell[1:] if len(cell) > 1 else cell) or "all"
+        low, high = row["ci"]
+        panels.setdefault(panel, []).append(
+            Bar(category, float(row["value"]), (float(low), float(high)))
+        )
+    if not panels or len(panels) > MAX_RELEASE_PANELS:
+        return [], ""
+    axis = value_range(
+        [v for bars in panels.values() for b in bars for v in (b.value, *b.interval)]
+    )
+    title = f"{summary['statistic']} by {summary['group_by']} ({summary['dataset']})"
+    charts = [
+        Markup(  # noqa: S704 - charts.py escapes all text
+            bar_chart(
+                bars,
+                title=f"{title}: {group_by[0]} {panel}" if panel else title,
+                y_label=label,
+                axis=axis,
+            )
+        )
+        for panel, bars in panels.items()
+    ]
+    shape = "Bar" if axis.zero_based else "Dot"
+    return charts, f"{shape}: released value. Whisker: its confidence interval."
+
+
+def _month_chart(document: dict[str, Any]) -> Markup | None:
     """A line per combination of the other dimensions over months, with its interval band."""
     group_by = list(document.get("query", {}).get("group_by") or [])
-    if "month" not in group_by:
-        return None
     others = [name for name in group_by if name != "month"]
     months: list[str] = []
     series: dict[tuple[str, ...], dict[str, tuple[float, float, float]]] = {}

@@ -118,7 +118,13 @@ class BatchSchema(Schema):
     rows = fields.Integer()
     contacts = fields.Integer()
     cells = fields.Integer()
-    truncated = fields.Integer(metadata={"description": "contacts dropped by the person bound"})
+    truncated = fields.Integer(
+        metadata={
+            "description": "contacts dropped by the person bound: a person's contacts beyond "
+            "the dataset's max_contacts_per_person (or max_contacts_per_cell in one cell), "
+            "which the privacy guarantee relies on"
+        }
+    )
     clamped = fields.Integer(metadata={"description": "measure values clamped to their bounds"})
     created_at = fields.DateTime()
 
@@ -314,7 +320,7 @@ ESTIMATE_EXAMPLE = {
     "cached": False,
     "privacy": {"definition": "pure", "epsilon": 0.2, "delta": 0.0},
     "mechanism": {"name": "discrete_laplace", "scale": 50.0, "sensitivity": 10},
-    "accuracy": {"alpha": 0.05, "max_error": 150.28},
+    "accuracy": {"alpha": 0.05, "max_error": 150},
     "budget": {"partner_remaining": {"epsilon": 2.0}, "dataset_remaining": {"epsilon": 8.0}},
 }
 
@@ -325,12 +331,12 @@ RELEASE_EXAMPLE = {
     "cached": False,
     "query": _CANONICAL_QUERY,
     "rows": [
-        {"month": "2024-01", "value": 412, "ci": [261.72, 562.28]},
-        {"month": "2024-02", "value": 388, "ci": [237.72, 538.28]},
+        {"month": "2024-01", "value": 412, "ci": [262, 562]},
+        {"month": "2024-02", "value": 388, "ci": [238, 538]},
     ],
     "privacy": {"definition": "pure", "epsilon": 0.2, "delta": 0.0},
     "mechanism": {"name": "discrete_laplace", "scale": 50.0, "sensitivity": 10},
-    "accuracy": {"alpha": 0.05, "max_error": 150.28},
+    "accuracy": {"alpha": 0.05, "max_error": 150},
     "budget": {"partner_remaining": {"epsilon": 1.8}, "dataset_remaining": {"epsilon": 7.8}},
     "policy_version": "sha256:462a38d29be3a828…",
     "created_at": "2026-03-02T10:15:00Z",

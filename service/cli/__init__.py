@@ -56,9 +56,10 @@ def deployment() -> Iterator[Components]:
 
 
 @click.group()
+@click.version_option(package_name="dpx", prog_name="dpx")
 def main() -> None:
     """dpx: differentially private statistics for child-protection helplines."""
 
 
 # Importing the command modules registers their commands on ``main``.
-from service.cli import audit, keys, reports, setup, tokens  # noqa: E402, F401
+from service.cli import audit, keys, reload, reports, setup, tokens  # noqa: E402, F401

@@ -62,7 +62,9 @@ def demo_data(dataset_id: str, contacts: int, seed: int, out: Path | None) -> No
         return
     click.echo(
         f"stored synthetic batch {batch.batch_id} in {dataset.id}: {batch.rows} contacts, "
-        f"{batch.cells} cells, {batch.truncated} truncated by the person bound"
+        f"{batch.cells} cells; {batch.truncated} contacts dropped by the person bound "
+        f"(a person's contacts beyond max_contacts_per_person = "
+        f"{dataset.max_contacts_per_person}, the bound the privacy guarantee relies on)"
     )
 
 

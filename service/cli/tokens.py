@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
+from service.auth.registry import TokenInfo
 from service.cli import deployment, fail, friendly, main
 
 
@@ -68,12 +69,22 @@ def _duration(text: str) -> timedelta:
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])
 
 
+LIST_HEADER = ("id", "prefix", "role", "subject", "created", "last used", "status")
+
+
 @main.command("list-tokens")
 @friendly
 def list_tokens() -> None:
-    """Tokens by id: prefix, role, subject, created, last used, revoked (never the token)."""
+    """Tokens by id: prefix, role, subject, created, last used and status (never the token).
+
+    The status is ``active``; ``active until T (rotated: grace period)`` for a rotated token
+    that still works; ``expired T``; or ``revoked T``. Columns are tab-separated, under a
+    header line.
+    """
     with deployment() as c:
         listed = c.tokens.list()
+    now = datetime.now(UTC)
+    click.echo("\t".join(LIST_HEADER))
     for t in listed:
         click.echo(
             "\t".join(
@@ -82,11 +93,24 @@ def list_tokens() -> None:
                     t.prefix + "…",
                     t.role,
                     t.subject or "-",
-                    t.created_at.isoformat(timespec="seconds"),
-                    t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "never",
-                    ("revoked " + t.revoked_at.isoformat(timespec="seconds"))
-                    if t.revoked_at
-                    else "active",
+                    _stamp(t.created_at),
+                    _stamp(t.last_used_at) if t.last_used_at else "never",
+                    _status(t, now),
                 ]
             )
         )
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _status(token: TokenInfo, now: datetime) -> str:
+    if token.revoked_at is not None and token.revoked_at > now:
+        # rotate-token revokes the old token at the end of its grace period.
+        return f"active until {_stamp(token.revoked_at)} (rotated: grace period)"
+    if token.revoked_at is not None:
+        return f"revoked {_stamp(token.revoked_at)}"
+    if token.expires_at is not None and token.expires_at <= now:
+        return f"expired {_stamp(token.expires_at)}"
+    return "active"

@@ -9,6 +9,7 @@ but never release output that was not paid for.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,9 +41,9 @@ class QueryPlan:
     ``plans`` holds one priced measurement per released vector: ``{"count": …}``,
     ``{"sum": …}``, or for a mean ``{"sum": …, "count": …}`` (each at ``alpha / 2``, so the
     mean's interval holds at ``1 - alpha`` by the union bound). ``cost`` is the exact total
-    to charge, in the dataset's unit (epsilon or rho). ``max_error`` is the half-width of
-    every value's interval, or None for a mean, whose interval depends on the noisy count
-    and is given per value.
+    to charge, in the dataset's unit (epsilon or rho). ``max_error`` is the whole-number
+    half-width of every value's interval, or None for a mean, whose interval depends on the
+    noisy count and is given per value.
     """
 
     query: Query
@@ -76,7 +77,7 @@ class NoisyValue:
 
     cell: tuple[str, ...]
     value: int | float
-    ci: tuple[float, float]
+    ci: tuple[int, int] | tuple[float, float]
 
 
 def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
@@ -139,7 +140,7 @@ def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
         plans=plans,
         cost=cost,
         alpha=query.alpha,
-        max_error=None if statistic == "mean" else plans[_single(statistic)].accuracy,
+        max_error=None if statistic == "mean" else whole_width(plans[_single(statistic)].accuracy),
         delta=delta,
         epsilon=epsilon,
         measure_bounds=(measure.lower, measure.upper) if measure is not None else None,
@@ -156,7 +157,7 @@ def release_values(plan: QueryPlan, aggregates: TrueAggregates) -> list[NoisyVal
     statistic = plan.query.statistic
     if statistic == "count":
         counts = noisy(plan.plans["count"], aggregates.counts)
-        half_width = plan.plans["count"].accuracy
+        half_width = whole_width(plan.plans["count"].accuracy)
         return [
             NoisyValue(cell, value, _interval(value, half_width, 0, None))
             for cell, value in zip(aggregates.cells, counts, strict=True)
@@ -165,7 +166,7 @@ def release_values(plan: QueryPlan, aggregates: TrueAggregates) -> list[NoisyVal
         raise ValueError(f"a {statistic} release needs measure sums")
     lower, upper = plan.measure_bounds
     sums = noisy(plan.plans["sum"], aggregates.sums)
-    sum_width = plan.plans["sum"].accuracy
+    sum_width = whole_width(plan.plans["sum"].accuracy)
     if statistic == "sum":
         floor = 0 if lower >= 0 else None
         ceiling = 0 if upper <= 0 else None
@@ -174,7 +175,7 @@ def release_values(plan: QueryPlan, aggregates: TrueAggregates) -> list[NoisyVal
             for cell, value in zip(aggregates.cells, sums, strict=True)
         ]
     counts = noisy(plan.plans["count"], aggregates.counts)
-    count_width = plan.plans["count"].accuracy
+    count_width = whole_width(plan.plans["count"].accuracy)
     return [
         _mean_value(cell, noisy_sum, noisy_count, sum_width, count_width, lower, upper)
         for cell, noisy_sum, noisy_count in zip(aggregates.cells, sums, counts, strict=True)
@@ -197,21 +198,21 @@ def plan_summary(plan: QueryPlan) -> dict[str, Any]:
     )
     mechanism: dict[str, Any] = {
         "name": plan.mechanism,
-        "scale": plan.scale,
+        "scale": readable_scale(plan.scale),
         "sensitivity": plan.sensitivity,
     }
     accuracy: dict[str, Any] = {"alpha": plan.alpha, "max_error": plan.max_error}
     if plan.query.statistic == "mean":
         mechanism["components"] = {
             name: {
-                "scale": component.scale,
+                "scale": readable_scale(component.scale),
                 "sensitivity": component.sensitivity,
                 "cost": {unit: format_cost(component.cost)},
             }
             for name, component in plan.plans.items()
         }
         accuracy["components"] = {
-            name: {"alpha": component.alpha, "max_error": component.accuracy}
+            name: {"alpha": component.alpha, "max_error": whole_width(component.accuracy)}
             for name, component in plan.plans.items()
         }
     return {"privacy": privacy, "mechanism": mechanism, "accuracy": accuracy}
@@ -224,6 +225,24 @@ def measurement_json(plan: QueryPlan) -> str:
         return serialized(plan.primary)
     parts = {name: json.loads(serialized(part)) for name, part in plan.plans.items()}
     return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+
+
+def whole_width(accuracy: float) -> int:
+    """The half-width, in whole units, of the interval around one released integer value.
+
+    Counts and sums of integer measures plus discrete noise are integers, so the noise lies
+    within ``accuracy`` exactly when it lies within ``floor(accuracy)``: the floor keeps the
+    (1 - alpha) coverage of OpenDP's accuracy and gives an interval of whole numbers.
+    """
+    return math.floor(accuracy)
+
+
+def readable_scale(scale: float) -> float:
+    """A noise scale as people read it: 10 significant digits, so 50.00000000000001 shows 50.0.
+
+    Only the description is rounded; the stored OpenDP measurement keeps the exact scale.
+    """
+    return float(f"{scale:.10g}")
 
 
 def _single(statistic: str) -> Component:
@@ -263,22 +282,22 @@ def _sensitivity(component: Component, query: Query, dataset: DatasetPolicy) -> 
 
 
 def _interval(
-    value: int, half_width: float, floor: int | None, ceiling: int | None
-) -> tuple[float, float]:
+    value: int, half_width: int, floor: int | None, ceiling: int | None
+) -> tuple[int, int]:
     low, high = value - half_width, value + half_width
     if floor is not None:
         low, high = max(low, floor), max(high, floor)
     if ceiling is not None:
         low, high = min(low, ceiling), min(high, ceiling)
-    return (float(low), float(high))
+    return (low, high)
 
 
 def _mean_value(
     cell: tuple[str, ...],
     noisy_sum: int,
     noisy_count: int,
-    sum_width: float,
-    count_width: float,
+    sum_width: int,
+    count_width: int,
     lower: int,
     upper: int,
 ) -> NoisyValue:
@@ -286,7 +305,8 @@ def _mean_value(
 
     With probability >= 1 - alpha both true values lie in their intervals (alpha / 2 each);
     the true mean (of a cell with at least one contact) then lies between the extreme
-    ratios of the two intervals' corners, clipped to the measure's bounds.
+    ratios of the two intervals' corners, clipped to the measure's bounds. The result is
+    rounded to what its interval can tell apart (:func:`rounded_mean`).
     """
 
     def clip(x: float) -> float:
@@ -295,10 +315,28 @@ def _mean_value(
     count_high = noisy_count + count_width
     if count_high < 1:
         # The count interval says the cell is (almost surely) empty: nothing to bound.
-        return NoisyValue(cell, clip((lower + upper) / 2), (float(lower), float(upper)))
+        return rounded_mean(cell, clip((lower + upper) / 2), float(lower), float(upper))
     count_low = max(noisy_count - count_width, 1.0)
     sum_low, sum_high = noisy_sum - sum_width, noisy_sum + sum_width
     low = min(sum_low / count_low, sum_low / count_high)
     high = max(sum_high / count_low, sum_high / count_high)
     value = clip(noisy_sum / max(noisy_count, 1))
-    return NoisyValue(cell, value, (clip(low), clip(high)))
+    return rounded_mean(cell, value, clip(low), clip(high))
+
+
+MEAN_DIGITS_MAX = 6
+"""The finest a mean is ever shown: a millionth of the measure's unit."""
+
+
+def rounded_mean(cell: tuple[str, ...], value: float, low: float, high: float) -> NoisyValue:
+    """A mean with two significant digits of its interval's width: 31.4 in [24.9, 38.2], not
+    31.4172… in [24.91…, 38.17…]. The interval's ends round outwards, so it still covers
+    whatever its unrounded ends covered; the value rounds to nearest and stays inside."""
+    width = high - low
+    digits = MEAN_DIGITS_MAX if width <= 0 else 1 - math.floor(math.log10(width))
+    digits = min(max(digits, 0), MEAN_DIGITS_MAX)
+    unit = 10**digits
+    rounded_low = math.floor(low * unit) / unit
+    rounded_high = math.ceil(high * unit) / unit
+    rounded = min(max(round(value, digits), rounded_low), rounded_high)
+    return NoisyValue(cell, float(rounded), (rounded_low, rounded_high))

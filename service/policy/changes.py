@@ -106,6 +106,39 @@ def policy_changes(deployed: PolicySet, proposed: PolicySet) -> list[PolicyChang
     return list(review(deployed, proposed, {}).changes)
 
 
+def budget_changes(deployed: PolicySet, proposed: PolicySet) -> list[dict[str, str | None]]:
+    """Every budget that differs between the sets, as the audit log records it: ``dataset``,
+    ``partner`` (``"*"`` for the global budget) and the exact ``from`` and ``to`` amounts
+    (None where the dataset or grant is absent). With these, a chart draws each budget as it
+    was at every moment, not as it is now."""
+    found: list[dict[str, str | None]] = []
+
+    def record(dataset: str, partner: str, old: Fraction | None, new: Fraction | None) -> None:
+        if old != new:
+            found.append(
+                {
+                    "dataset": dataset,
+                    "partner": partner,
+                    "from": None if old is None else amount_text(old),
+                    "to": None if new is None else amount_text(new),
+                }
+            )
+
+    for dataset in sorted(set(deployed.datasets) | set(proposed.datasets)):
+        old_dataset, new_dataset = deployed.datasets.get(dataset), proposed.datasets.get(dataset)
+        record(
+            dataset,
+            GLOBAL,
+            None if old_dataset is None else old_dataset.global_budget,
+            None if new_dataset is None else new_dataset.global_budget,
+        )
+    before = {(d, p): g.budget for p, d, g in _grants(deployed)}
+    after = {(d, p): g.budget for p, d, g in _grants(proposed)}
+    for dataset, partner in sorted(set(before) | set(after)):
+        record(dataset, partner, before.get((dataset, partner)), after.get((dataset, partner)))
+    return found
+
+
 def over_spent(policies: PolicySet, spent: Mapping[tuple[str, str], Fraction]) -> list[OverSpend]:
     """Each global budget and grant of ``policies`` that is smaller than its recorded spend."""
     found = []

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.api.charts import HEIGHT, WIDTH, Line, StepLine, band_chart, burndown_chart
+from service.api.charts import (
+    HEIGHT,
+    WIDTH,
+    Bar,
+    Line,
+    StepLine,
+    band_chart,
+    bar_chart,
+    burndown_chart,
+    value_range,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 MONTHS = [f"2024-{m:02d}" for m in range(1, 13)]
@@ -145,3 +155,88 @@ def test_burndown_of_an_untouched_grant_is_flat() -> None:
 def test_burndown_rejects_a_window_that_ends_before_it_starts() -> None:
     with pytest.raises(ValueError, match="ends before it starts"):
         burndown_chart([], start=T0, end=T0 - timedelta(seconds=1), title="t", unit="epsilon")
+
+
+def _y_of(svg: str, label: str) -> float:
+    """The y of the grid line whose axis label reads ``label``."""
+    root = parse(svg)
+    for text in root.iter(f"{SVG}text"):
+        if text.text == label and text.attrib["text-anchor"] == "end":
+            return float(text.attrib["y"]) - 4
+    raise AssertionError(f"no axis label {label!r}")
+
+
+def test_bar_chart_draws_a_bar_and_a_whisker_per_category_from_zero() -> None:
+    bars = [Bar("phone", 412, (352, 472)), Bar("chat", 120, (60, 180)), Bar("web", 0, (0, 60))]
+    svg = bar_chart(bars, title="count by channel", y_label="count")
+    root = parse(svg)
+    rects = [r for r in root.iter(f"{SVG}rect") if r.attrib.get("class") == "bar"]
+    whiskers = [w for w in root.iter(f"{SVG}line") if w.attrib.get("class") == "whisker"]
+    assert len(rects) == len(whiskers) == 3
+    zero = _y_of(svg, "0")
+    for rect, whisker, bar in zip(rects, whiskers, bars, strict=True):
+        # Each bar stands on zero; its whisker spans exactly its interval.
+        assert float(rect.attrib["y"]) + float(rect.attrib["height"]) == pytest.approx(
+            zero, abs=0.2
+        )
+        low, high = float(whisker.attrib["y1"]), float(whisker.attrib["y2"])
+        assert high < float(rect.attrib["y"]) < low or bar.value == 0
+        assert low - high > 0
+    titles = [t.text for t in root.iter(f"{SVG}title")]
+    assert "phone: 412 (352 to 472)" in titles
+    assert {"phone", "chat", "web"} <= {t.text for t in root.iter(f"{SVG}text")}
+
+
+def test_large_counts_get_an_axis_cut_above_zero_that_says_so() -> None:
+    # 50,000 +- 150: on a zero-based axis the whisker would be under 1% of the plot's height.
+    bars = [Bar("phone", 50_210, (50_060, 50_360)), Bar("chat", 49_700, (49_550, 49_850))]
+    svg = bar_chart(bars, title="t", y_label="count")
+    root = parse(svg)
+    assert value_range([49_550, 50_360]).zero_based is False
+    assert not [r for r in root.iter(f"{SVG}rect") if r.attrib.get("class") == "bar"]
+    assert len([c for c in root.iter(f"{SVG}circle") if c.attrib.get("class") == "dot"]) == 2
+    whisker = next(w for w in root.iter(f"{SVG}line") if w.attrib.get("class") == "whisker")
+    plot_height = HEIGHT - 48 - 28
+    assert float(whisker.attrib["y1"]) - float(whisker.attrib["y2"]) > plot_height / 5
+    labels = [t.text or "" for t in root.iter(f"{SVG}text")]
+    assert any("not 0" in label and label.startswith("count (axis from 49,") for label in labels)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "zero_based"),
+    [([352, 472, 60, 180], True), ([-40, 30], True), ([300, 700], True), ([900, 1000], False)],
+)
+def test_the_value_axis_starts_at_zero_unless_that_hides_the_data(
+    numbers: list[float], zero_based: bool
+) -> None:
+    axis = value_range(numbers)
+    assert axis.zero_based is zero_based
+    assert axis.low <= min(numbers) and max(numbers) <= axis.high
+
+
+def test_bar_chart_panels_share_one_axis() -> None:
+    axis = value_range([0, 400])
+    small = bar_chart([Bar("a", 10, (0, 40))], title="p1", axis=axis)
+    large = bar_chart([Bar("a", 380, (340, 400))], title="p2", axis=axis)
+    assert _y_of(small, "400") == _y_of(large, "400")
+
+
+def test_bar_chart_rejects_an_interval_that_ends_before_it_starts() -> None:
+    with pytest.raises(ValueError, match="ends before it starts"):
+        bar_chart([Bar("a", 1, (5, 2))], title="t")
+
+
+@pytest.mark.parametrize(
+    ("span", "labels"),
+    [
+        (timedelta(minutes=20), {"2026-03-01", "00:00:00 UTC", "00:20:00 UTC"}),
+        (timedelta(hours=30), {"2026-03-01", "00:00 UTC", "2026-03-02", "06:00 UTC"}),
+        (timedelta(days=10), {"2026-03-01", "2026-03-11"}),
+    ],
+)
+def test_burndown_time_axis_carries_dates(span: timedelta, labels: set[str]) -> None:
+    svg = burndown_chart(
+        [StepLine("g", 1.0, [(T0 + span / 2, 0.5)])], start=T0, end=T0 + span, title="t", unit="rho"
+    )
+    texts = {t.text for t in parse(svg).iter(f"{SVG}text")}
+    assert labels <= texts

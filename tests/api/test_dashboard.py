@@ -302,6 +302,35 @@ def test_partner_burndown_steps_down_by_its_charge(
     assert re.search(r"no-police \(grant 2\): 1\.5 epsilon remaining", html)
 
 
+def test_burndown_draws_each_grant_as_it_was_before_and_after_a_policy_change(
+    app: Flask,
+    client: FlaskClient,
+    issued: dict[str, IssuedToken],
+    release_id: str,
+    policy_dir: Path,
+) -> None:
+    # 0.5 spent of a grant of 2, then the DPO raises the grant to 3.
+    partner_file = policy_dir / "partners" / "no-police.yaml"
+    partner_file.write_text(
+        partner_file.read_text().replace("budget: {epsilon: 2.0}", "budget: {epsilon: 3.0}", 1)
+    )
+    app.extensions["dpx.exchange"].replace_policies(load_policies(policy_dir))
+    sign_in(client, issued["partner"].token)
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert re.search(r"no-police \(grant 3\): 2\.5 epsilon remaining", html)
+    chart = next(
+        svg for svg in html.split("<svg")[1:] if "uk-helpline-2024: epsilon remaining" in svg
+    )
+    [line] = re.findall(r'<polyline class="series" points="([^"]+)"', chart)
+    ys = [float(pair.split(",")[1]) for pair in line.split()]
+    # From the grant of 2: down by the charge, then up by the raise to 2.5, above where it
+    # started (SVG y grows downwards). Drawn against today's grant, it would start at 3.
+    assert len(ys) == 6
+    start, charged, raised = ys[0], ys[2], ys[4]
+    assert charged > start > raised
+    assert (charged - start) / (start - raised) == pytest.approx(1.0, rel=0.02)
+
+
 def test_release_page_draws_the_months_as_a_line_inside_a_band(
     client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
 ) -> None:
@@ -375,26 +404,45 @@ def test_a_release_by_month_and_channel_draws_a_line_per_channel(
     assert "channel: phone, chat" in html
 
 
-def test_a_release_without_months_is_a_table_without_chart(
-    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
-) -> None:
+def _release_page(client: FlaskClient, token: str, group_by: list[str]) -> str:
     released = client.post(
         "/v1/queries",
-        headers=bearer(issued["partner"].token),
+        headers=bearer(token),
         json={
             "dataset": "uk-helpline-2024",
             "statistic": "count",
-            "group_by": ["channel"],
+            "group_by": group_by,
             "epsilon": 0.25,
         },
     )
     assert released.status_code == 201, released.json
-    sign_in(client, issued["partner"].token)
+    sign_in(client, token)
     page = client.get(f"/dashboard/releases/{released.json['release_id']}")
-    html = page.get_data(as_text=True)
-    assert page.status_code == 200 and "<svg" not in html
+    assert page.status_code == 200
+    return page.get_data(as_text=True)
+
+
+def test_a_release_by_channel_draws_a_bar_with_a_whisker_per_channel(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    html = _release_page(client, issued["partner"].token, ["channel"])
+    assert html.count("<svg") == 1
+    assert html.count('class="bar"') == 4
+    assert html.count('class="whisker"') == 4
+    assert "Whisker: its confidence interval." in html
     for channel in ("phone", "chat", "email", "web"):
         assert f"<td>{channel}</td>" in html
+        assert re.search(rf"<title>{channel}: -?\d[\d,]* \(\d[\d,]* to \d[\d,]*\)</title>", html)
+
+
+def test_a_release_by_two_dimensions_draws_one_panel_per_value_of_the_first(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    html = _release_page(client, issued["partner"].token, ["channel", "referral_source"])
+    assert html.count("<svg") == 4
+    assert html.count('class="whisker"') == 4 * 6
+    for channel in ("phone", "chat", "email", "web"):
+        assert f"count by channel, referral_source (uk-helpline-2024): channel {channel}" in html
 
 
 def test_dpo_is_warned_of_a_grant_expiring_within_60_days(
@@ -427,3 +475,24 @@ grants:
     expiring = html.split('id="expiring"')[1].split("</section>")[0]
     assert soon.isoformat() in expiring and "expires in 30 days" in expiring
     assert later.isoformat() not in expiring
+
+
+def test_release_page_shows_the_exact_cost_charged(
+    client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
+) -> None:
+    released = client.post(
+        "/v1/queries",
+        headers=bearer(issued["partner"].token),
+        json={
+            "dataset": "uk-helpline-2024",
+            "statistic": "count",
+            "group_by": ["channel"],
+            "accuracy": {"max_error": 80},
+        },
+    )
+    assert released.status_code == 201, released.json
+    exact = released.json["privacy"]["cost"]["epsilon"]
+    assert len(exact) > 6  # rounded up to a nano-unit: more digits than a float's %g shows
+    sign_in(client, issued["partner"].token)
+    html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(as_text=True)
+    assert f"<dd>epsilon {exact}</dd>" in html

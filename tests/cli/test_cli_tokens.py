@@ -39,7 +39,17 @@ def accepted(app: Flask, token: str) -> bool:
 def listing(settings: Settings) -> dict[str, list[str]]:
     result = dpx(settings, "list-tokens")
     assert result.exit_code == 0, result.output
-    return {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
+    header, *lines = result.stdout.splitlines()
+    assert header.split("\t") == [
+        "id",
+        "prefix",
+        "role",
+        "subject",
+        "created",
+        "last used",
+        "status",
+    ]
+    return {line.split("\t")[0]: line.split("\t") for line in lines}
 
 
 def test_a_rotated_token_keeps_working_for_its_grace_period(app: Flask, settings: Settings) -> None:
@@ -51,7 +61,8 @@ def test_a_rotated_token_keeps_working_for_its_grace_period(app: Flask, settings
     new = result.stdout.strip()
     assert new != old and f"replaces {old_id}" in result.stderr
     assert accepted(app, new) and accepted(app, old)
-    assert listing(settings)[old_id][-1].startswith("revoked ")
+    assert listing(settings)[old_id][-1].startswith("active until ")
+    assert listing(settings)[old_id][-1].endswith("(rotated: grace period)")
 
 
 def test_a_rotated_token_without_grace_stops_at_once(app: Flask, settings: Settings) -> None:
@@ -60,6 +71,7 @@ def test_a_rotated_token_without_grace_stops_at_once(app: Flask, settings: Setti
     new = dpx(settings, "rotate-token", old_id, "--grace", "0s").stdout.strip()
 
     assert accepted(app, new) and not accepted(app, old)
+    assert listing(settings)[old_id][-1].startswith("revoked ")
     refused = dpx(settings, "rotate-token", old_id)
     assert refused.exit_code == 1 and f"no active token with id {old_id}" in refused.stderr
 
@@ -117,3 +129,11 @@ def test_token_commands_are_in_the_audit_log_without_the_token(
     assert [line for line in exported.stdout.splitlines() if token_id in line]
     assert '"action": "token.revoke"' in exported.stdout
     assert token not in exported.stdout and new not in exported.stdout
+
+
+def test_dpx_version_names_the_package_version(settings: Settings) -> None:
+    from importlib.metadata import version
+
+    result = dpx(settings, "--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"dpx, version {version('dpx')}"

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main as dpx
-from tests.live_server import ROOT, environment, serve
+from tests.dataset_policies import DEMO_POLICIES
+from tests.live_server import environment, serve
 
 PARTNERS = ("no-police", "interpol-sg")
 
@@ -45,7 +46,7 @@ def _dpx(env: dict[str, str | None], *args: str) -> str:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDpx]:
     base = tmp_path_factory.mktemp("live")
-    shutil.copytree(ROOT / "policies", base / "policies")
+    shutil.copytree(DEMO_POLICIES, base / "policies")
     variables = {"DPX_DATA_DIR": str(base / "var"), "DPX_POLICY_DIR": str(base / "policies")}
     # None unsets a variable for the admin commands: the server is configured by these alone.
     overrides: dict[str, str | None] = {

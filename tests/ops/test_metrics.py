@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.components import Components
 from service.store.demo import generate_contacts
 from service.store.ingest import parse_batch
-from tests.live_server import ROOT, LiveServer, deploy, serve, settings_variables
+from tests.dataset_policies import DEMO_POLICIES
+from tests.live_server import LiveServer, deploy, serve, settings_variables
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def _query(**changes: object) -> dict[str, object]:
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     """Four releases, one repeat, a policy refusal and a budget refusal, over two workers."""
     root = tmp_path_factory.mktemp("metrics")
-    shutil.copytree(ROOT / "policies", root / "policies")
+    shutil.copytree(DEMO_POLICIES, root / "policies")
     settings = deploy(root, root / "policies")
     components = Components.open(settings)
     dataset = components.exchange.policies.datasets[UK]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import date
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
 from service.policy import PolicySet, PolicyViolation, check_grant, load_policies
+from tests.dataset_policies import DEMO_POLICIES
 
-DEMO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 TODAY = date(2026, 3, 1)
 
 

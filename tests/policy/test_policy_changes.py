@@ -11,8 +11,8 @@ import pytest
 from service.policy import load_policies
 from service.policy.changes import PolicyChange, policy_changes, review
 from service.policy.model import PolicySet
+from tests.dataset_policies import DEMO_POLICIES
 
-DEMO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 UK, NL = "uk-helpline-2024", "nl-helpline-2024"
 NO_POLICE = "partners/no-police.yaml"
 NL_GRANT = """\

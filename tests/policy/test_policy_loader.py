@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from service.policy import PolicyError, PolicySetError, load_policies
 from service.policy.schemas import amount_text
-
-DEMO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+from tests.dataset_policies import DEMO_POLICIES
 
 ALPHA = """\
 id: alpha
