@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -273,6 +274,44 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
         definition=design.definition,
         table=tuple(int(v) for v in table),
     )
+
+
+def encode_estimate(estimate: Estimate) -> bytes:
+    """The estimate as canonical JSON bytes (the plaintext a synopsis is sealed from)."""
+    return json.dumps(
+        {
+            "version": 1,
+            "dimensions": list(estimate.dimensions),
+            "sizes": list(estimate.sizes),
+            "marginals": [list(marginal) for marginal in estimate.marginals],
+            "variances": list(estimate.variances),
+            "definition": estimate.definition,
+            "table": list(estimate.table),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def decode_estimate(plaintext: bytes) -> Estimate:
+    """The estimate :func:`encode_estimate` wrote; ``ValueError`` for anything else."""
+    try:
+        data = json.loads(plaintext)
+        if data.get("version") != 1:
+            raise ValueError(f"unknown synopsis format {data.get('version')!r}")
+        estimate = Estimate(
+            dimensions=tuple(str(name) for name in data["dimensions"]),
+            sizes=tuple(int(size) for size in data["sizes"]),
+            marginals=tuple(tuple(str(n) for n in marginal) for marginal in data["marginals"]),
+            variances=tuple(float(v) for v in data["variances"]),
+            definition=data["definition"],
+            table=tuple(int(v) for v in data["table"]),
+        )
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable synopsis ({type(error).__name__})") from None
+    if len(estimate.table) != math.prod(estimate.sizes):
+        raise ValueError("unreadable synopsis (table size does not match its dimensions)")
+    return estimate
 
 
 def round_table(values: FloatArray) -> IntArray:
