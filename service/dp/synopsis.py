@@ -346,30 +346,37 @@ def answer(estimate: Estimate, query: Query, dataset: DatasetPolicy) -> list[Syn
     marginal = covering_marginal(estimate.marginals, used)
     if marginal is None:
         raise NotInSynopsis(estimate.marginals, sorted(set(used)))
-    # Indicator rows: output cell x cell of the marginal.
-    marginal_values = [dataset.dimension(name).values for name in marginal]
-    keys = list(itertools.product(*marginal_values))
+    # Indicator rows: output cell x cell of the marginal (C order over the marginal's axes).
+    domains = [dataset.dimension(name).values for name in marginal]
+    width = math.prod(len(values) for values in domains)
+    position = np.unravel_index(np.arange(width), tuple(len(values) for values in domains))
+    kept = np.ones(width, dtype=bool)
+    for name, values in query.filters:
+        axis = marginal.index(name)
+        allowed = [domains[axis].index(value) for value in values]
+        kept &= np.isin(position[axis], allowed)
     outputs = group_cells(query, dataset)
-    index = {name: position for position, name in enumerate(marginal)}
-    kept = {name: set(values) for name, values in query.filters}
-    rows = np.zeros((len(outputs), len(keys)))
-    for row, output in enumerate(outputs):
-        wanted = dict(zip(query.group_by, output, strict=True))
-        for column, key in enumerate(keys):
-            if all(key[index[n]] == v for n, v in wanted.items()) and all(
-                key[index[n]] in values for n, values in kept.items()
-            ):
-                rows[row, column] = 1.0
+    target = np.zeros(width, dtype=np.int64)
+    for name in query.group_by:
+        axis = marginal.index(name)
+        # A grouped dimension that is also filtered ranges over the filter's values only.
+        values = query.filter_values(name) or domains[axis]
+        lookup = np.full(len(domains[axis]), 0, dtype=np.int64)
+        for rank, value in enumerate(values):
+            lookup[domains[axis].index(value)] = rank
+        target = target * len(values) + lookup[position[axis]]
+    rows = np.zeros((len(outputs), width))
+    rows[target[kept], np.arange(width)[kept]] = 1.0
     table = np.asarray(estimate.table, dtype=np.int64).reshape(estimate.sizes)
     axes = _axes(estimate.dimensions, marginal)
     summed = tuple(a for a in range(len(estimate.sizes)) if a not in axes)
     counts = table.sum(axis=summed).reshape(-1) if summed else table.reshape(-1)
-    values = rows.astype(np.int64) @ counts
+    sums = rows.astype(np.int64) @ counts
     covariance = marginal_covariance(estimate.sizes, _members(estimate), estimate.variances, axes)
     variances = np.einsum("ij,jk,ik->i", rows, covariance, rows)
     multiplier = interval_multiplier(estimate.definition, query.alpha)
     result = []
-    for output, value, variance in zip(outputs, values, variances, strict=True):
+    for output, value, variance in zip(outputs, sums, variances, strict=True):
         half = math.ceil(multiplier * math.sqrt(max(float(variance), 0.0)))
         result.append(
             SynopsisValue(output, int(value), (max(int(value) - half, 0), int(value) + half))
