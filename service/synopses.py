@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError as RowConflict
 
@@ -41,15 +41,13 @@ from service.dp.synopsis import (
     measure,
 )
 from service.dp.synopsis import answer as answer_from
+from service.exchange import Answer, Conflict, Exchange
 from service.ledger.budgets import BudgetExhausted
 from service.ledger.releases import DONE, StoredRelease
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
 from service.store.synopses import StoredSynopsis, SynopsisStore
-
-if TYPE_CHECKING:
-    from service.exchange import Answer, Exchange
 
 SYNOPSIS_ACCOUNT = "@synopsis"
 """The ledger account of a dataset's synopsis builds. Not a valid partner id, so it never
@@ -213,19 +211,21 @@ class Synopses:
         ``NotInSynopsis``). An accuracy-first query without a source is answered from the
         synopsis when every value's interval meets its target, else left to the charged path.
         """
-        from service.exchange import Answer
-
         found = self._resolve(principal, raw)
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
-        if idempotency_key is not None and (
-            self.exchange.releases.find_idempotent(partner.id, idempotency_key) is not None
-        ):
-            return None  # the exchange replays the first response
+        # The same request hash as the exchange's, so one Idempotency-Key means one request
+        # whichever path answered it.
         request_hash = hashlib.sha256(
             json.dumps(dict(raw), sort_keys=True, default=str).encode()
         ).hexdigest()
+        if idempotency_key is not None:
+            first = self.exchange.releases.find_idempotent(partner.id, idempotency_key)
+            if first is not None:
+                if first.request_hash != request_hash:
+                    raise Conflict("this Idempotency-Key was already used for another request")
+                return Answer(self._respond(first, dataset, grant, partner.id), cached=False)
         asked = _asked(query, dataset)
         key = hashlib.sha256(
             json.dumps(
@@ -246,7 +246,15 @@ class Synopses:
                     request_hash, idempotency_key,
                 )  # fmt: skip
             except RowConflict:
-                continue  # an identical answer was stored concurrently: return that one
+                # An identical answer (or one under the same Idempotency-Key) was stored
+                # concurrently: answer with that one.
+                if idempotency_key is not None:
+                    first = self.exchange.releases.find_idempotent(partner.id, idempotency_key)
+                    if first is not None and first.status == DONE:
+                        return Answer(
+                            self._respond(first, dataset, grant, partner.id), cached=False
+                        )
+                continue
             return Answer(
                 dict(document, budget=self._budget_view(dataset, grant, partner.id)),
                 cached=False,

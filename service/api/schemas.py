@@ -50,6 +50,10 @@ class ProblemSchema(Schema):
     )
     total_rejected = fields.Integer(metadata={"description": "upload: rows rejected in all"})
     checks = fields.Dict(metadata={"description": "unavailable (503): each readiness check"})
+    marginals = fields.List(
+        fields.List(fields.String()),
+        metadata={"description": "not_in_synopsis (400): the marginals the synopsis declares"},
+    )
 
 
 class DimensionSchema(Schema):
