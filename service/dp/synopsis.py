@@ -49,9 +49,6 @@ from service.policy.model import DatasetPolicy, Definition, SynopsisPolicy
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-MAX_TABLE_CELLS = 20_000
-"""The largest table (product of the domains the marginals use) a synopsis may estimate."""
-
 # No marginal gets less than this share of the budget: a marginal the optimiser would
 # starve still answers its own questions with bounded noise.
 MIN_SHARE = 0.02
