@@ -58,7 +58,8 @@ class Components:
             audit=audit,
             max_cells=settings.max_cells,
         )
-        exchange.synopses = Synopses(exchange, SynopsisStore(database, keyring))
+        synopses = Synopses(exchange, SynopsisStore(database, keyring))
+        exchange.synopses = synopses
         return cls(
             settings=settings,
             database=database,
@@ -69,5 +70,5 @@ class Components:
             ledger=ledger,
             releases=releases,
             exchange=exchange,
-            synopses=exchange.synopses,
+            synopses=synopses,
         )
