@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.components import Components
 from service.crypto.signing import verify_document
 from service.store.demo import generate_contacts
 from tests.conftest import BOTH_BACKENDS, Tokens
