@@ -21,7 +21,6 @@ pytestmark = BOTH_BACKENDS
 
 DATASET = "nl-helpline-2024"
 MONTHS = [f"2024-{m:02d}" for m in range(1, 13)]
-SOURCES = ["social_media_ad", "police_warning", "search_warning", "word_of_mouth", "other"]
 
 
 def _upload(

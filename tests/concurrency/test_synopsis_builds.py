@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Table, func, select
 
 from service.components import Components
 from service.config import Settings
@@ -49,10 +49,10 @@ def _upload(components: Components, batches: int) -> None:
         components.store.add(dataset, aggregated, form="contacts", actor="test")
 
 
-def _count(components: Components, table: object, *conditions: object) -> int:
+def _count(components: Components, table: Table, *conditions: ColumnElement[bool]) -> int:
     with components.database.read() as conn:
-        query = select(func.count()).select_from(table)  # type: ignore[arg-type]
-        return int(conn.execute(query.where(*conditions)).scalar_one())  # type: ignore[arg-type]
+        query = select(func.count()).select_from(table).where(*conditions)
+        return int(conn.execute(query).scalar_one())
 
 
 def _audit(components: Components, action: str) -> int:
