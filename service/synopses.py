@@ -319,6 +319,8 @@ class Synopses:
                 today=date.today(),
             )
         except PolicyViolation as refusal:
+            if source is None:
+                return None  # the charged path refuses it, and records the refusal once
             self._refuse(principal, dataset.id, "policy", str(refusal))
             raise
         stored = self.store.newest(dataset.id)
