@@ -57,14 +57,18 @@ MIN_SHARE = 0.02
 class NotInSynopsis(ValueError):
     """The question is not a sum over cells of one declared marginal."""
 
-    def __init__(self, marginals: Sequence[Sequence[str]], used: Sequence[str]) -> None:
+    def __init__(
+        self, marginals: Sequence[Sequence[str]], used: Sequence[str], statistic: str = "count"
+    ) -> None:
         self.marginals = [list(marginal) for marginal in marginals]
         named = "; ".join("[" + ", ".join(marginal) + "]" for marginal in marginals)
         dims = ", ".join(used) if used else "(none)"
-        super().__init__(
-            f"the dimensions {dims} do not lie in one declared marginal of the synopsis "
-            f"(marginals: {named}); ask a direct query with a cost instead"
+        what = (
+            f"the dimensions {dims} do not lie in one declared marginal of the synopsis"
+            if statistic == "count"
+            else f"a synopsis answers counts, not {statistic}"
         )
+        super().__init__(f"{what} (marginals: {named}); ask a direct query with a cost instead")
 
 
 @dataclass(frozen=True)
@@ -146,11 +150,6 @@ def design(dataset: DatasetPolicy, alpha: float = DEFAULT_ALPHA) -> SynopsisDesi
         shares=shares,
         cost=sum(shares, Fraction(0)),
     )
-
-
-def marginal_query(design: SynopsisDesign, index: int) -> Query:
-    """The count query whose true answer is marginal ``index``'s vector of counts."""
-    return design.plans[index].query
 
 
 def noise_variance(definition: Definition, scale: float) -> float:
@@ -338,7 +337,7 @@ def answer(estimate: Estimate, query: Query, dataset: DatasetPolicy) -> list[Syn
     all lie in one declared marginal (such a sum is not determined by the measurements).
     """
     if query.statistic != "count":
-        raise NotInSynopsis(estimate.marginals, ["statistic " + query.statistic])
+        raise NotInSynopsis(estimate.marginals, [], statistic=query.statistic)
     used = [*query.group_by, *(name for name, _ in query.filters)]
     marginal = covering_marginal(estimate.marginals, used)
     if marginal is None:

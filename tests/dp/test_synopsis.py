@@ -131,6 +131,8 @@ def test_a_question_outside_every_marginal_is_refused() -> None:
 
     with pytest.raises(NotInSynopsis, match=r"\[month, channel\]; \[month, referral_source\]"):
         answer(fitted, replace(three_way, group_by=("month", "caller_type")), HELPLINE)
+    with pytest.raises(NotInSynopsis, match="a synopsis answers counts, not sum"):
+        answer(fitted, replace(three_way, statistic="sum", measure="minutes"), HELPLINE)
     with pytest.raises(NotInSynopsis):
         answer(
             fitted,
