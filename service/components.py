@@ -19,6 +19,8 @@ from service.ledger.budgets import Ledger
 from service.ledger.releases import ReleaseStore
 from service.policy.loader import load_policies
 from service.store.batches import BatchStore
+from service.store.synopses import SynopsisStore
+from service.synopses import Synopses
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Components:
     ledger: Ledger
     releases: ReleaseStore
     exchange: Exchange
+    synopses: Synopses
 
     @classmethod
     def open(cls, settings: Settings) -> Components:
@@ -55,6 +58,8 @@ class Components:
             audit=audit,
             max_cells=settings.max_cells,
         )
+        synopses = Synopses(exchange, SynopsisStore(database, keyring))
+        exchange.synopses = synopses
         return cls(
             settings=settings,
             database=database,
@@ -65,4 +70,5 @@ class Components:
             ledger=ledger,
             releases=releases,
             exchange=exchange,
+            synopses=synopses,
         )

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError as RowConflict
 
@@ -46,6 +46,9 @@ from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
 from service.store.ingest import parse_batch
+
+if TYPE_CHECKING:
+    from service.synopses import Synopses
 
 # A pending release older than this belongs to a worker that died between charge and
 # release; an identical query may then be charged and answered afresh (no output of the
@@ -75,6 +78,10 @@ class Answer:
 
 
 class Exchange:
+    # Free answers from a dataset's synopsis, consulted before the charged path (set by
+    # ``service.components``).
+    synopses: Synopses | None = None
+
     def __init__(
         self,
         *,
@@ -204,6 +211,9 @@ class Exchange:
 
     def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Cost, noise and accuracy of a query, and what it would leave; spends nothing."""
+        free = self.synopses.estimate(principal, raw) if self.synopses is not None else None
+        if free is not None:
+            return free
         partner, dataset, grant, query, plan = self._prepare(principal, raw)
         cached = self._cached(dataset, partner.id, query_key(query)) is not None
         remaining = self._remaining(dataset, grant, partner.id)
@@ -217,12 +227,17 @@ class Exchange:
             "mechanism": summary["mechanism"],
             "accuracy": summary["accuracy"],
             "budget": self._budget_view(dataset, remaining),
+            "source": "direct",
         }
 
     def run(
         self, principal: Principal, raw: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> Answer:
         """Answer a query with a release: stored when repeated, otherwise charged then noised."""
+        if self.synopses is not None:
+            free = self.synopses.answer(principal, raw, idempotency_key=idempotency_key)
+            if free is not None:
+                return free
         partner, dataset, grant, query, plan = self._prepare(principal, raw)
         key = query_key(query)
         request_hash = hashlib.sha256(

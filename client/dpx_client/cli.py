@@ -210,6 +210,11 @@ def query_options(command: F) -> F:
             help="instead of a cost: the accuracy to buy at the lowest cost",
         ),
         click.option(
+            "--synopsis",
+            is_flag=True,
+            help="instead of a cost: answer free from the dataset's synopsis",
+        ),
+        click.option(
             "--alpha",
             type=float,
             help="1 - confidence of the intervals and of --max-error (default 0.05)",
@@ -231,8 +236,10 @@ def _query_fields(
     rho: float | None,
     max_error: float | None,
     alpha: float | None,
+    synopsis: bool = False,
 ) -> dict[str, Any]:
     return {
+        "source": "synopsis" if synopsis else None,
         "dataset": dataset,
         "statistic": statistic,
         "measure": measure,
@@ -263,11 +270,14 @@ def estimate(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
         _cost(result.get("privacy") or {})
         + ("  (an identical release exists: free)" if result.get("cached") else ""),
     )
-    table.add_row(
-        "mechanism",
-        f"{mechanism.get('name')} scale {mechanism.get('scale', 0):.4g}"
-        f" sensitivity {mechanism.get('sensitivity')}",
-    )
+    if result.get("source") == "synopsis":
+        table.add_row("source", f"synopsis {result.get('synopsis')}: free, no noise drawn")
+    else:
+        table.add_row(
+            "mechanism",
+            f"{mechanism.get('name')} scale {mechanism.get('scale', 0):.4g}"
+            f" sensitivity {mechanism.get('sensitivity')}",
+        )
     table.add_row(
         "accuracy",
         f"each value within ±{accuracy.get('max_error', 0):,.1f} with "
@@ -326,6 +336,9 @@ def _print_release(release: Release) -> None:
         f"cost: {cost}"
         + ("  (cached: the stored release, charged nothing now)" if release.cached else "")
     )
+    source = release.document.get("source") or {}
+    if source.get("synopsis"):
+        console.print(f"answered free from synopsis {source['synopsis']}")
     remaining = _remaining(release.budget)
     if remaining:
         console.print(remaining)

@@ -277,8 +277,11 @@ class DpxClient:
         rho: float | None = None,
         accuracy: Mapping[str, float] | None = None,
         alpha: float | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
-        """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing."""
+        """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing.
+
+        ``source="synopsis"`` asks about an answer from the dataset's synopsis (free)."""
         body = _drop_none(
             dataset=dataset,
             statistic=statistic,
@@ -289,6 +292,7 @@ class DpxClient:
             rho=rho,
             accuracy=dict(accuracy) if accuracy else None,
             alpha=alpha,
+            source=source,
         )
         estimate: dict[str, Any] = self._call("POST", "/v1/queries/estimate", json_body=body)
         return estimate
@@ -306,8 +310,12 @@ class DpxClient:
         accuracy: Mapping[str, float] | None = None,
         alpha: float | None = None,
         idempotency_key: str | None = None,
+        source: str | None = None,
     ) -> Release:
         """Run a query and return its signed release; spends budget unless ``cached``.
+
+        ``source="synopsis"`` (and no cost) answers from the dataset's newest synopsis, free;
+        :class:`DpxError` with code ``not_in_synopsis`` or ``no_synopsis`` when it cannot.
 
         Every attempt of this call carries the same ``Idempotency-Key`` (a fresh one unless
         given), so a retry after a lost response never charges twice.
@@ -322,6 +330,7 @@ class DpxClient:
             rho=rho,
             accuracy=dict(accuracy) if accuracy else None,
             alpha=alpha,
+            source=source,
         )
         key = idempotency_key or "idem_" + secrets.token_urlsafe(18)
         return Release(

@@ -234,6 +234,7 @@ def overview() -> str:
     if caller.role == "dpo":
         context["refusals"] = _refusals(current_app.extensions["dpx.audit"], now)
         context["expiring"] = _expiring_grants(exchange, now.date())
+        context["synopses"] = _synopses(exchange)
     return render_template("dashboard_overview.html", signed_in=current, **context)
 
 
@@ -256,6 +257,37 @@ def release(release_id: str) -> str:
 
 
 # -- what the pages show --------------------------------------------------------------------
+
+
+def _synopses(exchange: Exchange) -> list[dict[str, Any]]:
+    """Every build of every declared synopsis, newest first, with its cost (DPO only)."""
+    if exchange.synopses is None:
+        return []
+    found = []
+    for dataset in sorted(exchange.policies.datasets.values(), key=lambda d: d.id):
+        view = exchange.synopses.describe(dataset)
+        if view is None:
+            continue
+        builds = exchange.synopses.store.history(dataset.id, limit=RECENT)
+        found.append(
+            {
+                "dataset": dataset.id,
+                "unit": dataset.budget_unit,
+                "marginals": "; ".join("[" + ", ".join(m) + "]" for m in view["marginals"]),
+                "stale": bool(view["built"] and view["built"]["stale"]),
+                "builds": [
+                    {
+                        "id": b.synopsis_id,
+                        "built_at": b.built_at.strftime("%Y-%m-%d %H:%M UTC"),
+                        "cost": float(b.cost),
+                        "batches": len(b.batches),
+                        "seconds": b.build_seconds,
+                    }
+                    for b in builds
+                ],
+            }
+        )
+    return found
 
 
 def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:

@@ -58,6 +58,7 @@ def render_dataset(
         "dimensions": [asdict(d) for d in dataset.dimensions],
         "measures": list(dataset.measures),
         "grant": None,
+        "synopsis": exchange.synopses.describe(dataset) if exchange.synopses else None,
     }
     if grant is not None and partner is not None:
         spent = exchange.ledger.spent(dataset.id, partner)

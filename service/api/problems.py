@@ -20,10 +20,12 @@ from service.api.schemas import ProblemSchema
 from service.auth.registry import Unauthenticated
 from service.crypto.errors import IntegrityError
 from service.dp.errors import InvalidQuery
+from service.dp.synopsis import NotInSynopsis
 from service.exchange import Conflict, Forbidden, NotFound
 from service.ledger.budgets import BudgetExhausted
 from service.policy.errors import PolicyViolation
 from service.store.errors import InvalidBatch
+from service.synopses import NoSynopsis
 
 log = logging.getLogger("dpx.api")
 
@@ -37,6 +39,8 @@ TITLES = {
     "payload_too_large": "The upload is too large",
     "rate_limited": "Too many requests",
     "conflict": "Conflicting request",
+    "not_in_synopsis": "The question lies outside the synopsis",
+    "no_synopsis": "No synopsis to answer from",
     "integrity_error": "Stored data failed its integrity check",
     "unavailable": "Not ready",
     "internal_error": "Internal error",
@@ -144,6 +148,8 @@ HANDLERS: dict[type[Exception], Handler] = {
         },
     ),
     Conflict: lambda e: problem(409, "conflict", str(e)),
+    NotInSynopsis: lambda e: problem(400, "not_in_synopsis", str(e), marginals=e.marginals),
+    NoSynopsis: lambda e: problem(409, "no_synopsis", str(e)),
     IntegrityError: lambda e: _integrity(e),
 }
 
@@ -175,7 +181,13 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
             "invalid_request",
             "filters.month: '2025-01' is not in 2024-01..2024-12",
             {"field": "filters.month"},
-        )
+        ),
+        (
+            "not_in_synopsis",
+            "the dimensions caller_type do not lie in one declared marginal of the synopsis "
+            "(marginals: [month, channel]); ask a direct query with a cost instead",
+            {"marginals": [["month", "channel"]]},
+        ),
     ],
     401: [("unauthenticated", "missing, malformed, unknown or revoked token", {})],
     403: [
@@ -191,7 +203,15 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
         ),
     ],
     404: [("not_found", "no dataset 'xx-helpline-2024'", {})],
-    409: [("conflict", "this Idempotency-Key was already used for another request", {})],
+    409: [
+        ("conflict", "this Idempotency-Key was already used for another request", {}),
+        (
+            "no_synopsis",
+            "dataset nl-helpline-2024 has no synopsis built yet; ask a direct query with a "
+            "cost instead",
+            {},
+        ),
+    ],
     413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
     422: [
         (

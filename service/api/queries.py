@@ -31,7 +31,7 @@ class Estimate(MethodView):
     @blp.doc(security=BEARER)
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
     @blp.response(200, EstimateSchema, example=ESTIMATE_EXAMPLE)
-    @problem_responses(blp, 400, 401, 403, 404, 413)
+    @problem_responses(blp, 400, 401, 403, 404, 409, 413)
     def post(self, query: dict[str, Any]) -> dict[str, Any]:
         """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing."""
         caller = require("partner")

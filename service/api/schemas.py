@@ -50,6 +50,10 @@ class ProblemSchema(Schema):
     )
     total_rejected = fields.Integer(metadata={"description": "upload: rows rejected in all"})
     checks = fields.Dict(metadata={"description": "unavailable (503): each readiness check"})
+    marginals = fields.List(
+        fields.List(fields.String()),
+        metadata={"description": "not_in_synopsis (400): the marginals the synopsis declares"},
+    )
 
 
 class DimensionSchema(Schema):
@@ -94,6 +98,13 @@ class DatasetSchema(Schema):
     dimensions = fields.List(fields.Nested(DimensionSchema))
     measures = fields.List(fields.Nested(MeasureSchema))
     grant = fields.Nested(GrantSchema, allow_none=True)
+    synopsis = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "the declared marginals, budget and newest build (synopsis_id, "
+            "built_at, cost, stale), or null when the dataset declares none"
+        },
+    )
 
 
 class DatasetListSchema(Schema):
@@ -152,6 +163,13 @@ class QuerySchema(Schema):
     rho = fields.Float(allow_nan=False)
     accuracy = fields.Nested(AccuracyTargetSchema)
     alpha = fields.Float(allow_nan=False, metadata={"example": 0.05})
+    source = fields.String(
+        validate=validate.OneOf(["synopsis"]),
+        metadata={
+            "description": "synopsis: answer free from the dataset's newest synopsis (give no "
+            "cost); 4xx not_in_synopsis or no_synopsis when it cannot"
+        },
+    )
 
 
 class SignatureSchema(Schema):
@@ -177,6 +195,12 @@ class ReleaseSchema(Schema):
     )
     accuracy = fields.Dict(metadata={"example": {"alpha": 0.05, "max_error": 60}})
     budget = fields.Dict()
+    source = fields.Dict(
+        metadata={
+            "description": "present when answered free from a synopsis",
+            "example": {"synopsis": "syn_…"},
+        }
+    )
     policy_version = fields.String()
     created_at = fields.String()
     signature = fields.Nested(SignatureSchema)
@@ -205,6 +229,14 @@ class EstimateSchema(Schema):
     mechanism = fields.Dict()
     accuracy = fields.Dict()
     budget = fields.Dict()
+    source = fields.String(
+        metadata={
+            "description": "synopsis: answered free from the synopsis named under synopsis; "
+            "direct: charged as a fresh release",
+            "example": "direct",
+        }
+    )
+    synopsis = fields.String(metadata={"description": "the synopsis id, when source is synopsis"})
 
 
 class BudgetSchema(Schema):

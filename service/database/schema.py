@@ -141,3 +141,22 @@ sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
+
+# Synopses: a post-processed table of noisy marginals per build, sealed like a batch (its id
+# is the envelope's associated data) and moved by key rotation with the batches. A row only
+# exists for a finished build: a build killed after its charge leaves the charge alone.
+synopses = Table(
+    "synopses",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dataset", String(100), nullable=False, index=True),
+    Column("definition", String(10), nullable=False),
+    Column("marginals", Text, nullable=False),
+    Column("cost_nano", BigInteger, nullable=False),
+    Column("batches", Text, nullable=False),
+    Column("build_ms", Integer, nullable=False),
+    Column("policy_version", String(80), nullable=False),
+    Column("kek_id", String(40), nullable=False, index=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

@@ -176,6 +176,11 @@ def _dataset_fields(dataset: DatasetPolicy) -> dict[str, str]:
         fields[f"dimensions.{dimension.name}"] = ", ".join(dimension.values)
     for measure in dataset.measures:
         fields[f"measures.{measure.name}"] = f"{measure.lower}..{measure.upper}"
+    if dataset.synopsis is not None:
+        fields["synopsis.marginals"] = "; ".join(
+            "[" + ", ".join(marginal) + "]" for marginal in dataset.synopsis.marginals
+        )
+        fields["synopsis.budget"] = _amount(dataset, dataset.synopsis.budget)
     return fields
 
 

@@ -41,6 +41,14 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class SynopsisPolicy:
+    """The marginals a synopsis measures (each in policy order) and what one build costs."""
+
+    marginals: tuple[tuple[str, ...], ...]
+    budget: Fraction
+
+
+@dataclass(frozen=True)
 class DatasetPolicy:
     """One dataset: its schema (public domains), privacy unit, bounds and global budget."""
 
@@ -57,6 +65,7 @@ class DatasetPolicy:
     dimensions: tuple[Dimension, ...]
     measures: tuple[Measure, ...]
     source: str
+    synopsis: SynopsisPolicy | None = None
 
     @property
     def budget_unit(self) -> Literal["epsilon", "rho"]:

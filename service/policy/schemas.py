@@ -25,7 +25,14 @@ from typing import Any, Literal
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.types import ErrorMessages
 
-from service.policy.model import DatasetPolicy, Dimension, Grant, Measure, PartnerPolicy
+from service.policy.model import (
+    DatasetPolicy,
+    Dimension,
+    Grant,
+    Measure,
+    PartnerPolicy,
+    SynopsisPolicy,
+)
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -480,6 +487,25 @@ class MeasureSchema(PolicySchema):
         return data["min"], data["max"]
 
 
+# The synopsis table spans the product of the domains its marginals use. Measured on the
+# 2-core development machine: the dense non-negative least-squares fit takes 0.06 s at 288
+# cells, 1.6 s at 2,880 (every dimension of the demo UK dataset) and 27 s at 17,280.
+MAX_SYNOPSIS_CELLS = 5_000
+
+
+class SynopsisSchema(PolicySchema):
+    """``{marginals: [[dimension, ...], ...], budget: {epsilon|rho: x}}``; the dimensions and
+    the unit are checked against the rest of the dataset file by ``DatasetSchema``."""
+
+    marginals = ListOf(
+        ListOf(Identifier(), noun="dimension", non_empty=True),
+        noun="marginal",
+        non_empty=True,
+        required=True,
+    )
+    budget = Section(BudgetSchema, required=True)
+
+
 class SourcedSchema(PolicySchema):
     """A top-level schema that knows its file, whose stem the document's id must equal."""
 
@@ -505,6 +531,57 @@ class DatasetSchema(SourcedSchema):
     privacy = Section(PrivacySchema, required=True)
     dimensions = NamedEntries(DimensionSchema, noun="dimension", required=True)
     measures = NamedEntries(MeasureSchema, noun="measure", load_default=dict)
+    synopsis = Section(SynopsisSchema)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _synopsis_fits(self, data: dict[str, Any], **kwargs: Any) -> None:
+        synopsis, dimensions = data.get("synopsis"), data.get("dimensions")
+        if not isinstance(synopsis, Mapping) or not isinstance(dimensions, Mapping):
+            return
+        if "marginals" not in synopsis or "budget" not in synopsis:
+            return  # the missing field is reported by the synopsis schema itself
+        errors: dict[str, Any] = {}
+        marginal_errors: dict[int, list[str]] = {}
+        seen: dict[frozenset[str], int] = {}
+        for index, marginal in enumerate(synopsis["marginals"]):
+            unknown = [name for name in marginal if name not in dimensions]
+            if unknown:
+                marginal_errors[index] = [
+                    f"'{name}' is not a dimension of this dataset ({_listing(list(dimensions))})"
+                    for name in unknown
+                ]
+            elif frozenset(marginal) in seen:
+                marginal_errors[index] = [
+                    f"repeats marginals.{seen[frozenset(marginal)]} (order does not matter)"
+                ]
+            else:
+                seen[frozenset(marginal)] = index
+        if marginal_errors:
+            errors["marginals"] = marginal_errors
+        else:
+            used = {name for marginal in synopsis["marginals"] for name in marginal}
+            cells = math.prod(len(dimensions[name][1]) for name in used)
+            if cells > MAX_SYNOPSIS_CELLS:
+                errors["marginals"] = [
+                    f"the dimensions the marginals use span {cells} cells; at most "
+                    f"{MAX_SYNOPSIS_CELLS} are allowed"
+                ]
+        privacy, budget = data.get("privacy"), synopsis["budget"]
+        if isinstance(privacy, Mapping) and isinstance(budget, Budget):
+            expected = BUDGET_UNITS.get(str(privacy.get("definition")))
+            cap = privacy.get("global_budget")
+            if expected is not None and budget.unit != expected:
+                errors["budget"] = [
+                    f"a {privacy['definition']} dataset counts its budget in {expected}, "
+                    f"not {budget.unit}"
+                ]
+            elif isinstance(cap, Budget) and budget.amount > cap.amount:
+                errors["budget"] = [
+                    f"{budget.unit} {amount_text(budget.amount)} is more than the dataset's "
+                    f"global budget of {amount_text(cap.amount)}"
+                ]
+        if errors:
+            raise ValidationError({"synopsis": errors})
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _names(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
@@ -542,7 +619,21 @@ class DatasetSchema(SourcedSchema):
                 for name, (lower, upper) in data["measures"].items()
             ),
             source=self.source,
+            synopsis=_synopsis(data.get("synopsis"), list(data["dimensions"])),
         )
+
+
+def _synopsis(synopsis: Mapping[str, Any] | None, order: list[str]) -> SynopsisPolicy | None:
+    # Each marginal in policy order: a marginal is a set of dimensions, and its cells follow
+    # the same order as a query grouped by them.
+    if synopsis is None:
+        return None
+    return SynopsisPolicy(
+        marginals=tuple(
+            tuple(sorted(marginal, key=order.index)) for marginal in synopsis["marginals"]
+        ),
+        budget=synopsis["budget"].amount,
+    )
 
 
 @dataclass(frozen=True)

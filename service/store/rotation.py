@@ -10,6 +10,9 @@ which only touches a batch still under the KEK it was read under. A rotation kil
 moment (even SIGKILL between two statements) leaves every batch under the old KEK or the new
 one, both in the keyring; running it again finds the batches left behind and finishes.
 
+Sealed synopses (``service.store.synopses``) use the same envelope and move with the
+batches: every count and move below covers both tables.
+
 The service keeps answering during a rotation: both KEKs open batches until the old one is
 retired, and a service process that meets the new KEK reloads the keyring file (see
 ``BatchStore``). Every step that changes state appends an audit entry naming key ids and
@@ -28,14 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from service.audit.log import AuditLog
 from service.crypto.envelope import reencrypt, rewrap
 from service.crypto.errors import KeyringError
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
-from service.database.schema import audit_log, batches
+from service.database.schema import audit_log, batches, synopses
 
 START = "key.rotate.start"
 RESUME = "key.rotate.resume"
@@ -45,6 +48,9 @@ RETIRE = "key.retire"
 SIGNING_ROTATE = "signing_key.rotate"
 
 DEFAULT_BATCH_SIZE = 200
+
+# Every table of sealed blobs (id, dataset, kek_id, blob) that a rotation moves.
+SEALED: tuple[Table, ...] = (batches, synopses)
 
 OnProgress = Callable[[int, int], None]
 """Called after every committed transaction with (batches moved so far, batches to move)."""
@@ -107,11 +113,15 @@ class KeyRotation:
 
     def batches_by_kek(self) -> dict[str, int]:
         """How many batches each KEK id protects, as the batches table says."""
+        counts: dict[str, int] = {}
         with self.database.read() as conn:
-            rows = conn.execute(
-                select(batches.c.kek_id, func.count()).group_by(batches.c.kek_id)
-            ).all()
-        return {str(row[0]): int(row[1]) for row in rows}
+            for table in SEALED:
+                rows = conn.execute(
+                    select(table.c.kek_id, func.count()).group_by(table.c.kek_id)
+                ).all()
+                for row in rows:
+                    counts[str(row[0])] = counts.get(str(row[0]), 0) + int(row[1])
+        return counts
 
     def usage(self) -> list[KeyUsage]:
         """Every KEK of the keyring (oldest first), then any KEK batches name that the
@@ -127,15 +137,9 @@ class KeyRotation:
         ]
 
     def pending(self) -> int:
-        """Batches not yet under the primary KEK."""
+        """Batches (and synopses) not yet under the primary KEK."""
         with self.database.read() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(batches)
-                    .where(batches.c.kek_id != self.keyring.primary_kek_id)
-                ).scalar_one()
-            )
+            return _count_not_under(conn, self.keyring.primary_kek_id)
 
     # -- rotating ------------------------------------------------------------------------
 
@@ -245,21 +249,23 @@ class KeyRotation:
         on_progress: OnProgress | None,
     ) -> int:
         done = 0
-        while True:
-            with self.database.read() as conn:
-                rows = conn.execute(
-                    select(batches.c.id, batches.c.dataset, batches.c.kek_id, batches.c.blob)
-                    .where(batches.c.kek_id != plan.kek_id)
-                    .order_by(batches.c.id)
-                    .limit(batch_size)
-                ).all()
-            if not rows:
-                return done
-            done += self._move(plan, rows)
-            if on_progress is not None:
-                on_progress(moved + done, max(total, moved + done))
+        for table in SEALED:
+            while True:
+                with self.database.read() as conn:
+                    rows = conn.execute(
+                        select(table.c.id, table.c.dataset, table.c.kek_id, table.c.blob)
+                        .where(table.c.kek_id != plan.kek_id)
+                        .order_by(table.c.id)
+                        .limit(batch_size)
+                    ).all()
+                if not rows:
+                    break
+                done += self._move(plan, rows, table)
+                if on_progress is not None:
+                    on_progress(moved + done, max(total, moved + done))
+        return done
 
-    def _move(self, plan: RotationPlan, rows: Sequence[Any]) -> int:
+    def _move(self, plan: RotationPlan, rows: Sequence[Any], table: Table = batches) -> int:
         """Rewrap (or re-encrypt) one chunk and compare-and-set it in one transaction."""
         transform = reencrypt if plan.reencrypt else rewrap
         # The cryptography happens before the transaction opens, so the write lock is
@@ -269,8 +275,8 @@ class KeyRotation:
             for row in rows
         ]
         compare_and_set = (
-            update(batches)
-            .where(batches.c.id == bindparam("batch_id"), batches.c.kek_id == bindparam("old"))
+            update(table)
+            .where(table.c.id == bindparam("batch_id"), table.c.kek_id == bindparam("old"))
             .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
         )
         with self.database.write() as conn:
@@ -312,10 +318,7 @@ class KeyRotation:
                 action=FINISH,
                 details={"kek_id": plan.kek_id, "moved": moved, "reencrypt": plan.reencrypt},
             )
-            left = conn.execute(
-                select(func.count()).select_from(batches).where(batches.c.kek_id != plan.kek_id)
-            ).scalar_one()
-            if left:
+            if _count_not_under(conn, plan.kek_id):
                 raise _NotFinished()
 
     def _last_rotation(self) -> tuple[str, dict[str, Any]] | None:
@@ -348,10 +351,13 @@ class KeyRotation:
             # The audit head is taken first, as uploads and rotations take it: no upload
             # can commit a batch under this KEK between the count and the removal.
             self.audit.append(conn, actor=self.actor, action=RETIRE, details={"kek_id": kek_id})
-            left = int(
-                conn.execute(
-                    select(func.count()).select_from(batches).where(batches.c.kek_id == kek_id)
-                ).scalar_one()
+            left = sum(
+                int(
+                    conn.execute(
+                        select(func.count()).select_from(table).where(table.c.kek_id == kek_id)
+                    ).scalar_one()
+                )
+                for table in SEALED
             )
             if left:
                 raise KeyInUse(
@@ -378,3 +384,15 @@ class KeyRotation:
                 details={"key_id": current, "retired": retired},
             )
         return current, retired
+
+
+def _count_not_under(conn: Connection, kek_id: str) -> int:
+    """Sealed batches and synopses whose data key is not wrapped under ``kek_id``."""
+    return sum(
+        int(
+            conn.execute(
+                select(func.count()).select_from(table).where(table.c.kek_id != kek_id)
+            ).scalar_one()
+        )
+        for table in SEALED
+    )

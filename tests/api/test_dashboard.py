@@ -496,3 +496,20 @@ def test_release_page_shows_the_exact_cost_charged(
     sign_in(client, issued["partner"].token)
     html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(as_text=True)
     assert f"<dd>epsilon {exact}</dd>" in html
+def test_dpo_sees_each_synopsis_and_what_it_cost(
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
+    sign_in(client, issued["dpo"].token)
+    declared = client.get("/dashboard").get_data(as_text=True)
+    section = declared.split('id="synopses"')[1].split("</section>")[0]
+    assert "nl-helpline-2024" in section and "not built yet" in section
+    synopses = app.extensions["dpx.exchange"].synopses
+    first = synopses.build("nl-helpline-2024", actor="admin:test").stored.synopsis_id
+    second = synopses.build("nl-helpline-2024", actor="admin:test").stored.synopsis_id
+    html = client.get("/dashboard").get_data(as_text=True)
+    section = html.split('id="synopses"')[1].split("</section>")[0]
+    assert f"{second} (answering)" in section and f"{first} (superseded)" in section
+    assert section.count('<td class="num">0.5</td>') == 2
+    partner = app.test_client()
+    sign_in(partner, issued["partner"].token)
+    assert 'id="synopses"' not in partner.get("/dashboard").get_data(as_text=True)

@@ -101,7 +101,7 @@ BROKEN_FILES = [
     pytest.param(
         A, "owner: alpha-owner\n", "owner: alpha-owner\ncolour: red\n",
         f"{A}:colour: unknown field; expected one of: id, title, owner, privacy, dimensions, "
-        "measures",
+        "measures, synopsis",
         id="unknown-top-level-key",
     ),
     pytest.param(
