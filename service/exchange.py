@@ -45,6 +45,7 @@ from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
 from service.store.ingest import parse_batch
+from service.store.uploads import AlreadyStored, Upload
 
 # A pending release older than this belongs to a worker that died between charge and
 # release; an identical query may then be charged and answered afresh (no output of the
@@ -148,19 +149,44 @@ class Exchange:
     # -- uploads --------------------------------------------------------------------------
 
     def upload(
-        self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str, form: str
+        self,
+        principal: Principal,
+        dataset_id: str,
+        body: bytes,
+        *,
+        content_type: str,
+        form: str,
+        idempotency_key: str | None = None,
+        allow_duplicate: bool = False,
     ) -> StoredBatch:
-        """Validate, aggregate, seal and store one batch; a rejected batch stores nothing."""
+        """Validate, aggregate, seal and store one batch; a rejected batch stores nothing.
+
+        A retry with the same Idempotency-Key and body gets the first batch; a body that a
+        stored batch already holds is refused unless ``allow_duplicate``.
+        """
         dataset = self.dataset(dataset_id)
         if principal.role != "owner" or principal.subject != dataset.id:
             raise Forbidden(f"only the owner of {dataset.id} may upload to it")
+        upload = Upload.of(
+            self.keyring,
+            dataset.id,
+            body,
+            form=form,
+            idempotency_key=idempotency_key,
+            allow_duplicate=allow_duplicate,
+        )
         aggregated = parse_batch(
             body,
             content_type=content_type,
             form=form,  # type: ignore[arg-type]
             dataset=dataset,
         )
-        return self.store.add(dataset, aggregated, form=form, actor=principal.actor)
+        try:
+            return self.store.add(
+                dataset, aggregated, form=form, actor=principal.actor, upload=upload
+            )
+        except AlreadyStored as retry:
+            return self.store.get(retry.batch_id)
 
     # -- queries --------------------------------------------------------------------------
 

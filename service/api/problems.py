@@ -23,7 +23,7 @@ from service.dp.errors import InvalidQuery
 from service.exchange import Conflict, Forbidden, NotFound
 from service.ledger.budgets import BudgetExhausted
 from service.policy.errors import PolicyViolation
-from service.store.errors import InvalidBatch
+from service.store.errors import DuplicateBatch, InvalidBatch, UploadConflict
 
 log = logging.getLogger("dpx.api")
 
@@ -37,6 +37,7 @@ TITLES = {
     "payload_too_large": "The upload is too large",
     "rate_limited": "Too many requests",
     "conflict": "Conflicting request",
+    "duplicate_batch": "This batch is stored already",
     "integrity_error": "Stored data failed its integrity check",
     "unavailable": "Not ready",
     "internal_error": "Internal error",
@@ -144,6 +145,8 @@ HANDLERS: dict[type[Exception], Handler] = {
         },
     ),
     Conflict: lambda e: problem(409, "conflict", str(e)),
+    UploadConflict: lambda e: problem(409, "conflict", str(e)),
+    DuplicateBatch: lambda e: problem(409, "duplicate_batch", str(e), batch_id=e.batch_id),
     IntegrityError: lambda e: _integrity(e),
 }
 
@@ -191,7 +194,15 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
         ),
     ],
     404: [("not_found", "no dataset 'xx-helpline-2024'", {})],
-    409: [("conflict", "this Idempotency-Key was already used for another request", {})],
+    409: [
+        ("conflict", "this Idempotency-Key was already used for another request", {}),
+        (
+            "duplicate_batch",
+            "this upload is identical to batch bat_3f2a… of uk-helpline-2024, which is stored "
+            "already; upload it with ?allow_duplicate=true to store it a second time",
+            {"batch_id": "bat_3f2a…"},
+        ),
+    ],
     413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
     422: [
         (

@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from service.crypto.errors import KeyringError, UnknownKey
@@ -415,6 +417,30 @@ class Keyring:
     def audit_key(self) -> bytes:
         """The 256-bit HMAC-SHA-256 key that chains the audit log."""
         return self._audit_key.key
+
+    # -- keys derived for one purpose --------------------------------------------------
+
+    def derive(self, label: str) -> bytes:
+        """A 256-bit key for the one purpose that ``label`` names, derived from the audit
+        key with HKDF-SHA-256 (``label`` is HKDF's info).
+
+        Keys for different labels are independent of each other and of the audit chain's
+        key. The audit key never rotates (a reload refuses another one), so a derived key
+        stays the same for the life of a deployment, on every worker and instance.
+        """
+        return HKDF(
+            algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=label.encode("utf-8")
+        ).derive(self._audit_key.key)
+
+    def mac(self, label: str, data: bytes) -> bytes:
+        """HMAC-SHA-256 of ``data`` under the key derived for ``label``.
+
+        A keyed digest, not a plain hash: without the key, a short input (a small CSV, a
+        pseudonym) cannot be found by hashing guesses and comparing.
+        """
+        h = hmac.HMAC(self.derive(label), hashes.SHA256())
+        h.update(data)
+        return h.finalize()
 
     # -- persistence -------------------------------------------------------------------
 
