@@ -180,12 +180,11 @@ def _assemble(
     dataset: str,
     batch_id: str,
 ) -> Sealed:
-    kek = keyring.kek(kek_id)
     # The keyring only holds ids of the form kek-<8 hex>, which always fit the header.
     encoded_id = kek_id.encode("ascii")
     wrap_nonce = os.urandom(_NONCE_BYTES)
-    wrapped_key = AESGCM(kek).encrypt(
-        wrap_nonce, data_key, _wrap_associated_data(kek_id, dataset, batch_id)
+    wrapped_key = keyring.wrap(
+        kek_id, wrap_nonce, data_key, _wrap_associated_data(kek_id, dataset, batch_id)
     )
     header = b"".join(
         [MAGIC, bytes([VERSION, len(encoded_id)]), encoded_id, wrap_nonce, wrapped_key]
@@ -234,18 +233,17 @@ def _unwrap(
     except _Unreadable as exc:
         raise IntegrityError(f"{failure} ({exc})") from None
     try:
-        kek = keyring.kek(envelope.kek_id)
+        data_key = keyring.unwrap(
+            envelope.kek_id,
+            envelope.wrap_nonce,
+            envelope.wrapped_key,
+            _wrap_associated_data(envelope.kek_id, dataset, batch_id),
+        )
     except UnknownKey:
         raise UnknownKey(
             f"{failure}: it is sealed under key-encryption key {envelope.kek_id}, "
             "which the keyring does not hold"
         ) from None
-    try:
-        data_key = AESGCM(kek).decrypt(
-            envelope.wrap_nonce,
-            envelope.wrapped_key,
-            _wrap_associated_data(envelope.kek_id, dataset, batch_id),
-        )
     except InvalidTag:
         raise IntegrityError(failure) from None
     if len(data_key) != _DATA_KEY_BYTES:

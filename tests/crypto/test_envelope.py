@@ -21,6 +21,7 @@ from service.crypto.envelope import (
 )
 from service.crypto.errors import IntegrityError, UnknownKey
 from service.crypto.keyring import Keyring
+from tests.crypto.key_bytes import kek_bytes
 
 DATASET = "uk-helpline-2024"
 BATCH = "bat_01"
@@ -80,7 +81,7 @@ def test_a_sealed_blob_names_the_primary_kek_and_hides_the_plaintext(
     assert sealed.blob.startswith(MAGIC + b"\x01")
     assert CELLS not in sealed.blob
     assert b"41" not in sealed.blob[_DATA_NONCE_END:]
-    assert keyring.kek(sealed.kek_id) not in sealed.blob
+    assert kek_bytes(keyring, sealed.kek_id) not in sealed.blob
 
 
 def test_every_seal_uses_a_fresh_data_key_and_nonce(keyring: Keyring) -> None:
