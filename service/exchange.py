@@ -27,8 +27,6 @@ from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError as RowConflict
-
 from service.audit.log import AuditLog
 from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
@@ -39,7 +37,7 @@ from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.ledger.releases import DONE, ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
@@ -268,7 +266,7 @@ class Exchange:
                     request_hash,
                     idempotency_key,
                 )
-            except RowConflict:
+            except ReleaseConflict:
                 # An identical query (or the same Idempotency-Key) was charged by a
                 # concurrent request: answer from its release instead of charging again.
                 if idempotency_key is not None:
