@@ -129,18 +129,6 @@ def reencrypt(keyring: Keyring, blob: bytes, *, dataset: str, batch_id: str) -> 
     return seal(keyring, plaintext, dataset=dataset, batch_id=batch_id)
 
 
-def kek_id_of(blob: bytes) -> str:
-    """Id of the KEK a blob's data key is wrapped under, read from its header.
-
-    `IntegrityError` if the blob is not a well-formed envelope. The header is not
-    authenticated by this call; use it to choose which blobs to rewrap, never as proof.
-    """
-    try:
-        return _parse(blob).kek_id
-    except _Unreadable as exc:
-        raise IntegrityError(f"sealed blob failed its integrity check: {exc}") from None
-
-
 # -- internals -----------------------------------------------------------------------------
 
 
