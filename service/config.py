@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 
 class SettingsError(ValueError):
@@ -67,9 +66,6 @@ class Settings:
             audit_checkpoint_every=_int(env, "DPX_AUDIT_CHECKPOINT_EVERY", 100),
             production=(env.get("DPX_ENV", "development") == "production"),
         )
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
     @property
     def audit_checkpoint_path(self) -> Path:

@@ -27,8 +27,6 @@ from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import IntegrityError as RowConflict
-
 from service.audit.log import AuditLog
 from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
@@ -39,13 +37,14 @@ from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.ledger.releases import DONE, ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.changes import budget_changes
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
 from service.store.ingest import parse_batch
+from service.store.uploads import AlreadyStored, Upload
 
 if TYPE_CHECKING:
     from service.synopses import Synopses
@@ -171,19 +170,44 @@ class Exchange:
     # -- uploads --------------------------------------------------------------------------
 
     def upload(
-        self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str, form: str
+        self,
+        principal: Principal,
+        dataset_id: str,
+        body: bytes,
+        *,
+        content_type: str,
+        form: str,
+        idempotency_key: str | None = None,
+        allow_duplicate: bool = False,
     ) -> StoredBatch:
-        """Validate, aggregate, seal and store one batch; a rejected batch stores nothing."""
+        """Validate, aggregate, seal and store one batch; a rejected batch stores nothing.
+
+        A retry with the same Idempotency-Key and body gets the first batch; a body that a
+        stored batch already holds is refused unless ``allow_duplicate``.
+        """
         dataset = self.dataset(dataset_id)
         if principal.role != "owner" or principal.subject != dataset.id:
             raise Forbidden(f"only the owner of {dataset.id} may upload to it")
+        upload = Upload.of(
+            self.keyring,
+            dataset.id,
+            body,
+            form=form,
+            idempotency_key=idempotency_key,
+            allow_duplicate=allow_duplicate,
+        )
         aggregated = parse_batch(
             body,
             content_type=content_type,
             form=form,  # type: ignore[arg-type]
             dataset=dataset,
         )
-        return self.store.add(dataset, aggregated, form=form, actor=principal.actor)
+        try:
+            return self.store.add(
+                dataset, aggregated, form=form, actor=principal.actor, upload=upload
+            )
+        except AlreadyStored as retry:
+            return self.store.get(retry.batch_id)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -273,7 +297,7 @@ class Exchange:
                     request_hash,
                     idempotency_key,
                 )
-            except RowConflict:
+            except ReleaseConflict:
                 # An identical query (or the same Idempotency-Key) was charged by a
                 # concurrent request: answer from its release instead of charging again.
                 if idempotency_key is not None:

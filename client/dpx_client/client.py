@@ -1,9 +1,10 @@
 """The Python client of the dpx HTTP API, for partner agencies.
 
 ``DpxClient`` wraps one ``requests.Session``. Calls that fail on the way (connection
-errors, 429 and 503) are retried with exponential backoff; a query is retried with the same
-``Idempotency-Key``, so the service answers a retry with the first response and never
-charges the budget twice. Problem responses raise :class:`DpxError` subclasses.
+errors, lost responses, 429 and 503) are retried by urllib3's ``Retry`` with exponential
+backoff, honouring ``Retry-After``; a query is retried with the same ``Idempotency-Key``,
+so the service answers a retry with the first response and never charges the budget twice.
+Problem responses raise :class:`DpxError` subclasses.
 
 A release's Ed25519 signature is checked offline with ``cryptography`` alone: nothing of
 the service but its published public keys is trusted.
@@ -11,14 +12,15 @@ the service but its published public keys is trusted.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
+
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from dpx_client.signature import verify_signature
 from dpx_client.table import (
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 RETRY_STATUSES = frozenset({429, 503})
-MAX_RETRY_AFTER = 30.0
+MAX_RETRY_AFTER = 30  # seconds: a longer Retry-After is waited for this long only
 
 
 class DpxError(Exception):
@@ -237,9 +239,10 @@ class DpxClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
         self.session = session or requests.Session()
+        adapter = HTTPAdapter(max_retries=_retry_policy(retries, backoff))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.session.headers["Accept"] = "application/json, application/problem+json"
         self._keys: list[dict[str, Any]] | None = None
@@ -394,51 +397,47 @@ class DpxClient:
         headers: Mapping[str, str] | None = None,
         text: bool = False,
     ) -> Any:
-        """Send one logical request, retrying what may be retried; the decoded JSON body, or
-        with ``text`` the body as text."""
-        call_id = "req_" + secrets.token_hex(8)
-        sent = {"X-Request-ID": call_id, **(headers or {})}
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            try:
-                response = self.session.request(
-                    method, url, json=json_body, params=params, headers=sent, timeout=self.timeout
-                )
-            except (requests.ConnectionError, requests.Timeout) as failure:
-                if attempt >= self.retries:
-                    raise UnavailableError(
-                        0, "unreachable", f"cannot reach {self.base_url}: {failure}"
-                    ) from None
-                time.sleep(self._delay(call_id, attempt, None))
-                attempt += 1
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                delay = self._delay(call_id, attempt, response.headers.get("Retry-After"))
-                response.close()
-                time.sleep(delay)
-                attempt += 1
-                continue
-            if response.status_code >= 400:
-                raise error_from_response(response)
-            return response.text if text else response.json()
+        """Send one logical request (its attempts are the session's retry policy); the
+        decoded JSON body, or with ``text`` the body as text."""
+        # Every attempt of the call carries the same headers: one request id, and for a
+        # query one Idempotency-Key.
+        sent = {"X-Request-ID": "req_" + secrets.token_hex(8), **(headers or {})}
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                json=json_body,
+                params=params,
+                headers=sent,
+                timeout=self.timeout,
+            )
+        except (requests.ConnectionError, requests.Timeout) as failure:
+            raise UnavailableError(
+                0, "unreachable", f"cannot reach {self.base_url}: {failure}"
+            ) from None
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response.text if text else response.json()
 
-    def _delay(self, call_id: str, attempt: int, retry_after: str | None) -> float:
-        """Seconds to wait before retry ``attempt + 1``: the server's Retry-After if it gave
-        one, else exponential backoff with jitter.
 
-        The jitter only spreads the retries of many clients apart; it is taken from the
-        call's random request id, hashed with the attempt number. It is not noise and
-        protects nothing, so no random number generator is needed for it.
-        """
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
-            except ValueError:
-                pass
-        digest = hashlib.sha256(f"{call_id}:{attempt}".encode()).digest()
-        spread = 0.5 + int.from_bytes(digest[:2], "big") / 0xFFFF / 2  # in [0.5, 1.0]
-        return float(self.backoff * 2.0**attempt * spread)
+def _retry_policy(retries: int, backoff: float) -> Retry:
+    """Up to ``retries`` more attempts after connection errors, lost responses, 429 and 503.
+
+    POST is retried too: a query carries one Idempotency-Key for all its attempts and an
+    estimate spends nothing, so no retry can charge twice. The wait doubles from
+    ``backoff`` (plus up to ``backoff`` of jitter, which only spreads clients apart) unless
+    the service names one in Retry-After. When retries run out, the last answer is
+    returned, so it becomes the typed error of its problem.
+    """
+    return Retry(
+        total=retries,
+        allowed_methods=None,
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff,
+        backoff_jitter=backoff,
+        retry_after_max=MAX_RETRY_AFTER,
+        raise_on_status=False,
+    )
 
 
 def _segment(value: str) -> str:

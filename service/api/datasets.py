@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 
 from service.api.auth import principal, require
 from service.api.docs import BEARER, problem_responses
+from service.api.idempotency import idempotency_key, parameter
 from service.api.schemas import (
     CSV_UPLOAD_EXAMPLE,
     BatchSchema,
@@ -108,6 +109,12 @@ class Dataset(MethodView):
 class Batches(MethodView):
     @blp.doc(
         security=BEARER,
+        parameters=[
+            parameter(
+                "an opaque key, one per upload: a retry with the same key and body returns "
+                "the first batch and stores nothing more; the key with another body is 409"
+            )
+        ],
         requestBody={
             "required": True,
             "content": {
@@ -131,16 +138,26 @@ class Batches(MethodView):
     )
     @blp.arguments(UploadArgsSchema, location="query")
     @blp.response(201, BatchSchema)
-    @problem_responses(blp, 401, 403, 404, 413)
+    @problem_responses(blp, 401, 403, 404, 409, 413)
     def post(self, args: dict[str, Any], dataset_id: str) -> Any:
         """Upload a batch as CSV (text/csv) or a JSON array of records.
 
         Rows are validated against the dataset's public domains and bounds; a batch with any
         bad row is rejected whole (422, listing up to 100 rows) and nothing is stored.
+        A byte-identical copy of a stored batch is refused (409 `duplicate_batch`, naming
+        it) unless `allow_duplicate=true`; with an `Idempotency-Key`, a retry returns the
+        first batch.
         """
         caller = require("owner")
+        key = idempotency_key()
         body = request.get_data(cache=False)
         batch = _exchange().upload(
-            caller, dataset_id, body, content_type=request.mimetype, form=args["form"]
+            caller,
+            dataset_id,
+            body,
+            content_type=request.mimetype,
+            form=args["form"],
+            idempotency_key=key,
+            allow_duplicate=args["allow_duplicate"],
         )
         return asdict(batch)

@@ -7,7 +7,6 @@ from typing import Any
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import text
 
 from service.api.docs import PUBLIC, problem_responses
 from service.api.problems import problem
@@ -40,9 +39,9 @@ class Ready(MethodView):
         checks = {"database": "ok", "keyring": "ok", "policies": "ok"}
         database = current_app.extensions["dpx.database"]
         try:
-            with database.read() as conn:
-                conn.execute(text("SELECT 1"))
-            if not is_current(database):
+            if not database.is_up():
+                checks["database"] = "unreachable"
+            elif not is_current(database):
                 checks["database"] = "schema is not current: run dpx init"
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             checks["database"] = "unreachable"

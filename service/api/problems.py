@@ -24,7 +24,7 @@ from service.dp.synopsis import NotInSynopsis
 from service.exchange import Conflict, Forbidden, NotFound
 from service.ledger.budgets import BudgetExhausted
 from service.policy.errors import PolicyViolation
-from service.store.errors import InvalidBatch
+from service.store.errors import DuplicateBatch, InvalidBatch, UploadConflict
 from service.synopses import NoSynopsis
 
 log = logging.getLogger("dpx.api")
@@ -41,6 +41,7 @@ TITLES = {
     "conflict": "Conflicting request",
     "not_in_synopsis": "The question lies outside the synopsis",
     "no_synopsis": "No synopsis to answer from",
+    "duplicate_batch": "This batch is stored already",
     "integrity_error": "Stored data failed its integrity check",
     "unavailable": "Not ready",
     "internal_error": "Internal error",
@@ -150,6 +151,8 @@ HANDLERS: dict[type[Exception], Handler] = {
     Conflict: lambda e: problem(409, "conflict", str(e)),
     NotInSynopsis: lambda e: problem(400, "not_in_synopsis", str(e), marginals=e.marginals),
     NoSynopsis: lambda e: problem(409, "no_synopsis", str(e)),
+    UploadConflict: lambda e: problem(409, "conflict", str(e)),
+    DuplicateBatch: lambda e: problem(409, "duplicate_batch", str(e), batch_id=e.batch_id),
     IntegrityError: lambda e: _integrity(e),
 }
 
@@ -210,6 +213,12 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
             "dataset nl-helpline-2024 has no synopsis built yet; ask a direct query with a "
             "cost instead",
             {},
+        ),
+        (
+            "duplicate_batch",
+            "this upload is identical to batch bat_3f2a… of uk-helpline-2024, which is stored "
+            "already; upload it with ?allow_duplicate=true to store it a second time",
+            {"batch_id": "bat_3f2a…"},
         ),
     ],
     413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],

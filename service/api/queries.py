@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from service.api.auth import require
 from service.api.docs import BEARER, problem_responses
+from service.api.idempotency import idempotency_key, parameter
 from service.api.schemas import (
     ESTIMATE_EXAMPLE,
     QUERY_EXAMPLES,
@@ -18,7 +19,6 @@ from service.api.schemas import (
     QuerySchema,
     ReleaseSchema,
 )
-from service.dp.errors import InvalidQuery
 from service.observability.metrics import count_answer, count_refusal
 
 blp = Blueprint(
@@ -44,15 +44,10 @@ class Queries(MethodView):
     @blp.doc(
         security=BEARER,
         parameters=[
-            {
-                "in": "header",
-                "name": "Idempotency-Key",
-                "required": False,
-                "schema": {"type": "string", "maxLength": 200},
-                "description": "an opaque key, one per logical request: a retry with the same key "
-                "and body returns the first response and is never charged again",
-                "example": "idem_3q2Xc9vA0kP1mB7w",
-            }
+            parameter(
+                "an opaque key, one per logical request: a retry with the same key "
+                "and body returns the first response and is never charged again"
+            )
         ],
     )
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
@@ -71,9 +66,7 @@ class Queries(MethodView):
         is never charged twice.
         """
         caller = require("partner")
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and (len(key) > 200 or not key.isprintable()):
-            raise InvalidQuery("Idempotency-Key", "must be at most 200 printable characters")
+        key = idempotency_key()
         try:
             answer = current_app.extensions["dpx.exchange"].run(caller, query, idempotency_key=key)
         except Exception as refusal:

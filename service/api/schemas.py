@@ -120,6 +120,13 @@ class UploadArgsSchema(Schema):
             "cells: pre-aggregated rows with a contacts column"
         },
     )
+    allow_duplicate = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "store the upload even when a stored batch of the dataset holds "
+            "exactly the same bytes (otherwise 409 duplicate_batch)"
+        },
+    )
 
 
 class BatchSchema(Schema):

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, bindparam, select, update
 
@@ -80,12 +79,9 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _mac(key: bytes, seq: int, prev_mac: str, body: Mapping[str, Any]) -> str:
-    h = hmac.HMAC(key, hashes.SHA256())
-    h.update(seq.to_bytes(8, "big"))
-    h.update(prev_mac.encode("ascii"))
-    h.update(canonical_json(dict(body)))
-    return h.finalize().hex()
+def _mac(keyring: Keyring, seq: int, prev_mac: str, body: Mapping[str, Any]) -> str:
+    link = seq.to_bytes(8, "big") + prev_mac.encode("ascii") + canonical_json(dict(body))
+    return keyring.audit_mac(link).hex()
 
 
 class AuditLog:
@@ -125,7 +121,7 @@ class AuditLog:
             "dataset": dataset,
             "details": details,
         }
-        mac = _mac(self.keyring.audit_key(), seq, prev_mac, body)
+        mac = _mac(self.keyring, seq, prev_mac, body)
         conn.execute(
             audit_log.insert(),
             {
@@ -198,7 +194,6 @@ class AuditLog:
 
     def verify(self) -> Verification:
         """Check the whole chain, the head and the signed checkpoints; name the first bad entry."""
-        key = self.keyring.audit_key()
         expected_seq, prev_mac, count = 1, GENESIS_MAC, 0
         macs: dict[int, str] = {}
         # Checkpoints are appended only after their entry committed, so reading the file
@@ -222,7 +217,7 @@ class AuditLog:
                     entry.seq,
                     f"entry {entry.seq} does not follow entry {entry.seq - 1}",
                 )
-            if _mac(key, entry.seq, entry.prev_mac, entry.body()) != entry.mac:
+            if _mac(self.keyring, entry.seq, entry.prev_mac, entry.body()) != entry.mac:
                 return Verification(
                     False,
                     count,
@@ -267,10 +262,10 @@ class AuditLog:
 
     def _checkpoint(self, seq: int, mac: str) -> None:
         body = {"seq": seq, "mac": mac, "at": _iso(datetime.now(UTC))}
-        signature = self.keyring.signing_private_key().sign(canonical_json(body))
+        key_id, signature = self.keyring.sign(canonical_json(body))
         record = dict(
             body,
-            key_id=self.keyring.signing_key_id,
+            key_id=key_id,
             signature=base64.b64encode(signature).decode("ascii"),
         )
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, or_, select
 
 from service.audit.log import AuditLog
@@ -34,9 +32,7 @@ def session_secret(keyring: Keyring) -> bytes:
     the keyring (rather than a per-machine file) lets every worker and every instance that
     mounts the same keyring accept the same cookies, and nothing secret sits in the code.
     """
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"dpx dashboard session cookie v1"
-    ).derive(keyring.audit_key())
+    return keyring.derive("dpx dashboard session cookie v1")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Cryptography of dpx: the keyring, envelope encryption of batches, release signatures
 and API token hashing, built from `cryptography` primitives only."""
 
-from service.crypto.envelope import Sealed, kek_id_of, open_sealed, reencrypt, rewrap, seal
+from service.crypto.envelope import Sealed, open_sealed, reencrypt, rewrap, seal
 from service.crypto.errors import CryptoError, IntegrityError, KeyringError, UnknownKey
 from service.crypto.keyring import Keyring
 from service.crypto.signing import canonical_json, sign_document, verify_signature
@@ -16,7 +16,6 @@ __all__ = [
     "Sealed",
     "UnknownKey",
     "canonical_json",
-    "kek_id_of",
     "looks_like_token",
     "new_token",
     "open_sealed",

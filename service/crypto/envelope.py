@@ -129,18 +129,6 @@ def reencrypt(keyring: Keyring, blob: bytes, *, dataset: str, batch_id: str) -> 
     return seal(keyring, plaintext, dataset=dataset, batch_id=batch_id)
 
 
-def kek_id_of(blob: bytes) -> str:
-    """Id of the KEK a blob's data key is wrapped under, read from its header.
-
-    `IntegrityError` if the blob is not a well-formed envelope. The header is not
-    authenticated by this call; use it to choose which blobs to rewrap, never as proof.
-    """
-    try:
-        return _parse(blob).kek_id
-    except _Unreadable as exc:
-        raise IntegrityError(f"sealed blob failed its integrity check: {exc}") from None
-
-
 # -- internals -----------------------------------------------------------------------------
 
 
@@ -180,12 +168,11 @@ def _assemble(
     dataset: str,
     batch_id: str,
 ) -> Sealed:
-    kek = keyring.kek(kek_id)
     # The keyring only holds ids of the form kek-<8 hex>, which always fit the header.
     encoded_id = kek_id.encode("ascii")
     wrap_nonce = os.urandom(_NONCE_BYTES)
-    wrapped_key = AESGCM(kek).encrypt(
-        wrap_nonce, data_key, _wrap_associated_data(kek_id, dataset, batch_id)
+    wrapped_key = keyring.wrap(
+        kek_id, wrap_nonce, data_key, _wrap_associated_data(kek_id, dataset, batch_id)
     )
     header = b"".join(
         [MAGIC, bytes([VERSION, len(encoded_id)]), encoded_id, wrap_nonce, wrapped_key]
@@ -234,18 +221,17 @@ def _unwrap(
     except _Unreadable as exc:
         raise IntegrityError(f"{failure} ({exc})") from None
     try:
-        kek = keyring.kek(envelope.kek_id)
+        data_key = keyring.unwrap(
+            envelope.kek_id,
+            envelope.wrap_nonce,
+            envelope.wrapped_key,
+            _wrap_associated_data(envelope.kek_id, dataset, batch_id),
+        )
     except UnknownKey:
         raise UnknownKey(
             f"{failure}: it is sealed under key-encryption key {envelope.kek_id}, "
             "which the keyring does not hold"
         ) from None
-    try:
-        data_key = AESGCM(kek).decrypt(
-            envelope.wrap_nonce,
-            envelope.wrapped_key,
-            _wrap_associated_data(envelope.kek_id, dataset, batch_id),
-        )
     except InvalidTag:
         raise IntegrityError(failure) from None
     if len(data_key) != _DATA_KEY_BYTES:

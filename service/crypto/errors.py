@@ -22,7 +22,7 @@ class IntegrityError(CryptoError):
 class UnknownKey(KeyringError, IntegrityError):
     """No key with the given id is in the keyring.
 
-    It is a `KeyringError` for keyring look-ups (`Keyring.kek("kek-…")`) and an
+    It is a `KeyringError` for keyring look-ups (`Keyring.unwrap("kek-…", …)`) and an
     `IntegrityError` when a sealed blob names a key-encryption key the keyring no longer
     holds, so code that opens batches needs to catch `IntegrityError` only.
     """

@@ -4,6 +4,11 @@ It holds the key-encryption keys (KEKs) that wrap the data key of every stored b
 Ed25519 keys that sign releases, and the HMAC key that chains the audit log. Keys are found
 by id, so old ones keep working while new ones take over (rotation without downtime).
 
+Keys are used here, never handed out: other modules ask the keyring to `wrap` or `unwrap` a
+data key, to `sign`, to `audit_mac`, or to `mac` under a key derived for one purpose, and no
+method returns the bytes of a key it holds. `derive` alone returns key bytes: a subkey for
+one named purpose, for a library that must hold its own key (Flask's cookie signer).
+
 File layout, format 1::
 
     {"format": 1,
@@ -42,8 +47,10 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from service.crypto.errors import KeyringError, UnknownKey
@@ -317,9 +324,19 @@ class Keyring:
         """Ids of every KEK held, primary and active, oldest first."""
         return [k.id for k in self._keks]
 
-    def kek(self, key_id: str) -> bytes:
-        """The 256-bit KEK with this id; `UnknownKey` if the keyring does not hold it."""
-        return self._find_kek(key_id).key
+    def wrap(self, kek_id: str, nonce: bytes, data_key: bytes, associated_data: bytes) -> bytes:
+        """``data_key`` encrypted (AES-256-GCM, tag appended) under the KEK ``kek_id``.
+
+        `UnknownKey` if the keyring does not hold that KEK. The nonce must never repeat
+        under one KEK: the envelope draws a fresh random one for every wrap.
+        """
+        return AESGCM(self._find_kek(kek_id).key).encrypt(nonce, data_key, associated_data)
+
+    def unwrap(self, kek_id: str, nonce: bytes, wrapped: bytes, associated_data: bytes) -> bytes:
+        """The data key that `wrap` encrypted; `UnknownKey` if the keyring does not hold the
+        KEK, `cryptography.exceptions.InvalidTag` if the wrapping or its associated data
+        was altered."""
+        return AESGCM(self._find_kek(kek_id).key).decrypt(nonce, wrapped, associated_data)
 
     def describe_keks(self) -> list[dict[str, str]]:
         """Id, status and creation time of every KEK, for display; no key bytes."""
@@ -360,13 +377,13 @@ class Keyring:
         """Id of the current signing key, which signs every new release."""
         return next(k.id for k in self._signing_keys if k.status == "current")
 
-    def signing_private_key(self, key_id: str | None = None) -> Ed25519PrivateKey:
-        """The Ed25519 private key with this id (default: the current one)."""
-        wanted = self.signing_key_id if key_id is None else key_id
-        for key in self._signing_keys:
-            if key.id == wanted:
-                return Ed25519PrivateKey.from_private_bytes(key.private)
-        raise UnknownKey(f"no signing key {wanted} in the keyring")
+    def sign(self, data: bytes) -> tuple[str, bytes]:
+        """The Ed25519 signature of ``data`` by the current signing key, and that key's id.
+
+        Id and signature come from one key even while `reload` swaps in a rotated set.
+        """
+        current = next(k for k in self._signing_keys if k.status == "current")
+        return current.id, Ed25519PrivateKey.from_private_bytes(current.private).sign(data)
 
     def public_signing_keys(self) -> list[dict[str, str]]:
         """Every signing key's public half, current and retired, as `GET /v1/signing-keys`
@@ -412,9 +429,35 @@ class Keyring:
         """Id of the audit HMAC key."""
         return self._audit_key.id
 
-    def audit_key(self) -> bytes:
-        """The 256-bit HMAC-SHA-256 key that chains the audit log."""
-        return self._audit_key.key
+    def audit_mac(self, data: bytes) -> bytes:
+        """HMAC-SHA-256 of ``data`` under the audit key: the link of the audit chain."""
+        h = hmac.HMAC(self._audit_key.key, hashes.SHA256())
+        h.update(data)
+        return h.finalize()
+
+    # -- keys derived for one purpose --------------------------------------------------
+
+    def derive(self, label: str) -> bytes:
+        """A 256-bit key for the one purpose that ``label`` names, derived from the audit
+        key with HKDF-SHA-256 (``label`` is HKDF's info).
+
+        Keys for different labels are independent of each other and of the audit chain's
+        key. The audit key never rotates (a reload refuses another one), so a derived key
+        stays the same for the life of a deployment, on every worker and instance.
+        """
+        return HKDF(
+            algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=label.encode("utf-8")
+        ).derive(self._audit_key.key)
+
+    def mac(self, label: str, data: bytes) -> bytes:
+        """HMAC-SHA-256 of ``data`` under the key derived for ``label``.
+
+        A keyed digest, not a plain hash: without the key, a short input (a small CSV, a
+        pseudonym) cannot be found by hashing guesses and comparing.
+        """
+        h = hmac.HMAC(self.derive(label), hashes.SHA256())
+        h.update(data)
+        return h.finalize()
 
     # -- persistence -------------------------------------------------------------------
 

@@ -26,8 +26,7 @@ def sign_document(keyring: Keyring, document: Mapping[str, Any]) -> dict[str, st
     Returns the value to store under "signature":
     `{"alg": "Ed25519", "key_id": <signing key id>, "value": <base64 signature>}`.
     """
-    key_id = keyring.signing_key_id
-    signature = keyring.signing_private_key(key_id).sign(signed_bytes(document))
+    key_id, signature = keyring.sign(signed_bytes(document))
     return {
         "alg": ALGORITHM,
         "key_id": key_id,

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 _WRITE = "dpx_write"
@@ -65,6 +66,15 @@ class Database:
             hooks: list[Callable[[], None]] = conn.info.pop("after_commit")
         for hook in hooks:
             hook()
+
+    def is_up(self) -> bool:
+        """True when the database accepts a connection and answers a trivial query."""
+        try:
+            with self.read() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -38,6 +38,13 @@ batches = Table(
     Column("kek_id", String(40), nullable=False, index=True),
     Column("blob", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # HMAC of the uploaded bytes under a keyring-derived key (never a plain hash, which a
+    # small CSV would give away to guessing), and the uploader's Idempotency-Key: how a
+    # re-sent upload is recognised. Batches stored before both existed hold NULL.
+    Column("digest", String(64), nullable=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Index("ix_batches_dataset_digest", "dataset", "digest"),
+    Index("uq_batches_idempotency", "dataset", "idempotency_key", unique=True),
 )
 
 tokens = Table(

@@ -15,11 +15,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.schema import releases
 
 PENDING, DONE = "pending", "done"
+
+
+class ReleaseConflict(Exception):
+    """A release for the same query, or with the same Idempotency-Key, was recorded by a
+    concurrent request first; the transaction that tried to record this one must roll back."""
 
 
 @dataclass(frozen=True)
@@ -114,19 +120,24 @@ class ReleaseStore:
         idempotency_key: str | None,
         policy_version: str,
     ) -> None:
-        conn.execute(
-            releases.insert().values(
-                id=release_id,
-                dataset=dataset,
-                partner=partner,
-                query_key=query_key,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                status=PENDING,
-                policy_version=policy_version,
-                created_at=datetime.now(UTC),
+        """Record a pending release; `ReleaseConflict` when the query or the key is taken."""
+        try:
+            conn.execute(
+                releases.insert().values(
+                    id=release_id,
+                    dataset=dataset,
+                    partner=partner,
+                    query_key=query_key,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                    status=PENDING,
+                    policy_version=policy_version,
+                    created_at=datetime.now(UTC),
+                )
             )
-        )
+        except IntegrityError:
+            # SQLAlchemy's error stops here: callers above the store know only the domain's.
+            raise ReleaseConflict(f"release of query {query_key} is already recorded") from None
 
     @staticmethod
     def complete(

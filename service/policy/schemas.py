@@ -86,10 +86,6 @@ def amount_text(amount: Fraction) -> str:
     return format(Decimal(nanos.numerator).scaleb(-AMOUNT_DECIMALS).normalize(), "f")
 
 
-def _listing(names: Sequence[str]) -> str:
-    return ", ".join(names) if names else "(none)"
-
-
 # --- fields -----------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 import polars as pl
@@ -29,6 +29,8 @@ from service.database.schema import batches
 from service.policy.model import DatasetPolicy
 from service.store.cells import CellFormatError, decode_cells, empty_cells, encode_cells
 from service.store.ingest import Aggregated
+from service.store.uploads import Upload
+from service.store.uploads import check as check_upload
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,19 @@ class BatchStore:
         self._lock = threading.Lock()
 
     def add(
-        self, dataset: DatasetPolicy, aggregated: Aggregated, *, form: str, actor: str
+        self,
+        dataset: DatasetPolicy,
+        aggregated: Aggregated,
+        *,
+        form: str,
+        actor: str,
+        upload: Upload | None = None,
     ) -> StoredBatch:
-        """Seal and store one batch, with its audit entry, atomically."""
+        """Seal and store one batch, with its audit entry, atomically.
+
+        With ``upload``, a re-sent upload is recognised first (``service.store.uploads``):
+        `AlreadyStored`, `UploadConflict` or `DuplicateBatch`, and nothing is stored.
+        """
         batch_id = "bat_" + secrets.token_hex(10)
         plaintext = encode_cells(aggregated.cells)
         sealed = seal(self.keyring, plaintext, dataset=dataset.id, batch_id=batch_id)
@@ -96,6 +108,8 @@ class BatchStore:
             # retirement to remove its key. Checking the keyring file only now means
             # that no upload can commit under a KEK retired, or left behind by a finished
             # rotation, before it committed.
+            if upload is not None:
+                check_upload(conn, upload)
             self.keyring.refresh()
             if sealed.kek_id != self.keyring.primary_kek_id:
                 sealed = seal(self.keyring, plaintext, dataset=dataset.id, batch_id=batch_id)
@@ -112,9 +126,31 @@ class BatchStore:
                     kek_id=sealed.kek_id,
                     blob=sealed.blob,
                     created_at=stored.created_at,
+                    **(upload.columns() if upload is not None else {}),
                 )
             )
         return stored
+
+    def get(self, batch_id: str) -> StoredBatch:
+        """The stored batch ``batch_id`` as its upload was answered; `LookupError` if none."""
+        names = [f.name for f in fields(StoredBatch) if f.name != "batch_id"]
+        with self.database.read() as conn:
+            row = conn.execute(
+                select(batches.c.id, *(batches.c[name] for name in names)).where(
+                    batches.c.id == batch_id
+                )
+            ).first()
+        if row is None:
+            raise LookupError(f"no batch {batch_id}")
+        values = row._mapping
+        created_at = values["created_at"]
+        if created_at.tzinfo is None:  # SQLite keeps no zone; every timestamp is UTC
+            created_at = created_at.replace(tzinfo=UTC)
+        return StoredBatch(
+            batch_id=str(row.id),
+            **{name: values[name] for name in names if name != "created_at"},
+            created_at=created_at,
+        )
 
     def cells(self, dataset: DatasetPolicy) -> pl.DataFrame:
         """All cells of ``dataset`` (one row per batch and cell), decrypted and checked."""

@@ -62,3 +62,27 @@ class InvalidBatch(ValueError):
         more = "; …" if len(self.errors) > len(shown_errors) or unlisted_rows else ""
         noun = "row" if self.total == 1 else "rows"
         return f"{self.total} {noun} rejected: {shown}{more}"
+
+
+class DuplicateBatch(Exception):
+    """The upload is byte for byte a batch already stored for the dataset; storing it again
+    would count every contact in it twice. ``batch_id`` names the stored batch."""
+
+    def __init__(self, dataset: str, batch_id: str) -> None:
+        self.dataset = dataset
+        self.batch_id = batch_id
+        super().__init__(
+            f"this upload is identical to batch {batch_id} of {dataset}, which is stored "
+            "already; upload it with ?allow_duplicate=true to store it a second time"
+        )
+
+
+class UploadConflict(Exception):
+    """The upload's Idempotency-Key was used before for an upload with other content."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+        super().__init__(
+            f"this Idempotency-Key was already used for another upload to {dataset}; "
+            "use a new key for new content"
+        )

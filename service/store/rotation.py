@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from service.audit.log import AuditLog
 from service.crypto.envelope import reencrypt, rewrap
-from service.crypto.errors import KeyringError
+from service.crypto.errors import KeyringError, UnknownKey
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
 from service.database.schema import audit_log, batches, synopses
@@ -344,7 +344,8 @@ class KeyRotation:
         `UnknownKey` for a KEK the keyring does not hold.
         """
         self.keyring.refresh()
-        self.keyring.kek(kek_id)
+        if kek_id not in self.keyring.kek_ids():
+            raise UnknownKey(f"no key-encryption key {kek_id} in the keyring")
         if kek_id == self.keyring.primary_kek_id:
             raise KeyInUse(f"{kek_id} is the primary key-encryption key; rotate first")
         with self.database.write() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -162,7 +163,7 @@ def test_oversized_upload_is_413_and_changes_nothing(
 ) -> None:
     from service.app import create_app
 
-    small = create_app(settings.with_(max_upload_bytes=1024))
+    small = create_app(replace(settings, max_upload_bytes=1024))
     small.test_client().get("/v1/datasets", headers=tokens.owner)  # stamps first use
     before = _snapshot(app)
     body = _csv(*["2024-01,GB,chat,self_concerned,other,10"] * 100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ def test_cookie_is_secure_over_https_and_in_production(
         data={"token": issued["dpo"].token, "csrf_token": csrf_of(form)},
     )
     assert "Secure" in response.headers["Set-Cookie"]
-    production = create_app(settings.with_(production=True))
+    production = create_app(replace(settings, production=True))
     try:
         form = production.test_client().get("/dashboard/sign-in")
         assert "Secure" in form.headers["Set-Cookie"]

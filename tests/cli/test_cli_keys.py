@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -176,13 +177,13 @@ def test_init_with_a_passphrase_creates_a_protected_keyring(fresh: Settings) -> 
 def test_the_service_starts_with_the_passphrase_and_refuses_a_wrong_one(fresh: Settings) -> None:
     assert dpx(fresh, "init", passphrase=PASSPHRASE).exit_code == 0
 
-    app = create_app(fresh.with_(keyring_passphrase=PASSPHRASE))
+    app = create_app(replace(fresh, keyring_passphrase=PASSPHRASE))
     try:
         assert app.test_client().get("/v1/signing-keys").status_code == 200
     finally:
         app.extensions["dpx.database"].dispose()
     with pytest.raises(KeyringError, match="passphrase is wrong or the file was altered"):
-        create_app(fresh.with_(keyring_passphrase="wrong " + PASSPHRASE))
+        create_app(replace(fresh, keyring_passphrase="wrong " + PASSPHRASE))
     refused = dpx(fresh, "keys", "list", passphrase="wrong")
     assert refused.exit_code == 1
     assert "passphrase is wrong" in refused.stderr and PASSPHRASE not in refused.output
@@ -190,7 +191,7 @@ def test_the_service_starts_with_the_passphrase_and_refuses_a_wrong_one(fresh: S
 
 def test_rotation_of_a_protected_keyring_keeps_it_protected_and_readable(fresh: Settings) -> None:
     assert dpx(fresh, "init", passphrase=PASSPHRASE).exit_code == 0
-    service = Components.open(fresh.with_(keyring_passphrase=PASSPHRASE))
+    service = Components.open(replace(fresh, keyring_passphrase=PASSPHRASE))
     try:
         upload(service, 2)
         result = dpx(fresh, "rotate-keys", passphrase=PASSPHRASE)

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from service.crypto.envelope import (
     MAGIC,
     Sealed,
-    kek_id_of,
     open_sealed,
     reencrypt,
     rewrap,
@@ -21,6 +20,7 @@ from service.crypto.envelope import (
 )
 from service.crypto.errors import IntegrityError, UnknownKey
 from service.crypto.keyring import Keyring
+from tests.crypto.key_bytes import kek_bytes
 
 DATASET = "uk-helpline-2024"
 BATCH = "bat_01"
@@ -76,11 +76,12 @@ def test_sealed_plaintext_opens_to_itself(keyring: Keyring, plaintext: bytes) ->
 def test_a_sealed_blob_names_the_primary_kek_and_hides_the_plaintext(
     keyring: Keyring, sealed: Sealed
 ) -> None:
-    assert sealed.kek_id == keyring.primary_kek_id == kek_id_of(sealed.blob)
+    assert sealed.kek_id == keyring.primary_kek_id
+    assert sealed.blob[6:_KEK_ID_END] == sealed.kek_id.encode()
     assert sealed.blob.startswith(MAGIC + b"\x01")
     assert CELLS not in sealed.blob
     assert b"41" not in sealed.blob[_DATA_NONCE_END:]
-    assert keyring.kek(sealed.kek_id) not in sealed.blob
+    assert kek_bytes(keyring, sealed.kek_id) not in sealed.blob
 
 
 def test_every_seal_uses_a_fresh_data_key_and_nonce(keyring: Keyring) -> None:
@@ -209,10 +210,6 @@ def test_garbage_is_an_integrity_error_that_says_why(
 ) -> None:
     with pytest.raises(IntegrityError, match=rf"^{FAILED} \({reason}\)$"):
         open_cells(keyring, blob)
-    with pytest.raises(
-        IntegrityError, match=rf"^sealed blob failed its integrity check: {reason}$"
-    ):
-        kek_id_of(blob)
 
 
 def test_a_value_that_is_not_bytes_is_an_integrity_error(keyring: Keyring) -> None:
@@ -252,7 +249,8 @@ def test_rewrap_moves_a_blob_to_the_new_primary_without_touching_the_ciphertext(
 
     rewrapped = rewrap(keyring, sealed.blob, dataset=DATASET, batch_id=BATCH)
 
-    assert rewrapped.kek_id == new == kek_id_of(rewrapped.blob) != old
+    assert rewrapped.kek_id == new != old
+    assert rewrapped.blob[6:_KEK_ID_END] == new.encode()
     assert rewrapped.blob[_WRAPPED_KEY_END:] == sealed.blob[_WRAPPED_KEY_END:]
     assert open_cells(keyring, rewrapped.blob) == CELLS
 

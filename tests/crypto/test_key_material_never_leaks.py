@@ -23,6 +23,7 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.database.schema import batches, metadata
 from tests.conftest import Tokens, bearer
+from tests.crypto.key_bytes import all_key_bytes
 
 DATASET = "uk-helpline-2024"
 CELLS = (
@@ -33,12 +34,7 @@ CELLS = (
 
 def key_material(keyring: Keyring) -> set[bytes]:
     """Every secret the keyring holds: KEKs, signing private keys, the audit HMAC key."""
-    secrets = {keyring.kek(kek_id) for kek_id in keyring.kek_ids()}
-    for published in keyring.public_signing_keys():
-        private = keyring.signing_private_key(published["key_id"])
-        secrets.add(private.private_bytes_raw())
-    secrets.add(keyring.audit_key())
-    return secrets
+    return set(all_key_bytes(keyring))
 
 
 def encodings(secret: bytes) -> list[bytes]:

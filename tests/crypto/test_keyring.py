@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.crypto.errors import KeyringError, UnknownKey
 from service.crypto.keyring import Keyring
+from tests.crypto.key_bytes import all_key_bytes, audit_key_bytes, kek_bytes
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -47,13 +48,8 @@ def mode_of(path: Path) -> int:
 
 def all_secret_encodings(keyring: Keyring) -> list[str]:
     """Every key's bytes as base64, hex and latin-1 text, to search displays for."""
-    raw = [keyring.kek(key_id) for key_id in keyring.kek_ids()]
-    raw.append(keyring.audit_key())
-    for entry in keyring.public_signing_keys():
-        private = keyring.signing_private_key(entry["key_id"])
-        raw.append(private.private_bytes_raw())
     encodings = []
-    for key in raw:
+    for key in all_key_bytes(keyring):
         encodings += [base64.b64encode(key).decode(), key.hex(), key.decode("latin-1")]
     return encodings
 
@@ -77,10 +73,10 @@ def test_create_writes_a_0600_file_even_under_an_open_umask(path: Path) -> None:
 def test_create_holds_one_key_of_each_kind_with_readable_ids(keyring: Keyring) -> None:
     assert re.fullmatch(r"kek-[0-9a-f]{8}", keyring.primary_kek_id)
     assert keyring.kek_ids() == [keyring.primary_kek_id]
-    assert len(keyring.kek(keyring.primary_kek_id)) == 32
+    assert len(kek_bytes(keyring, keyring.primary_kek_id)) == 32
     assert re.fullmatch(r"sig-[0-9a-f]{8}", keyring.signing_key_id)
     assert re.fullmatch(r"aud-[0-9a-f]{8}", keyring.audit_key_id)
-    assert len(keyring.audit_key()) == 32
+    assert len(audit_key_bytes(keyring)) == 32
 
 
 def test_create_writes_format_1(keyring: Keyring, path: Path) -> None:
@@ -114,11 +110,10 @@ def test_load_returns_the_same_keys(keyring: Keyring, path: Path) -> None:
     loaded = Keyring.load(path)
 
     assert loaded.kek_ids() == keyring.kek_ids()
-    assert loaded.kek(keyring.primary_kek_id) == keyring.kek(keyring.primary_kek_id)
+    assert all_key_bytes(loaded) == all_key_bytes(keyring)
     assert loaded.signing_key_id == keyring.signing_key_id
     assert loaded.public_signing_keys() == keyring.public_signing_keys()
     assert loaded.audit_key_id == keyring.audit_key_id
-    assert loaded.audit_key() == keyring.audit_key()
     assert loaded.describe_keks() == keyring.describe_keks()
 
 
@@ -245,8 +240,8 @@ def test_a_passphrase_keeps_every_key_out_of_the_file(path: Path) -> None:
 
     assert keyring.is_protected
     assert not any(secret in text for secret in all_secret_encodings(keyring))
-    for key_id in keyring.kek_ids():
-        assert keyring.kek(key_id) not in raw
+    for key in all_key_bytes(keyring):
+        assert key not in raw
     assert isinstance(json.loads(text)["secrets"], str)
 
 
@@ -255,8 +250,7 @@ def test_the_right_passphrase_opens_the_keyring(path: Path) -> None:
 
     loaded = Keyring.load(path, passphrase=PASSPHRASE)
 
-    assert loaded.kek(keyring.primary_kek_id) == keyring.kek(keyring.primary_kek_id)
-    assert loaded.audit_key() == keyring.audit_key()
+    assert all_key_bytes(loaded) == all_key_bytes(keyring)
     assert loaded.public_signing_keys() == keyring.public_signing_keys()
     assert loaded.is_protected
 
@@ -333,7 +327,7 @@ def test_save_keeps_passphrase_protection(path: Path) -> None:
     assert not any(secret in path.read_text() for secret in all_secret_encodings(keyring))
     loaded = Keyring.load(path, passphrase=PASSPHRASE)
     assert loaded.primary_kek_id == new_kek
-    assert loaded.kek(new_kek) == keyring.kek(new_kek)
+    assert kek_bytes(loaded, new_kek) == kek_bytes(keyring, new_kek)
     with pytest.raises(KeyringError, match="passphrase is wrong"):
         Keyring.load(path, passphrase="guess")
 
@@ -343,14 +337,14 @@ def test_save_keeps_passphrase_protection(path: Path) -> None:
 
 def test_add_kek_makes_the_new_key_primary_and_keeps_the_old_one(keyring: Keyring) -> None:
     old = keyring.primary_kek_id
-    old_bytes = keyring.kek(old)
+    old_bytes = kek_bytes(keyring, old)
 
     new = keyring.add_kek()
 
     assert keyring.primary_kek_id == new != old
     assert keyring.kek_ids() == [old, new]
-    assert keyring.kek(old) == old_bytes
-    assert keyring.kek(new) != old_bytes
+    assert kek_bytes(keyring, old) == old_bytes
+    assert kek_bytes(keyring, new) != old_bytes
     statuses = {entry["id"]: entry["status"] for entry in keyring.describe_keks()}
     assert statuses == {old: "active", new: "primary"}
 
@@ -364,7 +358,7 @@ def test_remove_kek_drops_an_active_key(keyring: Keyring, path: Path) -> None:
 
     assert keyring.kek_ids() == [new]
     with pytest.raises(UnknownKey, match=f"no key-encryption key {old} in the keyring"):
-        keyring.kek(old)
+        keyring.unwrap(old, bytes(12), bytes(48), b"")
     assert Keyring.load(path).kek_ids() == [new]
 
 
@@ -404,7 +398,8 @@ def test_public_signing_keys_publish_the_raw_ed25519_public_key(keyring: Keyring
     assert published["status"] == "current"
     raw = base64.b64decode(published["public_key"], validate=True)
     public = Ed25519PublicKey.from_public_bytes(raw)
-    signature = keyring.signing_private_key().sign(b"release")
+    key_id, signature = keyring.sign(b"release")
+    assert key_id == keyring.signing_key_id
     public.verify(signature, b"release")
 
 
@@ -419,14 +414,13 @@ def test_rotate_signing_key_retires_the_old_key_and_still_publishes_it(
     assert keyring.signing_key_id == new != old
     statuses = {k["key_id"]: k["status"] for k in Keyring.load(path).public_signing_keys()}
     assert statuses == {old: "retired", new: "current"}
-    assert (
-        keyring.signing_private_key(old).public_key() != keyring.signing_private_key().public_key()
+    published = {k["key_id"]: k["public_key"] for k in keyring.public_signing_keys()}
+    assert published[old] != published[new]
+    key_id, signature = keyring.sign(b"release")
+    assert key_id == new
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(published[new])).verify(
+        signature, b"release"
     )
-
-
-def test_an_unknown_signing_key_is_an_unknown_key_error(keyring: Keyring) -> None:
-    with pytest.raises(UnknownKey, match="no signing key sig-00000000"):
-        keyring.signing_private_key("sig-00000000")
 
 
 # -- display and persistence ---------------------------------------------------------------

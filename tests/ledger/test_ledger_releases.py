@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.migrate import upgrade
 from service.database.schema import releases
-from service.ledger.releases import DONE, PENDING, ReleaseStore
+from service.ledger.releases import DONE, PENDING, ReleaseConflict, ReleaseStore
 from tests.conftest import BOTH_BACKENDS
 
 pytestmark = BOTH_BACKENDS
@@ -57,7 +56,7 @@ def test_the_same_question_of_the_same_partner_cannot_be_released_twice(
 ) -> None:
     pending(store, "rel_1")
 
-    with pytest.raises(IntegrityError):
+    with pytest.raises(ReleaseConflict):
         pending(store, "rel_2")
     pending(store, "rel_3", partner="b")
 
@@ -68,7 +67,7 @@ def test_the_same_question_of_the_same_partner_cannot_be_released_twice(
 def test_an_idempotency_key_names_one_request_per_partner(store: ReleaseStore) -> None:
     pending(store, "rel_1", idempotency_key="k")
 
-    with pytest.raises(IntegrityError):
+    with pytest.raises(ReleaseConflict):
         pending(store, "rel_2", key="q2", idempotency_key="k")
     pending(store, "rel_3", partner="b", idempotency_key="k")
 
