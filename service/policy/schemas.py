@@ -543,7 +543,7 @@ class DatasetSchema(SourcedSchema):
             unknown = [name for name in marginal if name not in dimensions]
             if unknown:
                 marginal_errors[index] = [
-                    f"'{name}' is not a dimension of this dataset ({_listing(list(dimensions))})"
+                    f"'{name}' is not a dimension of this dataset ({', '.join(dimensions)})"
                     for name in unknown
                 ]
             elif frozenset(marginal) in seen:

@@ -497,6 +497,8 @@ def test_release_page_shows_the_exact_cost_charged(
     sign_in(client, issued["partner"].token)
     html = client.get(f"/dashboard/releases/{released.json['release_id']}").get_data(as_text=True)
     assert f"<dd>epsilon {exact}</dd>" in html
+
+
 def test_dpo_sees_each_synopsis_and_what_it_cost(
     app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
 ) -> None:

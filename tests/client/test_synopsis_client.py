@@ -7,11 +7,11 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from dpx_client import DpxClient
+from dpx_client.cli import main as partner_cli
 from live_dpx import LiveDpx
 
 from service.cli import main as dpx
-from service.client import DpxClient
-from service.client.cli import main as partner_cli
 
 pytestmark = pytest.mark.slow
 
