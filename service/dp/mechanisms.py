@@ -29,6 +29,10 @@ MechanismName = Literal["discrete_laplace", "discrete_gaussian"]
 # Float steps tried above the closed-form scale before falling back to binary search.
 _NUDGES = 16
 
+ENGINE_INTEGER_MAX = 2**31 - 1
+"""The largest aggregate the measurements below accept: ``atom_domain(T=int)`` is OpenDP's
+32-bit ``i32``. Ingest refuses data whose totals could exceed it."""
+
 MAX_GAUSSIAN_SCALE = 1e6
 """The largest discrete Gaussian scale a plan may use (its accuracy takes ~1 s to compute)."""
 

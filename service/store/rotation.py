@@ -18,6 +18,10 @@ counts only, never key material.
 Rewrapping replaces only the 48-byte wrapped data key of each batch. Re-encryption
 (``reencrypt=True``) also replaces each data key and encrypts the cells again, for when a
 data key itself may have leaked.
+
+The sealed per-dataset documents (``service.store.documents``: merged cells, contributions,
+pseudonym keys) move with the batches, compared-and-set on their KEK and version. A pseudonym
+key is rewrapped or sealed again, never replaced: the keyed pseudonyms stored depend on it.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from service.audit.log import AuditLog
 from service.crypto.envelope import reencrypt, rewrap
 from service.crypto.errors import KeyringError
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
-from service.database.schema import audit_log, batches
+from service.database.schema import audit_log, batches, dataset_documents
+from service.store.documents import sealed_label
 
 START = "key.rotate.start"
 RESUME = "key.rotate.resume"
@@ -63,6 +68,7 @@ class KeyUsage:
     status: str
     created: str
     batches: int
+    documents: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,29 +119,46 @@ class KeyRotation:
             ).all()
         return {str(row[0]): int(row[1]) for row in rows}
 
+    def documents_by_kek(self) -> dict[str, int]:
+        """How many sealed dataset documents each KEK id protects."""
+        with self.database.read() as conn:
+            rows = conn.execute(
+                select(dataset_documents.c.kek_id, func.count()).group_by(
+                    dataset_documents.c.kek_id
+                )
+            ).all()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     def usage(self) -> list[KeyUsage]:
-        """Every KEK of the keyring (oldest first), then any KEK batches name that the
-        keyring lacks, each with the number of batches it protects."""
+        """Every KEK of the keyring (oldest first), then any KEK batches or documents name
+        that the keyring lacks, each with the number of batches and documents it protects."""
         self.keyring.refresh()
         counts = self.batches_by_kek()
+        documents = self.documents_by_kek()
         listed = [
-            KeyUsage(k["id"], k["status"], k["created"], counts.pop(k["id"], 0))
+            KeyUsage(
+                k["id"],
+                k["status"],
+                k["created"],
+                counts.pop(k["id"], 0),
+                documents.pop(k["id"], 0),
+            )
             for k in self.keyring.describe_keks()
         ]
         return listed + [
-            KeyUsage(kek_id, "missing", "-", n) for kek_id, n in sorted(counts.items())
+            KeyUsage(kek_id, "missing", "-", counts.get(kek_id, 0), documents.get(kek_id, 0))
+            for kek_id in sorted(set(counts) | set(documents))
         ]
 
     def pending(self) -> int:
-        """Batches not yet under the primary KEK."""
+        """Batches not yet under the primary KEK (the work a rotation reports)."""
         with self.database.read() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(batches)
-                    .where(batches.c.kek_id != self.keyring.primary_kek_id)
-                ).scalar_one()
-            )
+            return _count(conn, batches, self.keyring.primary_kek_id, under=False)
+
+    def _documents_pending(self) -> int:
+        """Dataset documents not yet under the primary KEK (a handful per dataset)."""
+        with self.database.read() as conn:
+            return _count(conn, dataset_documents, self.keyring.primary_kek_id, under=False)
 
     # -- rotating ------------------------------------------------------------------------
 
@@ -154,7 +177,7 @@ class KeyRotation:
         pending = self.pending()
         last = self._last_rotation()
         unfinished = last is not None and last[0] != FINISH and last[1].get("kek_id") == primary
-        if pending or unfinished:
+        if pending or unfinished or self._documents_pending():
             recorded = last[1] if unfinished and last is not None else {}
             plan = RotationPlan(
                 kek_id=primary,
@@ -254,10 +277,22 @@ class KeyRotation:
                     .limit(batch_size)
                 ).all()
             if not rows:
-                return done
+                break
             done += self._move(plan, rows)
             if on_progress is not None:
                 on_progress(moved + done, max(total, moved + done))
+        while True:
+            with self.database.read() as conn:
+                documents = conn.execute(
+                    select(dataset_documents)
+                    .where(dataset_documents.c.kek_id != plan.kek_id)
+                    .order_by(dataset_documents.c.dataset, dataset_documents.c.kind)
+                    .limit(batch_size)
+                ).all()
+            if not documents:
+                return done
+            # Documents are not counted in the progress: it reports batches, the bulk.
+            self._move_documents(plan, documents)
 
     def _move(self, plan: RotationPlan, rows: Sequence[Any]) -> int:
         """Rewrap (or re-encrypt) one chunk and compare-and-set it in one transaction."""
@@ -301,6 +336,58 @@ class KeyRotation:
             )
         return moved
 
+    def _move_documents(self, plan: RotationPlan, rows: Sequence[Any]) -> int:
+        """Rewrap (or re-encrypt) sealed documents, compare-and-set on KEK and version: a
+        document an upload replaced meanwhile is left alone (it is already under the
+        primary KEK, or is moved on the next pass)."""
+        transform = reencrypt if plan.reencrypt else rewrap
+        sealed = [
+            (
+                row,
+                transform(
+                    self.keyring, row.blob, dataset=row.dataset, batch_id=sealed_label(row.kind)
+                ),
+            )
+            for row in rows
+        ]
+        compare_and_set = (
+            update(dataset_documents)
+            .where(
+                dataset_documents.c.dataset == bindparam("d_dataset"),
+                dataset_documents.c.kind == bindparam("d_kind"),
+                dataset_documents.c.kek_id == bindparam("old"),
+                dataset_documents.c.version == bindparam("d_version"),
+            )
+            .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
+        )
+        with self.database.write() as conn:
+            moved = conn.execute(
+                compare_and_set,
+                [
+                    {
+                        "d_dataset": row.dataset,
+                        "d_kind": row.kind,
+                        "old": row.kek_id,
+                        "d_version": row.version,
+                        "new_blob": new.blob,
+                        "new_kek": new.kek_id,
+                    }
+                    for row, new in sealed
+                ],
+            ).rowcount
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=REWRAP,
+                details={
+                    "kek_id": plan.kek_id,
+                    "from": sorted({str(row.kek_id) for row in rows}),
+                    "documents": moved,
+                    "mode": "reencrypt" if plan.reencrypt else "rewrap",
+                },
+            )
+        return moved
+
     def _finish(self, plan: RotationPlan, moved: int) -> None:
         with self.database.write() as conn:
             # Appending first takes the audit head, which an upload holds from before it
@@ -312,10 +399,9 @@ class KeyRotation:
                 action=FINISH,
                 details={"kek_id": plan.kek_id, "moved": moved, "reencrypt": plan.reencrypt},
             )
-            left = conn.execute(
-                select(func.count()).select_from(batches).where(batches.c.kek_id != plan.kek_id)
-            ).scalar_one()
-            if left:
+            if _count(conn, batches, plan.kek_id, under=False) or _count(
+                conn, dataset_documents, plan.kek_id, under=False
+            ):
                 raise _NotFinished()
 
     def _last_rotation(self) -> tuple[str, dict[str, Any]] | None:
@@ -348,15 +434,14 @@ class KeyRotation:
             # The audit head is taken first, as uploads and rotations take it: no upload
             # can commit a batch under this KEK between the count and the removal.
             self.audit.append(conn, actor=self.actor, action=RETIRE, details={"kek_id": kek_id})
-            left = int(
-                conn.execute(
-                    select(func.count()).select_from(batches).where(batches.c.kek_id == kek_id)
-                ).scalar_one()
-            )
-            if left:
+            left = _count(conn, batches, kek_id, under=True)
+            documents = _count(conn, dataset_documents, kek_id, under=True)
+            if left or documents:
+                what = f"{left} batches" + (
+                    f" and {documents} dataset documents" if documents else ""
+                )
                 raise KeyInUse(
-                    f"{kek_id} still protects {left} batches; "
-                    "run `dpx rotate-keys` to move them first"
+                    f"{kek_id} still protects {what}; run `dpx rotate-keys` to move them first"
                 )
             self.keyring.remove_kek(kek_id)
             self.keyring.save()
@@ -378,3 +463,9 @@ class KeyRotation:
                 details={"key_id": current, "retired": retired},
             )
         return current, retired
+
+
+def _count(conn: Connection, table: Table, kek_id: str, *, under: bool) -> int:
+    """Rows of ``table`` sealed under ``kek_id`` (``under``) or under any other KEK."""
+    condition = table.c.kek_id == kek_id if under else table.c.kek_id != kek_id
+    return int(conn.execute(select(func.count()).select_from(table).where(condition)).scalar_one())

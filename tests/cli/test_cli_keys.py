@@ -50,7 +50,7 @@ def upload(components: Components, count: int) -> None:
 def key_table(result: Result) -> list[list[str]]:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["kek_id", "status", "created", "batches"]
+    assert lines[0].split("\t") == ["kek_id", "status", "created", "batches", "documents"]
     return [line.split("\t") for line in lines[1:]]
 
 
@@ -58,8 +58,9 @@ def test_keys_list_shows_each_key_and_the_batches_it_protects(
     components: Components, settings: Settings
 ) -> None:
     upload(components, 3)
-    [(kek_id, status, created, count)] = key_table(dpx(settings, "keys", "list"))
+    [(kek_id, status, created, count, documents)] = key_table(dpx(settings, "keys", "list"))
     assert (kek_id, status, count) == (components.keyring.primary_kek_id, "primary", "3")
+    assert documents == "1"  # the dataset's merged cells
     assert created.endswith("Z")
 
 
@@ -77,7 +78,10 @@ def test_rotate_keys_moves_every_batch_and_names_the_key_to_retire(
     assert f"rotation to {new} finished: 3 batches moved" in result.stdout
     assert f"dpx rotate-keys --retire {old}" in result.stdout
     rows = key_table(dpx(settings, "keys", "list"))
-    assert [(r[0], r[1], r[3]) for r in rows] == [(old, "active", "0"), (new, "primary", "3")]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        (old, "active", "0", "0"),
+        (new, "primary", "3", "1"),
+    ]
 
 
 def test_retire_is_refused_while_batches_need_the_key_and_then_removes_it(
