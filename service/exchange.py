@@ -40,10 +40,11 @@ from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summ
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseStore, StoredRelease
-from service.policy.errors import PolicyViolation
+from service.policy.errors import PolicySetError, PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
+from service.store.bounds import check_stored_bounds
 from service.store.ingest import parse_batch
 
 # A pending release older than this belongs to a worker that died between charge and
@@ -103,7 +104,14 @@ class Exchange:
         return self._policies
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
-        """Swap in a validated policy set (all or nothing) and record it in the audit log."""
+        """Swap in a validated policy set (all or nothing) and record it in the audit log.
+
+        Raises ``PolicySetError`` (and keeps the set in force) when the new set shrinks a
+        bound below what stored batches were stored under.
+        """
+        shrunk = check_stored_bounds(self.database, policies)
+        if shrunk:
+            raise PolicySetError(shrunk)
         with self._policy_lock:
             previous = self._policies.version
             self._policies = policies

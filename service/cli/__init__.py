@@ -61,4 +61,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on ``main``.
-from service.cli import audit, keys, reports, setup, tokens  # noqa: E402, F401
+from service.cli import audit, cells, keys, reports, setup, tokens  # noqa: E402, F401

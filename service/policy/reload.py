@@ -2,7 +2,8 @@
 
 A DPO deploys a policy change by editing the files and sending SIGHUP (see
 ``gunicorn.conf.py``). A set with any defect is refused whole and logged as
-``file:field: reason`` lines; the service keeps answering under the set it had.
+``file:field: reason`` lines; the service keeps answering under the set it had. So is a set
+that shrinks a bound below what stored batches were stored under (``store.bounds``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class PolicyHolder(Protocol):
     @property
     def policies(self) -> PolicySet: ...
 
-    def replace_policies(self, policies: PolicySet, *, actor: str = ...) -> None: ...
+    def replace_policies(self, policies: PolicySet, *, actor: str = ...) -> None:
+        """Put ``policies`` in force, or raise ``PolicySetError`` and keep the current set."""
 
 
 def reload_policies(holder: PolicyHolder, directory: Path) -> bool:
@@ -50,8 +52,19 @@ def reload_policies(holder: PolicyHolder, directory: Path) -> bool:
     if proposed.version == current.version:
         log.info("policies unchanged (version %s)", current.version)
         return True
+    try:
+        holder.replace_policies(proposed)
+    except PolicySetError as refused:
+        # The holder checks the set against the stored data (bounds it may not shrink).
+        log.error(
+            "policy reload refused: %d defect(s) against stored data; keeping policy version %s",
+            len(refused.errors),
+            current.version,
+        )
+        for defect in refused.errors:
+            log.error("%s", defect)
+        return False
     for change in policy_changes(current, proposed):
         log.info("policy change: %s", change)
-    holder.replace_policies(proposed)
     log.info("policies reloaded: version %s -> %s", current.version, proposed.version)
     return True

@@ -438,7 +438,9 @@ class KeyRotation:
             documents = _count(conn, dataset_documents, kek_id, under=True)
             if left or documents:
                 what = f"{left} batches" + (
-                    f" and {documents} dataset documents" if documents else ""
+                    f" and {documents} dataset document{'s' if documents > 1 else ''}"
+                    if documents
+                    else ""
                 )
                 raise KeyInUse(
                     f"{kek_id} still protects {what}; run `dpx rotate-keys` to move them first"
