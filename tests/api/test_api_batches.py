@@ -25,6 +25,7 @@ def _snapshot(app: Flask) -> dict[str, list[tuple[object, ...]]]:
     database = app.extensions["dpx.database"]
     tables = [
         "batches",
+        "dataset_documents",
         "tokens",
         "budget_accounts",
         "charges",
