@@ -118,7 +118,14 @@ class BatchSchema(Schema):
     rows = fields.Integer()
     contacts = fields.Integer()
     cells = fields.Integer()
-    truncated = fields.Integer(metadata={"description": "contacts dropped by the person bound"})
+    truncated = fields.Integer(
+        metadata={
+            "description": "contacts of this batch dropped by the person bounds "
+            "(max_contacts_per_person, max_contacts_per_cell), counting what each person "
+            "contributed in earlier batches of the dataset: first contacts are kept. "
+            "Always 0 without a person column and for form=cells"
+        }
+    )
     clamped = fields.Integer(metadata={"description": "measure values clamped to their bounds"})
     created_at = fields.DateTime()
 
