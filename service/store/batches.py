@@ -74,6 +74,8 @@ from service.store.ingest import (
 
 T = TypeVar("T")
 
+_KEYED = "__dpx_keyed"
+
 # Each failed attempt means another upload to the same dataset committed meanwhile.
 _ATTEMPTS = 100
 
@@ -286,10 +288,12 @@ class BatchStore:
                 self.keyring, blob, dataset=dataset.id, label=label, values=persons.to_list()
             ),
         )
-        return person_contacts.with_columns(
-            pl.col(PERSON_COLUMN).replace_strict(
-                persons, pl.Series(keyed, dtype=pl.Binary), return_dtype=pl.Binary
-            )
+        mapping = pl.DataFrame([persons, pl.Series(_KEYED, keyed, dtype=pl.Binary)])
+        return (
+            person_contacts.join(mapping, on=PERSON_COLUMN, how="left", maintain_order="left")
+            .drop(PERSON_COLUMN)
+            .rename({_KEYED: PERSON_COLUMN})
+            .select(person_contacts.columns)
         )
 
     def _pseudonym_key(self, dataset_id: str, actor: str) -> bytes:
