@@ -381,25 +381,27 @@ def bound_contacts(
     count overall within ``max_contacts_per_person``, earlier batches included. The per-cell
     bound is applied first so that a contact it drops does not use up the person's overall
     allowance. The second frame has ``key``, the dimensions and ``contacts`` per person and
-    cell of the kept contacts.
+    cell of the kept contacts; without a per-cell bound, per person only, with null
+    dimensions (a per-cell bound cannot be introduced once data is stored, see
+    ``service.store.bounds``, so per-cell counts would never be read).
     """
     dimensions = [dimension.name for dimension in dataset.dimensions]
+    per_cell = dataset.max_contacts_per_cell is not None
     frame = contacts.with_row_index(_ROW)
+    used = [pl.lit(0, pl.Int64).alias(_USED_IN_CELL), pl.lit(0, pl.Int64).alias(_USED_IN_TOTAL)]
     if prior is not None and prior.height > 0:
-        in_cell = prior.group_by([key, *dimensions]).agg(
-            pl.col(CONTACTS_COLUMN).sum().alias(_USED_IN_CELL)
-        )
         in_total = prior.group_by(key).agg(pl.col(CONTACTS_COLUMN).sum().alias(_USED_IN_TOTAL))
-        frame = (
-            frame.join(in_cell, on=[key, *dimensions], how="left", nulls_equal=True)
-            .join(in_total, on=key, how="left")
-            .with_columns(pl.col(_USED_IN_CELL, _USED_IN_TOTAL).fill_null(0))
-            .sort(_ROW)
-        )
+        frame = frame.join(in_total, on=key, how="left", maintain_order="left")
+        if per_cell:
+            in_cell = prior.group_by([key, *dimensions]).agg(
+                pl.col(CONTACTS_COLUMN).sum().alias(_USED_IN_CELL)
+            )
+            frame = frame.join(in_cell, on=[key, *dimensions], how="left", maintain_order="left")
+        else:
+            frame = frame.with_columns(used[0])
+        frame = frame.with_columns(pl.col(_USED_IN_CELL, _USED_IN_TOTAL).fill_null(0))
     else:
-        frame = frame.with_columns(
-            pl.lit(0, pl.Int64).alias(_USED_IN_CELL), pl.lit(0, pl.Int64).alias(_USED_IN_TOTAL)
-        )
+        frame = frame.with_columns(used)
     if dataset.max_contacts_per_cell is not None:
         # One hash for (person, cell); two pairs whose hashes collide are truncated as one,
         # which can only drop contacts, so every real person still stays within the bounds.
@@ -418,7 +420,20 @@ def bound_contacts(
         _USED_IN_TOTAL,
     )
     kept = frame.drop(_ROW, _USED_IN_CELL, _USED_IN_TOTAL, _PERSON_RUN)
-    added = kept.group_by([key, *dimensions]).agg(pl.len().cast(pl.Int64).alias(CONTACTS_COLUMN))
+    if per_cell:
+        added = kept.group_by([key, *dimensions]).agg(
+            pl.len().cast(pl.Int64).alias(CONTACTS_COLUMN)
+        )
+    else:
+        added = (
+            kept.group_by(key)
+            .agg(pl.len().cast(pl.Int64).alias(CONTACTS_COLUMN))
+            .select(
+                key,
+                *(pl.lit(None, pl.Utf8).alias(name) for name in dimensions),
+                CONTACTS_COLUMN,
+            )
+        )
     return kept.drop(key), added
 
 
