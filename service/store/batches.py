@@ -494,7 +494,7 @@ class BatchStore:
 
     def check_cells(self, dataset: DatasetPolicy) -> CellsCheck:
         """Compare the merged cells of ``dataset`` with the sum of its batches."""
-        while True:
+        for _ in range(_ATTEMPTS):
             with self.database.read() as conn:
                 version = document_version(conn, dataset.id, CELLS)
             frames = self._batch_frames(dataset)
@@ -508,6 +508,8 @@ class BatchStore:
                 unchanged = document_version(conn, dataset.id, CELLS) == version
             if unchanged and self.count(dataset.id) == len(frames):
                 break
+        else:
+            raise UploadContention(f"uploads to {dataset.id} kept committing; check again")
         keys = [dimension.name for dimension in dataset.dimensions]
         joined = summed.join(merged, on=keys, how="full", suffix="_merged", coalesce=True)
         numbers = [column for column in summed.columns if column not in keys]

@@ -101,6 +101,24 @@ def test_the_per_cell_bound_holds_across_batches_and_leaves_the_rest_of_the_allo
     assert contacts_by_cell(components) == {("2024-01", "phone"): 1, ("2024-01", "chat"): 2}
 
 
+def test_without_a_per_cell_bound_each_instance_reads_the_persons_totals(
+    settings: Settings,
+) -> None:
+    path = settings.policy_dir / "datasets" / f"{DATASET}.yaml"
+    path.write_text(path.read_text().replace(f"\n  max_contacts_per_cell: {CELL_BOUND}", ""))
+    first, second = Components.open(settings), Components.open(settings)
+    try:
+        assert first.exchange.policies.datasets[DATASET].max_contacts_per_cell is None
+        upload(first, contact("p"), contact("p"))
+        # Another instance decrypts the contributions the first one stored.
+        later = upload(second, contact("p", "2024-02"), contact("p", "2024-03"))
+        assert (later.contacts, later.truncated) == (1, 1)
+        assert upload(first, contact("p", "2024-04")).truncated == 1
+    finally:
+        first.database.dispose()
+        second.database.dispose()
+
+
 def test_blanks_around_a_pseudonym_do_not_make_another_person_in_a_later_batch(
     components: Components,
 ) -> None:
