@@ -145,8 +145,8 @@ class BatchStore:
         atomically.
 
         A batch with a ``person`` column is truncated against what each person contributed
-        in earlier batches; ``truncated`` counts the contacts the bounds dropped, this batch
-        and earlier ones taken together. Raises ``InvalidBatch`` (nothing stored) when the
+        in earlier batches; ``truncated`` counts the contacts of this batch that the bounds
+        dropped, given what the earlier batches hold. Raises ``InvalidBatch`` (nothing stored) when the
         dataset's totals would exceed what the DP engine's integers hold.
         """
         batch_id = "bat_" + secrets.token_hex(10)
