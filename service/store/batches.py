@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import polars as pl
 from sqlalchemy import Connection, func, select
@@ -56,6 +55,7 @@ from service.store.documents import (
     CELLS,
     CONTRIBUTIONS,
     PSEUDONYM_KEY,
+    DocumentStore,
     StaleDocument,
     document_version,
     document_versions,
@@ -71,8 +71,6 @@ from service.store.ingest import (
     bound_contacts,
     contact_cells,
 )
-
-T = TypeVar("T")
 
 _KEYED = "__dpx_keyed"
 
@@ -131,9 +129,7 @@ class BatchStore:
         # Decrypted cells by batch id. A batch's content never changes after upload
         # (rotation rewraps or re-encrypts the same cells), so entries never go stale.
         self._cells: dict[str, pl.DataFrame] = {}
-        # Decrypted documents by (dataset, kind), with the version they were read at:
-        # valid while the stored version is the same, in whichever process changed it.
-        self._documents: dict[tuple[str, str], tuple[int, pl.DataFrame]] = {}
+        self.documents = DocumentStore(database, keyring)
         self._lock = threading.Lock()
 
     # -- storing ---------------------------------------------------------------------------
@@ -146,8 +142,8 @@ class BatchStore:
 
         A batch with a ``person`` column is truncated against what each person contributed
         in earlier batches; ``truncated`` counts the contacts of this batch that the bounds
-        dropped, given what the earlier batches hold. Raises ``InvalidBatch`` (nothing stored) when the
-        dataset's totals would exceed what the DP engine's integers hold.
+        dropped, given what the earlier batches hold. Raises ``InvalidBatch`` (nothing
+        stored) when the dataset's totals would exceed what the DP engine's integers hold.
         """
         batch_id = "bat_" + secrets.token_hex(10)
         keyed = None
@@ -247,13 +243,11 @@ class BatchStore:
                         )
             except StaleDocument:
                 continue
-            with self._lock:
-                self._documents[(dataset.id, CELLS)] = (cells_version, merged)
-                if contributions is not None and contributions_version is not None:
-                    self._documents[(dataset.id, CONTRIBUTIONS)] = (
-                        contributions_version,
-                        contributions,
-                    )
+            self.documents.remember(dataset.id, CELLS, cells_version, merged)
+            if contributions is not None and contributions_version is not None:
+                self.documents.remember(
+                    dataset.id, CONTRIBUTIONS, contributions_version, contributions
+                )
             return stored
         raise UploadContention(
             f"other uploads to {dataset.id} kept committing; nothing was stored, send it again"
@@ -280,7 +274,7 @@ class BatchStore:
         """``person_contacts`` with each pseudonym replaced by its keyed pseudonym."""
         label = sealed_label(PSEUDONYM_KEY)
         persons = person_contacts.get_column(PERSON_COLUMN).unique(maintain_order=True)
-        keyed = self._with_document(
+        keyed = self.documents.using(
             dataset.id,
             PSEUDONYM_KEY,
             self._pseudonym_key(dataset.id, actor),
@@ -299,10 +293,9 @@ class BatchStore:
     def _pseudonym_key(self, dataset_id: str, actor: str) -> bytes:
         """The sealed pseudonym key of a dataset, created on the dataset's first upload with
         a ``person`` column. Never replaced: every stored keyed pseudonym depends on it."""
-        with self.database.read() as conn:
-            stored = read_documents(conn, dataset_id, [PSEUDONYM_KEY]).get(PSEUDONYM_KEY)
-        if stored is not None:
-            return stored.blob
+        blob = self.documents.blob(dataset_id, PSEUDONYM_KEY)
+        if blob is not None:
+            return blob
         label = sealed_label(PSEUDONYM_KEY)
         with self.database.write() as conn:
             # Taking the audit head first serialises creators: a second one finds the key.
@@ -323,8 +316,7 @@ class BatchStore:
         Batches stored before merged cells existed are summed when the dataset has no
         merged cells yet, so the first merged cells cover them too.
         """
-        with self.database.read() as conn:
-            versions = document_versions(conn, dataset.id)
+        versions = self.documents.versions(dataset.id)
         cells = (
             self._document(dataset, CELLS, versions[CELLS])
             if CELLS in versions
@@ -348,57 +340,23 @@ class BatchStore:
         once per change. Without merged cells (batches stored by an older dpx, before
         ``dpx cells rebuild``) the batches are summed.
         """
-        with self.database.read() as conn:
-            version = document_version(conn, dataset.id, CELLS)
+        version = self.documents.version(dataset.id, CELLS)
         if version is None:
             return merge_cells(self._batch_frames(dataset), dataset)
         return self._document(dataset, CELLS, version)
 
     def _document(self, dataset: DatasetPolicy, kind: str, version: int) -> pl.DataFrame:
-        """A decrypted document, from this process's cache when it holds ``version``."""
-        cached = self._documents.get((dataset.id, kind))
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        with self.database.read() as conn:
-            stored = read_documents(conn, dataset.id, [kind]).get(kind)
-        if stored is None:
-            raise IntegrityError(f"the {kind} of dataset {dataset.id} disappeared")
-        label = sealed_label(kind)
-        plain = self._with_document(
+        """The merged cells or the contributions of ``dataset`` at ``version``, decrypted."""
+        return self.documents.opened(
             dataset.id,
             kind,
-            stored.blob,
-            lambda blob: open_sealed(self.keyring, blob, dataset=dataset.id, batch_id=label),
-        )
-        try:
-            frame = (
+            version,
+            lambda plain: (
                 decode_cells(plain, dataset)
                 if kind == CELLS
                 else decode_contributions(plain, dataset)
-            )
-        except CellFormatError as error:
-            raise IntegrityError(
-                f"the {kind} of dataset {dataset.id} do not match the dataset's current "
-                f"schema ({error})"
-            ) from None
-        with self._lock:
-            self._documents[(dataset.id, kind)] = (stored.version, frame)
-        return frame
-
-    def _with_document(
-        self, dataset_id: str, kind: str, blob: bytes, use: Callable[[bytes], T]
-    ) -> T:
-        """``use(blob)``; after an ``UnknownKey``, once more with the keyring and the
-        document as they are now (see ``_open``)."""
-        try:
-            return use(blob)
-        except UnknownKey:
-            self.keyring.reload()
-            with self.database.read() as conn:
-                current = read_documents(conn, dataset_id, [kind]).get(kind)
-            if current is None:
-                raise
-            return use(current.blob)
+            ),
+        )
 
     def _batch_frames(self, dataset: DatasetPolicy) -> list[pl.DataFrame]:
         """The decrypted cells of every batch of ``dataset``, in batch id order."""
@@ -487,8 +445,7 @@ class BatchStore:
                     )
             except StaleDocument:
                 continue
-            with self._lock:
-                self._documents[(dataset.id, CELLS)] = (new_version, merged)
+            self.documents.remember(dataset.id, CELLS, new_version, merged)
             return len(frames)
         raise UploadContention(f"uploads to {dataset.id} kept committing; run the rebuild again")
 
@@ -502,7 +459,7 @@ class BatchStore:
             if version is None:
                 return CellsCheck(dataset.id, len(frames), summed.height, summed.height, False)
             # Read afresh, not from this process's cache: the check is of what is stored.
-            self._documents.pop((dataset.id, CELLS), None)
+            self.documents.forget(dataset.id, CELLS)
             merged = self._document(dataset, CELLS, version)
             with self.database.read() as conn:
                 unchanged = document_version(conn, dataset.id, CELLS) == version

@@ -16,20 +16,30 @@ authentication. Key rotation moves documents with the batches (``service.store.r
 ``version`` counts changes of content. A writer names the version it built on; the write is
 refused with ``StaleDocument`` when another writer changed the document in between, and the
 writer starts again from the new content. Rewrapping during a rotation keeps the version:
-the content is the same.
+the content is the same. ``DocumentStore`` keeps what a process decrypted by version, so a
+document is decrypted once per change in each process, whichever process changed it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
+import polars as pl
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError as RowConflict
 
-from service.crypto.envelope import Sealed
+from service.crypto.envelope import Sealed, open_sealed
+from service.crypto.errors import IntegrityError, UnknownKey
+from service.crypto.keyring import Keyring
+from service.database.engine import Database
 from service.database.schema import dataset_documents
+from service.store.cells import CellFormatError
+
+T = TypeVar("T")
 
 CELLS = "cells"
 CONTRIBUTIONS = "contributions"
@@ -124,3 +134,80 @@ def write_document(
     if changed != 1:
         raise StaleDocument(f"{kind} of {dataset} changed since version {built_on}")
     return built_on + 1
+
+
+class DocumentStore:
+    """Reads the sealed documents of one deployment, keeping what it decrypted by version."""
+
+    def __init__(self, database: Database, keyring: Keyring) -> None:
+        self.database = database
+        self.keyring = keyring
+        # (dataset, kind) -> (version, decrypted frame): valid while the stored version is
+        # the same, which every writer in every process changes with the content.
+        self._opened: dict[tuple[str, str], tuple[int, pl.DataFrame]] = {}
+        self._lock = threading.Lock()
+
+    def versions(self, dataset: str) -> dict[str, int]:
+        with self.database.read() as conn:
+            return document_versions(conn, dataset)
+
+    def version(self, dataset: str, kind: str) -> int | None:
+        with self.database.read() as conn:
+            return document_version(conn, dataset, kind)
+
+    def blob(self, dataset: str, kind: str) -> bytes | None:
+        with self.database.read() as conn:
+            stored = read_documents(conn, dataset, [kind]).get(kind)
+        return None if stored is None else stored.blob
+
+    def opened(
+        self, dataset: str, kind: str, version: int, decode: Callable[[bytes], pl.DataFrame]
+    ) -> pl.DataFrame:
+        """Document ``kind`` of ``dataset`` decrypted and decoded, from memory when this
+        process already holds ``version``; `IntegrityError` if it does not open or decode."""
+        held = self._opened.get((dataset, kind))
+        if held is not None and held[0] == version:
+            return held[1]
+        with self.database.read() as conn:
+            stored = read_documents(conn, dataset, [kind]).get(kind)
+        if stored is None:
+            raise IntegrityError(f"the {kind} of dataset {dataset} disappeared")
+        label = sealed_label(kind)
+        plain = self.using(
+            dataset,
+            kind,
+            stored.blob,
+            lambda blob: open_sealed(self.keyring, blob, dataset=dataset, batch_id=label),
+        )
+        try:
+            frame = decode(plain)
+        except CellFormatError as error:
+            raise IntegrityError(
+                f"the {kind} of dataset {dataset} do not match the dataset's current "
+                f"schema ({error})"
+            ) from None
+        self.remember(dataset, kind, stored.version, frame)
+        return frame
+
+    def remember(self, dataset: str, kind: str, version: int, frame: pl.DataFrame) -> None:
+        """Hold ``frame`` as version ``version`` (what this process just stored)."""
+        with self._lock:
+            self._opened[(dataset, kind)] = (version, frame)
+
+    def forget(self, dataset: str, kind: str) -> None:
+        with self._lock:
+            self._opened.pop((dataset, kind), None)
+
+    def using(self, dataset: str, kind: str, blob: bytes, use: Callable[[bytes], T]) -> T:
+        """``use(blob)``; after an ``UnknownKey``, once more with the keyring and the
+        document as they are now: a rotation in another process may have moved the document
+        to a KEK this process has not loaded yet, or retired the one the blob in hand is
+        under."""
+        try:
+            return use(blob)
+        except UnknownKey:
+            self.keyring.reload()
+            current = self.blob(dataset, kind)
+            if current is None:
+                raise
+            return use(current)
