@@ -17,8 +17,10 @@ from service.database.engine import Database
 from service.exchange import Exchange
 from service.ledger.budgets import Ledger
 from service.ledger.releases import ReleaseStore
+from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.store.batches import BatchStore
+from service.store.bounds import check_stored_bounds
 from service.store.synopses import SynopsisStore
 from service.synopses import Synopses
 
@@ -38,10 +40,16 @@ class Components:
 
     @classmethod
     def open(cls, settings: Settings) -> Components:
-        """Load the keyring and policies and connect to the database; raise if any fails."""
+        """Load the keyring and policies and connect to the database; raise if any fails,
+        or (``PolicySetError``) if the policies shrink bounds that stored batches hold."""
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)
+        shrunk = check_stored_bounds(database, policies)
+        if shrunk:
+            # A start refuses the set as a reload would: stored data was bounded by more.
+            database.dispose()
+            raise PolicySetError(shrunk)
         audit = AuditLog(
             database, keyring, settings.audit_checkpoint_path, settings.audit_checkpoint_every
         )

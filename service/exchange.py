@@ -39,10 +39,11 @@ from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.changes import budget_changes
-from service.policy.errors import PolicyViolation
+from service.policy.errors import PolicySetError, PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
+from service.store.bounds import check_stored_bounds
 from service.store.ingest import parse_batch
 from service.store.uploads import AlreadyStored, Upload
 
@@ -111,7 +112,14 @@ class Exchange:
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
         """Swap in a validated policy set (all or nothing) and record it in the audit log,
-        with every budget it changes (so budgets can be shown as they were at any time)."""
+        with every budget it changes (so budgets can be shown as they were at any time).
+
+        Raises ``PolicySetError`` (and keeps the set in force) when the new set shrinks a
+        bound below what stored batches were stored under.
+        """
+        shrunk = check_stored_bounds(self.database, policies)
+        if shrunk:
+            raise PolicySetError(shrunk)
         with self._policy_lock:
             previous = self._policies
             self._policies = policies

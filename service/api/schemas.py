@@ -138,9 +138,10 @@ class BatchSchema(Schema):
     cells = fields.Integer()
     truncated = fields.Integer(
         metadata={
-            "description": "contacts dropped by the person bound: a person's contacts beyond "
-            "the dataset's max_contacts_per_person (or max_contacts_per_cell in one cell), "
-            "which the privacy guarantee relies on"
+            "description": "contacts of this batch dropped by the person bounds "
+            "(max_contacts_per_person, max_contacts_per_cell), counting what each person "
+            "contributed in earlier batches of the dataset: first contacts are kept. "
+            "Always 0 without a person column and for form=cells"
         }
     )
     clamped = fields.Integer(metadata={"description": "measure values clamped to their bounds"})

@@ -62,4 +62,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on ``main``.
-from service.cli import audit, keys, reload, reports, setup, synopses, tokens  # noqa: E402, F401
+from service.cli import audit, cells, keys, reload, reports, setup, synopses, tokens  # noqa: E402, F401

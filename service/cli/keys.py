@@ -141,12 +141,15 @@ def keys_group() -> None:
 @keys_group.command("list")
 @friendly
 def list_keys() -> None:
-    """KEKs: id, status, created, and how many batches each protects (no key material)."""
+    """KEKs: id, status, created, and how many batches and sealed dataset documents each
+    protects (no key material)."""
     with _rotation() as rotation:
         usages = rotation.usage()
-    click.echo("kek_id\tstatus\tcreated\tbatches")
+    click.echo("kek_id\tstatus\tcreated\tbatches\tdocuments")
     for usage in usages:
-        click.echo(f"{usage.kek_id}\t{usage.status}\t{usage.created}\t{usage.batches}")
+        click.echo(
+            f"{usage.kek_id}\t{usage.status}\t{usage.created}\t{usage.batches}\t{usage.documents}"
+        )
 
 
 @main.command("rotate-signing-key")

@@ -23,9 +23,10 @@ from service.cli import deployment, fail, friendly, main, settings
 from service.database.engine import Database
 from service.ledger.budgets import Ledger
 from service.policy.changes import review
-from service.policy.errors import PolicySetError
+from service.policy.errors import PolicyError, PolicySetError
 from service.policy.loader import load_policies
 from service.policy.model import PolicySet
+from service.store.bounds import check_stored_bounds
 
 REPORT_COLUMNS = (
     "dataset",
@@ -130,8 +131,9 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
     """Validate a policy set (default: DPX_POLICY_DIR) and show what it would change.
 
     Lists every grant and budget that differs from the deployed set and every budget the
-    ledger has already spent past. Exits 1 when a file is invalid (one file:field: reason
-    line each on standard error) and, with --strict, when anything would be over-spent.
+    ledger has already spent past. Exits 1 when a file is invalid or a bound is below what
+    stored batches were stored under (one file:field: reason line each on standard error)
+    and, with --strict, when anything would be over-spent.
     """
     current = settings()
     proposed_dir = directory or current.policy_dir
@@ -142,6 +144,15 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
         for defect in refused.errors:
             click.echo(str(defect), err=True)
         fail(f"{proposed_dir}: {len(refused.errors)} defect(s); this set would be refused")
+        return
+    shrunk = _shrunk_bounds(current.database_url, proposed)
+    if shrunk:
+        for defect in shrunk:
+            click.echo(str(defect), err=True)
+        fail(
+            f"{proposed_dir}: {len(shrunk)} bound(s) below what stored batches hold; "
+            "this set would be refused"
+        )
         return
     click.echo(
         f"valid: {proposed_dir} ({len(proposed.datasets)} datasets, "
@@ -178,6 +189,18 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
             if spent is not None
             else "--strict: the ledger cannot be read"
         )
+
+
+def _shrunk_bounds(url: str, proposed: PolicySet) -> list[PolicyError]:
+    """Bounds of ``proposed`` narrower than stored batches hold (none without a database)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return []  # no database, so no stored data; and checking must not create one
+    database = Database(url)
+    try:
+        return check_stored_bounds(database, proposed)
+    finally:
+        database.dispose()
 
 
 def _ledger_spent(url: str) -> Mapping[tuple[str, str], Fraction] | None:

@@ -45,6 +45,23 @@ batches = Table(
     Column("idempotency_key", String(200), nullable=True),
     Index("ix_batches_dataset_digest", "dataset", "digest"),
     Index("uq_batches_idempotency", "dataset", "idempotency_key", unique=True),
+    # The dataset's bounds when the batch was stored (JSON; public policy values, no data):
+    # a later policy may not shrink them below what stored data was truncated to.
+    Column("bounds", Text, nullable=True),
+)
+
+# Per-dataset sealed documents (merged cells, person contributions, the pseudonym key),
+# each replaced in the transaction that stores a batch; ``version`` grows with every change
+# of content, so a process can cache what it decrypted.
+dataset_documents = Table(
+    "dataset_documents",
+    metadata,
+    Column("dataset", String(100), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("kek_id", String(40), nullable=False, index=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 tokens = Table(

@@ -29,6 +29,11 @@ MechanismName = Literal["discrete_laplace", "discrete_gaussian"]
 # Float steps tried above the closed-form scale before falling back to binary search.
 _NUDGES = 16
 
+ENGINE_INTEGER_MAX = 2**31 - 1
+"""The largest total a dataset may hold (its contacts, or a measure's absolute sums): ingest
+refuses a batch past it. Far above helpline volumes and far inside the measurements' 64-bit
+values, so no aggregate a query sums ever comes near the clamping at the ``i64`` edges."""
+
 MAX_GAUSSIAN_SCALE = 1e6
 """The largest discrete Gaussian scale a plan may use (its accuracy takes ~1 s to compute)."""
 

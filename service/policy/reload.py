@@ -3,8 +3,9 @@
 A DPO deploys a policy change by editing the files and sending SIGHUP (``dpx reload``, or
 ``kill -HUP`` to the gunicorn master; see ``gunicorn.conf.py``). A set with any defect is
 refused whole, logged as ``file:field: reason`` lines and audited; the service keeps
-answering under the set it had. Either way the outcome is written to a status file, which
-is how ``dpx reload`` learns whether the master accepted the set, and why not.
+answering under the set it had. So is a set that shrinks a bound below what stored batches
+were stored under (``store.bounds``). Either way the outcome is written to a status file,
+which is how ``dpx reload`` learns whether the master accepted the set, and why not.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class PolicyHolder(Protocol):
     @property
     def policies(self) -> PolicySet: ...
 
-    def replace_policies(self, policies: PolicySet, *, actor: str = ...) -> None: ...
+    def replace_policies(self, policies: PolicySet, *, actor: str = ...) -> None:
+        """Put ``policies`` in force, or raise ``PolicySetError`` and keep the current set."""
 
     def refuse_policies(self, defects: Sequence[str], *, actor: str = ...) -> None: ...
 
@@ -102,8 +104,21 @@ def reload_policies(
         log.info("policies unchanged (version %s)", current.version)
         return ReloadOutcome(True, current.version, current.version, (), (), at)
     changes = tuple(str(change) for change in review(current, proposed, spent).changes)
+    try:
+        holder.replace_policies(proposed)
+    except PolicySetError as refused:
+        # The holder checks the set against the stored data (bounds it may not shrink).
+        defects = tuple(str(defect) for defect in refused.errors)
+        log.error(
+            "policy reload refused: %d defect(s) against stored data; keeping policy version %s",
+            len(defects),
+            current.version,
+        )
+        for defect in defects:
+            log.error("%s", defect)
+        holder.refuse_policies(defects)
+        return ReloadOutcome(False, current.version, current.version, (), defects, at)
     for change in changes:
         log.info("policy change: %s", change)
-    holder.replace_policies(proposed)
     log.info("policies reloaded: version %s -> %s", current.version, proposed.version)
     return ReloadOutcome(True, proposed.version, current.version, changes, (), at)

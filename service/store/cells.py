@@ -59,6 +59,12 @@ def decode_cells(data: bytes, dataset: DatasetPolicy) -> pl.DataFrame:
     """Read cells written by ``encode_cells``; raise CellFormatError unless the version is
     known, the bytes are intact, and the schema is exactly the dataset's (names, order and
     types)."""
+    return decode_frame(data, cells_schema(dataset), f"dataset {dataset.id}")
+
+
+def decode_frame(data: bytes, expected: pl.Schema, owner: str) -> pl.DataFrame:
+    """Read a frame written by ``encode_cells`` whose schema must be exactly ``expected``;
+    ``owner`` names what it belongs to in the error."""
     if not data.startswith(CELLS_MAGIC):
         raise CellFormatError("not a dpx cells payload")
     version = data[_VERSION_AT:_DIGEST_AT]
@@ -75,16 +81,15 @@ def decode_cells(data: bytes, dataset: DatasetPolicy) -> pl.DataFrame:
         table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as error:
         raise CellFormatError("cells payload is not readable Arrow IPC") from error
-    cells = pl.from_arrow(table)
-    if not isinstance(cells, pl.DataFrame):
+    frame = pl.from_arrow(table)
+    if not isinstance(frame, pl.DataFrame):
         raise CellFormatError("cells payload is not a table")
-    expected = cells_schema(dataset)
-    if cells.schema != expected:
+    if frame.schema != expected:
         raise CellFormatError(
-            f"cells schema {_describe(cells.schema)} does not match dataset {dataset.id}: "
+            f"cells schema {_describe(frame.schema)} does not match {owner}: "
             f"expected {_describe(expected)}"
         )
-    return cells
+    return frame
 
 
 def merge_cells(batches: Iterable[pl.DataFrame], dataset: DatasetPolicy) -> pl.DataFrame:

@@ -20,7 +20,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal
 
@@ -37,6 +37,9 @@ CONTACTS_COLUMN = "contacts"
 _ROW = "__dpx_row"
 _PERSON_KEY = "__dpx_person"
 _PERSON_CELL_KEY = "__dpx_person_cell"
+_PERSON_RUN = "__dpx_person_run"
+_USED_IN_CELL = "__dpx_used_in_cell"
+_USED_IN_TOTAL = "__dpx_used_in_total"
 _INT64_MAX = 2**63 - 1
 _QUOTED_MAX = 40
 _LISTED_VALUES_MAX = 12
@@ -52,6 +55,12 @@ class Aggregated:
     ``truncated`` the contacts dropped to enforce the per-person bounds; ``clamped`` the
     measure values moved to their bounds; ``persons`` the distinct pseudonyms seen, or None
     when the upload carried no ``person`` column.
+
+    With a ``person`` column, ``cells`` and ``truncated`` apply the bounds within this batch
+    alone; ``person_contacts`` then holds every valid contact in file order (the ``person``
+    column, stripped, then the dimensions and the unclamped measures) so that the store can
+    apply the bounds again across all batches of the dataset with :func:`bound_contacts`,
+    after replacing each pseudonym with its keyed hash. It is never stored.
     """
 
     cells: pl.DataFrame
@@ -60,6 +69,7 @@ class Aggregated:
     truncated: int
     clamped: int
     persons: int | None
+    person_contacts: pl.DataFrame | None = field(default=None, repr=False)
 
 
 def parse_batch(
@@ -343,9 +353,10 @@ def _finish_cells(grouped: pl.LazyFrame, dataset: DatasetPolicy) -> pl.DataFrame
     )
 
 
-def _first_of_each(frame: pl.DataFrame, key: str, limit: int) -> pl.DataFrame:
-    """Keep the first ``limit`` rows of each group of equal ``key``, for a frame in file
-    order; the result is in file order too.
+def _first_of_each(frame: pl.DataFrame, key: str, limit: int, used: str) -> pl.DataFrame:
+    """Keep the first rows of each group of equal ``key`` while the group's earlier rows plus
+    its ``used`` column (contacts already counted in earlier batches) stay under ``limit``,
+    for a frame in file order; the result is in file order too.
 
     A stable sort and ranking within runs is several times faster than a window over
     hundreds of thousands of persons, and the result is the same.
@@ -354,7 +365,94 @@ def _first_of_each(frame: pl.DataFrame, key: str, limit: int) -> pl.DataFrame:
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     starts_group = (pl.col(key) != pl.col(key).shift(1)).fill_null(True)
     group_start = pl.when(starts_group).then(index).forward_fill()
-    return ordered.filter(index - group_start < limit).sort(_ROW)
+    return ordered.filter(index - group_start + pl.col(used) < limit).sort(_ROW)
+
+
+def bound_contacts(
+    contacts: pl.DataFrame, dataset: DatasetPolicy, *, key: str, prior: pl.DataFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Truncate each person's contacts to the dataset's bounds, counting what ``prior`` says
+    they contributed before; return the kept contacts and what they add to ``prior``.
+
+    ``contacts`` is in file order with the person in column ``key``, the dimensions and the
+    measures. ``prior`` (or None for nothing) has ``key``, the dimensions and ``contacts``:
+    the contacts already stored per person and cell. A person's first contacts are kept, as
+    long as the person's count in the cell stays within ``max_contacts_per_cell`` and their
+    count overall within ``max_contacts_per_person``, earlier batches included. The per-cell
+    bound is applied first so that a contact it drops does not use up the person's overall
+    allowance. The second frame has ``key``, the dimensions and ``contacts`` per person and
+    cell of the kept contacts; without a per-cell bound, per person only, with null
+    dimensions (a per-cell bound cannot be introduced once data is stored, see
+    ``service.store.bounds``, so per-cell counts would never be read).
+    """
+    dimensions = [dimension.name for dimension in dataset.dimensions]
+    per_cell = dataset.max_contacts_per_cell is not None
+    frame = contacts.with_row_index(_ROW)
+    used = [pl.lit(0, pl.Int64).alias(_USED_IN_CELL), pl.lit(0, pl.Int64).alias(_USED_IN_TOTAL)]
+    if prior is not None and prior.height > 0:
+        in_total = prior.group_by(key).agg(pl.col(CONTACTS_COLUMN).sum().alias(_USED_IN_TOTAL))
+        frame = frame.join(in_total, on=key, how="left", maintain_order="left")
+        if per_cell:
+            in_cell = prior.group_by([key, *dimensions]).agg(
+                pl.col(CONTACTS_COLUMN).sum().alias(_USED_IN_CELL)
+            )
+            frame = frame.join(in_cell, on=[key, *dimensions], how="left", maintain_order="left")
+        else:
+            frame = frame.with_columns(used[0])
+        frame = frame.with_columns(pl.col(_USED_IN_CELL, _USED_IN_TOTAL).fill_null(0))
+    else:
+        frame = frame.with_columns(used)
+    if dataset.max_contacts_per_cell is not None:
+        # One hash for (person, cell); two pairs whose hashes collide are truncated as one,
+        # which can only drop contacts, so every real person still stays within the bounds.
+        frame = _first_of_each(
+            frame.with_columns(pl.struct(key, *dimensions).hash(seed=0).alias(_PERSON_CELL_KEY)),
+            _PERSON_CELL_KEY,
+            dataset.max_contacts_per_cell,
+            _USED_IN_CELL,
+        ).drop(_PERSON_CELL_KEY)
+    # Runs of one person are found on a 64-bit hash of the key, which sorts several times
+    # faster than a 128-bit keyed pseudonym; a collision again only drops contacts.
+    frame = _first_of_each(
+        frame.with_columns(pl.col(key).hash(seed=0).alias(_PERSON_RUN)),
+        _PERSON_RUN,
+        dataset.max_contacts_per_person,
+        _USED_IN_TOTAL,
+    )
+    kept = frame.drop(_ROW, _USED_IN_CELL, _USED_IN_TOTAL, _PERSON_RUN)
+    if per_cell:
+        added = kept.group_by([key, *dimensions]).agg(
+            pl.len().cast(pl.Int64).alias(CONTACTS_COLUMN)
+        )
+    else:
+        added = (
+            kept.group_by(key)
+            .agg(pl.len().cast(pl.Int64).alias(CONTACTS_COLUMN))
+            .select(
+                key,
+                *(pl.lit(None, pl.Utf8).alias(name) for name in dimensions),
+                CONTACTS_COLUMN,
+            )
+        )
+    return kept.drop(key), added
+
+
+def contact_cells(contacts: pl.DataFrame, dataset: DatasetPolicy) -> pl.DataFrame:
+    """The cells of valid contacts (dimensions and unclamped measures): a count and the
+    clamped measure sums per combination of dimension values present, in domain order."""
+    dimensions = [dimension.name for dimension in dataset.dimensions]
+    grouped = (
+        contacts.lazy()
+        .group_by(dimensions)
+        .agg(
+            pl.len().cast(pl.Int128).alias(CONTACTS_COLUMN),
+            *(
+                pl.col(m.name).clip(m.lower, m.upper).cast(pl.Int128).sum().alias(m.name)
+                for m in dataset.measures
+            ),
+        )
+    )
+    return _finish_cells(grouped, dataset)
 
 
 def _aggregate_contacts(frame: pl.DataFrame, dataset: DatasetPolicy) -> Aggregated:
@@ -382,15 +480,6 @@ def _aggregate_contacts(frame: pl.DataFrame, dataset: DatasetPolicy) -> Aggregat
     contacts = frame.select(
         *dimensions,
         *(_as_integer(measure.name) for measure in dataset.measures),
-        # A 64-bit hash stands for the pseudonym from here on. Two persons whose hashes
-        # collide are truncated as one: that can only drop contacts, so every real person
-        # still contributes within the bounds. Surrounding blanks are not part of a
-        # pseudonym, so "p1" and "p1 " cannot pass as two people.
-        *(
-            [pl.col(PERSON_COLUMN).str.strip_chars().hash(seed=0).alias(_PERSON_KEY)]
-            if has_person
-            else []
-        ),
     )
     clamped = 0
     if dataset.measures:
@@ -403,36 +492,25 @@ def _aggregate_contacts(frame: pl.DataFrame, dataset: DatasetPolicy) -> Aggregat
             ).item()
         )
     persons: int | None = None
+    person_contacts: pl.DataFrame | None = None
     if has_person:
-        # The privacy unit is the person: truncation makes the declared contribution bounds
-        # true of the stored cells, so the sensitivity derived from them holds. Kept contacts
-        # are the first ones in file order, deterministically. The per-cell bound is applied
-        # first so that a contact it drops does not use up the person's overall allowance.
-        persons = contacts.get_column(_PERSON_KEY).n_unique()
-        contacts = contacts.with_row_index(_ROW)
-        if dataset.max_contacts_per_cell is not None:
-            # One hash for (person, cell); a collision again only drops contacts.
-            contacts = _first_of_each(
-                contacts.with_columns(
-                    pl.struct(_PERSON_KEY, *dimensions).hash(seed=0).alias(_PERSON_CELL_KEY)
-                ),
-                _PERSON_CELL_KEY,
-                dataset.max_contacts_per_cell,
-            ).drop(_PERSON_CELL_KEY)
-        contacts = _first_of_each(contacts, _PERSON_KEY, dataset.max_contacts_per_person)
-        contacts = contacts.drop(_PERSON_KEY, _ROW)
-    grouped = (
-        contacts.lazy()
-        .group_by(dimensions)
-        .agg(
-            pl.len().cast(pl.Int128).alias(CONTACTS_COLUMN),
-            *(
-                pl.col(m.name).clip(m.lower, m.upper).cast(pl.Int128).sum().alias(m.name)
-                for m in dataset.measures
-            ),
+        # Surrounding blanks are not part of a pseudonym, so "p1" and "p1 " cannot pass as
+        # two people.
+        person_contacts = contacts.select(
+            frame.get_column(PERSON_COLUMN).str.strip_chars().alias(PERSON_COLUMN),
+            *dimensions,
+            *(measure.name for measure in dataset.measures),
         )
-    )
-    cells = _finish_cells(grouped, dataset)
+        # Within this batch a 64-bit hash stands for the pseudonym. Two persons whose hashes
+        # collide are truncated as one: that can only drop contacts. The privacy unit is the
+        # person: truncation makes the declared contribution bounds true of the cells, so the
+        # sensitivity derived from them holds. Kept contacts are the first in file order.
+        keyed = contacts.with_columns(
+            person_contacts.get_column(PERSON_COLUMN).hash(seed=0).alias(_PERSON_KEY)
+        )
+        persons = keyed.get_column(_PERSON_KEY).n_unique()
+        contacts, _ = bound_contacts(keyed, dataset, key=_PERSON_KEY, prior=None)
+    cells = contact_cells(contacts, dataset)
     total = int(cells.get_column(CONTACTS_COLUMN).sum())
     return Aggregated(
         cells=cells,
@@ -441,6 +519,7 @@ def _aggregate_contacts(frame: pl.DataFrame, dataset: DatasetPolicy) -> Aggregat
         truncated=frame.height - total,
         clamped=clamped,
         persons=persons,
+        person_contacts=person_contacts,
     )
 
 

@@ -21,6 +21,10 @@ counts only, never key material.
 Rewrapping replaces only the 48-byte wrapped data key of each batch. Re-encryption
 (``reencrypt=True``) also replaces each data key and encrypts the cells again, for when a
 data key itself may have leaked.
+
+The sealed per-dataset documents (``service.store.documents``: merged cells, contributions,
+pseudonym keys) move with the batches, compared-and-set on their KEK and version. A pseudonym
+key is rewrapped or sealed again, never replaced: the keyed pseudonyms stored depend on it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from service.crypto.envelope import reencrypt, rewrap
 from service.crypto.errors import KeyringError, UnknownKey
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
-from service.database.schema import audit_log, batches, synopses
+from service.database.schema import audit_log, batches, dataset_documents, synopses
+from service.store.documents import sealed_label
 
 START = "key.rotate.start"
 RESUME = "key.rotate.resume"
@@ -69,6 +74,7 @@ class KeyUsage:
     status: str
     created: str
     batches: int
+    documents: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,23 +129,46 @@ class KeyRotation:
                     counts[str(row[0])] = counts.get(str(row[0]), 0) + int(row[1])
         return counts
 
+    def documents_by_kek(self) -> dict[str, int]:
+        """How many sealed dataset documents each KEK id protects."""
+        with self.database.read() as conn:
+            rows = conn.execute(
+                select(dataset_documents.c.kek_id, func.count()).group_by(
+                    dataset_documents.c.kek_id
+                )
+            ).all()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     def usage(self) -> list[KeyUsage]:
-        """Every KEK of the keyring (oldest first), then any KEK batches name that the
-        keyring lacks, each with the number of batches it protects."""
+        """Every KEK of the keyring (oldest first), then any KEK batches or documents name
+        that the keyring lacks, each with the number of batches and documents it protects."""
         self.keyring.refresh()
         counts = self.batches_by_kek()
+        documents = self.documents_by_kek()
         listed = [
-            KeyUsage(k["id"], k["status"], k["created"], counts.pop(k["id"], 0))
+            KeyUsage(
+                k["id"],
+                k["status"],
+                k["created"],
+                counts.pop(k["id"], 0),
+                documents.pop(k["id"], 0),
+            )
             for k in self.keyring.describe_keks()
         ]
         return listed + [
-            KeyUsage(kek_id, "missing", "-", n) for kek_id, n in sorted(counts.items())
+            KeyUsage(kek_id, "missing", "-", counts.get(kek_id, 0), documents.get(kek_id, 0))
+            for kek_id in sorted(set(counts) | set(documents))
         ]
 
     def pending(self) -> int:
-        """Batches (and synopses) not yet under the primary KEK."""
+        """Batches (and synopses) not yet under the primary KEK (the work a rotation reports)."""
         with self.database.read() as conn:
             return _count_not_under(conn, self.keyring.primary_kek_id)
+
+    def _documents_pending(self) -> int:
+        """Dataset documents not yet under the primary KEK (a handful per dataset)."""
+        with self.database.read() as conn:
+            return _count(conn, dataset_documents, self.keyring.primary_kek_id, under=False)
 
     # -- rotating ------------------------------------------------------------------------
 
@@ -158,7 +187,7 @@ class KeyRotation:
         pending = self.pending()
         last = self._last_rotation()
         unfinished = last is not None and last[0] != FINISH and last[1].get("kek_id") == primary
-        if pending or unfinished:
+        if pending or unfinished or self._documents_pending():
             recorded = last[1] if unfinished and last is not None else {}
             plan = RotationPlan(
                 kek_id=primary,
@@ -263,7 +292,18 @@ class KeyRotation:
                 done += self._move(plan, rows, table)
                 if on_progress is not None:
                     on_progress(moved + done, max(total, moved + done))
-        return done
+        while True:
+            with self.database.read() as conn:
+                documents = conn.execute(
+                    select(dataset_documents)
+                    .where(dataset_documents.c.kek_id != plan.kek_id)
+                    .order_by(dataset_documents.c.dataset, dataset_documents.c.kind)
+                    .limit(batch_size)
+                ).all()
+            if not documents:
+                return done
+            # Documents are not counted in the progress: it reports batches, the bulk.
+            self._move_documents(plan, documents)
 
     def _move(self, plan: RotationPlan, rows: Sequence[Any], table: Table = batches) -> int:
         """Rewrap (or re-encrypt) one chunk and compare-and-set it in one transaction."""
@@ -307,6 +347,58 @@ class KeyRotation:
             )
         return moved
 
+    def _move_documents(self, plan: RotationPlan, rows: Sequence[Any]) -> int:
+        """Rewrap (or re-encrypt) sealed documents, compare-and-set on KEK and version: a
+        document an upload replaced meanwhile is left alone (it is already under the
+        primary KEK, or is moved on the next pass)."""
+        transform = reencrypt if plan.reencrypt else rewrap
+        sealed = [
+            (
+                row,
+                transform(
+                    self.keyring, row.blob, dataset=row.dataset, batch_id=sealed_label(row.kind)
+                ),
+            )
+            for row in rows
+        ]
+        compare_and_set = (
+            update(dataset_documents)
+            .where(
+                dataset_documents.c.dataset == bindparam("d_dataset"),
+                dataset_documents.c.kind == bindparam("d_kind"),
+                dataset_documents.c.kek_id == bindparam("old"),
+                dataset_documents.c.version == bindparam("d_version"),
+            )
+            .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
+        )
+        with self.database.write() as conn:
+            moved = conn.execute(
+                compare_and_set,
+                [
+                    {
+                        "d_dataset": row.dataset,
+                        "d_kind": row.kind,
+                        "old": row.kek_id,
+                        "d_version": row.version,
+                        "new_blob": new.blob,
+                        "new_kek": new.kek_id,
+                    }
+                    for row, new in sealed
+                ],
+            ).rowcount
+            self.audit.append(
+                conn,
+                actor=self.actor,
+                action=REWRAP,
+                details={
+                    "kek_id": plan.kek_id,
+                    "from": sorted({str(row.kek_id) for row in rows}),
+                    "documents": moved,
+                    "mode": "reencrypt" if plan.reencrypt else "rewrap",
+                },
+            )
+        return moved
+
     def _finish(self, plan: RotationPlan, moved: int) -> None:
         with self.database.write() as conn:
             # Appending first takes the audit head, which an upload holds from before it
@@ -318,7 +410,9 @@ class KeyRotation:
                 action=FINISH,
                 details={"kek_id": plan.kek_id, "moved": moved, "reencrypt": plan.reencrypt},
             )
-            if _count_not_under(conn, plan.kek_id):
+            if _count_not_under(conn, plan.kek_id) or _count(
+                conn, dataset_documents, plan.kek_id, under=False
+            ):
                 raise _NotFinished()
 
     def _last_rotation(self) -> tuple[str, dict[str, Any]] | None:
@@ -352,18 +446,16 @@ class KeyRotation:
             # The audit head is taken first, as uploads and rotations take it: no upload
             # can commit a batch under this KEK between the count and the removal.
             self.audit.append(conn, actor=self.actor, action=RETIRE, details={"kek_id": kek_id})
-            left = sum(
-                int(
-                    conn.execute(
-                        select(func.count()).select_from(table).where(table.c.kek_id == kek_id)
-                    ).scalar_one()
+            left = sum(_count(conn, table, kek_id, under=True) for table in SEALED)
+            documents = _count(conn, dataset_documents, kek_id, under=True)
+            if left or documents:
+                what = f"{left} batches" + (
+                    f" and {documents} dataset document{'s' if documents > 1 else ''}"
+                    if documents
+                    else ""
                 )
-                for table in SEALED
-            )
-            if left:
                 raise KeyInUse(
-                    f"{kek_id} still protects {left} batches; "
-                    "run `dpx rotate-keys` to move them first"
+                    f"{kek_id} still protects {what}; run `dpx rotate-keys` to move them first"
                 )
             self.keyring.remove_kek(kek_id)
             self.keyring.save()
@@ -389,11 +481,10 @@ class KeyRotation:
 
 def _count_not_under(conn: Connection, kek_id: str) -> int:
     """Sealed batches and synopses whose data key is not wrapped under ``kek_id``."""
-    return sum(
-        int(
-            conn.execute(
-                select(func.count()).select_from(table).where(table.c.kek_id != kek_id)
-            ).scalar_one()
-        )
-        for table in SEALED
-    )
+    return sum(_count(conn, table, kek_id, under=False) for table in SEALED)
+
+
+def _count(conn: Connection, table: Table, kek_id: str, *, under: bool) -> int:
+    """Rows of ``table`` sealed under ``kek_id`` (``under``) or under any other KEK."""
+    condition = table.c.kek_id == kek_id if under else table.c.kek_id != kek_id
+    return int(conn.execute(select(func.count()).select_from(table).where(condition)).scalar_one())

@@ -26,6 +26,7 @@ def _snapshot(app: Flask) -> dict[str, list[tuple[object, ...]]]:
     database = app.extensions["dpx.database"]
     tables = [
         "batches",
+        "dataset_documents",
         "tokens",
         "budget_accounts",
         "charges",
@@ -176,3 +177,21 @@ def test_oversized_upload_is_413_and_changes_nothing(
     assert response.json["code"] == "payload_too_large"
     assert _snapshot(app) == before
     small.extensions["dpx.database"].dispose()
+
+
+def test_truncated_counts_what_the_bound_drops_across_batches(
+    client: FlaskClient, tokens: Tokens
+) -> None:
+    # One caller, four contacts a month, bound 10: the third month keeps two of four.
+    answers = [
+        _upload(
+            client,
+            tokens,
+            _csv(
+                *[f"2024-0{m},GB,chat,self_concerned,other,10,caller" for _ in range(4)],
+                header=HEADER + ",person",
+            ),
+        ).json
+        for m in (1, 2, 3, 4)
+    ]
+    assert [(a["contacts"], a["truncated"]) for a in answers] == [(4, 0), (4, 0), (2, 2), (0, 4)]

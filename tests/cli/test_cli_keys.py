@@ -51,7 +51,7 @@ def upload(components: Components, count: int) -> None:
 def key_table(result: Result) -> list[list[str]]:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["kek_id", "status", "created", "batches"]
+    assert lines[0].split("\t") == ["kek_id", "status", "created", "batches", "documents"]
     return [line.split("\t") for line in lines[1:]]
 
 
@@ -59,8 +59,9 @@ def test_keys_list_shows_each_key_and_the_batches_it_protects(
     components: Components, settings: Settings
 ) -> None:
     upload(components, 3)
-    [(kek_id, status, created, count)] = key_table(dpx(settings, "keys", "list"))
+    [(kek_id, status, created, count, documents)] = key_table(dpx(settings, "keys", "list"))
     assert (kek_id, status, count) == (components.keyring.primary_kek_id, "primary", "3")
+    assert documents == "1"  # the dataset's merged cells
     assert created.endswith("Z")
 
 
@@ -78,7 +79,10 @@ def test_rotate_keys_moves_every_batch_and_names_the_key_to_retire(
     assert f"rotation to {new} finished: 3 batches moved" in result.stdout
     assert f"dpx rotate-keys --retire {old}" in result.stdout
     rows = key_table(dpx(settings, "keys", "list"))
-    assert [(r[0], r[1], r[3]) for r in rows] == [(old, "active", "0"), (new, "primary", "3")]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        (old, "active", "0", "0"),
+        (new, "primary", "3", "1"),
+    ]
 
 
 def test_retire_is_refused_while_batches_need_the_key_and_then_removes_it(
@@ -112,7 +116,10 @@ def test_retiring_a_key_that_still_protects_batches_is_refused(
 
     refused = dpx(settings, "rotate-keys", "--retire", old)
     assert refused.exit_code == 1
-    assert f"{old} still protects 2 batches; run `dpx rotate-keys`" in refused.stderr
+    assert (
+        f"{old} still protects 2 batches and 1 dataset document; run `dpx rotate-keys`"
+        in refused.stderr
+    )
     assert old in Keyring.load(settings.keyring_path).kek_ids()
 
     resumed = dpx(settings, "rotate-keys")
@@ -199,7 +206,9 @@ def test_rotation_of_a_protected_keyring_keeps_it_protected_and_readable(fresh: 
         assert Keyring.load(fresh.keyring_path, PASSPHRASE).is_protected
         # The running service reloads the protected file without the passphrase.
         dataset = service.exchange.policies.datasets[DATASET]
-        assert service.store.cells(dataset).height == 2
+        # The check decrypts every batch and the merged cells afresh.
+        check = service.store.check_cells(dataset)
+        assert (check.agree, check.batches, check.cells) == (True, 2, 1)
         assert len(service.keyring.kek_ids()) == 2
     finally:
         service.database.dispose()

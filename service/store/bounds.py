@@ -1,0 +1,170 @@
+"""The bounds each batch was stored under, and the policy changes they rule out.
+
+Sensitivity is derived from the dataset policy in force when a query runs. If a policy lowers
+``max_contacts_per_person`` or ``max_contacts_per_cell``, narrows a measure's bounds or drops
+dimension values after data was stored under the wider ones, every later query would add
+noise calibrated to bounds the stored data does not obey. So each batch records the bounds
+it was truncated and clamped to (public policy values, never data), and a policy set that
+shrinks any of them below what a stored batch recorded is refused: by ``dpx check-policies``,
+at start and at reload. Raising a bound or widening a domain stays allowed.
+
+The check reads the database, not the policies a process holds, so it sees the batches
+every worker and instance stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from service.database.engine import Database
+from service.database.schema import batches
+from service.policy.errors import PolicyError
+from service.policy.model import DatasetPolicy, PolicySet
+
+
+def recorded_bounds(dataset: DatasetPolicy) -> str:
+    """The bounds of ``dataset`` as a batch records them (canonical JSON)."""
+    return json.dumps(
+        {
+            "max_contacts_per_person": dataset.max_contacts_per_person,
+            "max_contacts_per_cell": dataset.max_contacts_per_cell,
+            "measures": {m.name: [m.lower, m.upper] for m in dataset.measures},
+            "dimensions": {d.name: list(d.values) for d in dataset.dimensions},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+@dataclass
+class StoredBounds:
+    """The widest bounds any stored batch of one dataset was stored under."""
+
+    max_contacts_per_person: int
+    # None once any batch was stored without a per-cell bound (only the person bound held).
+    max_contacts_per_cell: int | None
+    measures: dict[str, tuple[int, int]]
+    dimensions: dict[str, set[str]]
+
+    def widen(self, recorded: Mapping[str, Any]) -> None:
+        self.max_contacts_per_person = max(
+            self.max_contacts_per_person, int(recorded["max_contacts_per_person"])
+        )
+        cell = recorded["max_contacts_per_cell"]
+        if self.max_contacts_per_cell is not None:
+            self.max_contacts_per_cell = (
+                None if cell is None else max(self.max_contacts_per_cell, cell)
+            )
+        for name, (lower, upper) in recorded["measures"].items():
+            low, high = self.measures.get(name, (lower, upper))
+            self.measures[name] = (min(low, lower), max(high, upper))
+        for name, values in recorded["dimensions"].items():
+            self.dimensions.setdefault(name, set()).update(values)
+
+
+def stored_bounds(database: Database) -> dict[str, StoredBounds]:
+    """The widest recorded bounds per dataset with stored batches (batches stored before
+    bounds were recorded do not count)."""
+    with database.read() as conn:
+        rows = conn.execute(
+            select(batches.c.dataset, batches.c.bounds)
+            .where(batches.c.bounds.is_not(None))
+            .distinct()
+        ).all()
+    widest: dict[str, StoredBounds] = {}
+    for row in rows:
+        recorded = json.loads(row.bounds)
+        if row.dataset not in widest:
+            widest[row.dataset] = StoredBounds(
+                max_contacts_per_person=int(recorded["max_contacts_per_person"]),
+                max_contacts_per_cell=recorded["max_contacts_per_cell"],
+                measures={},
+                dimensions={},
+            )
+        widest[row.dataset].widen(recorded)
+    return widest
+
+
+def shrunk_bounds(policies: PolicySet, stored: Mapping[str, StoredBounds]) -> list[PolicyError]:
+    """Every bound of ``policies`` that is narrower than what stored data was stored under,
+    as ``file:field: reason``."""
+    errors: list[PolicyError] = []
+    for dataset in policies.datasets.values():
+        if dataset.id in stored:
+            errors.extend(_shrunk(dataset, stored[dataset.id]))
+    return errors
+
+
+def _shrunk(dataset: DatasetPolicy, stored: StoredBounds) -> Iterator[PolicyError]:
+    source = dataset.source
+    held = "stored batches of this dataset were bounded by"
+    if dataset.max_contacts_per_person < stored.max_contacts_per_person:
+        yield PolicyError(
+            source,
+            "privacy.max_contacts_per_person",
+            f"must stay at least {stored.max_contacts_per_person}: {held} "
+            f"{stored.max_contacts_per_person}, not {dataset.max_contacts_per_person}",
+        )
+    cell = dataset.max_contacts_per_cell
+    if cell is not None and (
+        stored.max_contacts_per_cell is None or cell < stored.max_contacts_per_cell
+    ):
+        was = (
+            "no per-cell bound"
+            if stored.max_contacts_per_cell is None
+            else str(stored.max_contacts_per_cell)
+        )
+        yield PolicyError(
+            source,
+            "privacy.max_contacts_per_cell",
+            f"cannot be lowered to {cell}: {held} {was}",
+        )
+    measures = {measure.name: measure for measure in dataset.measures}
+    for name, (lower, upper) in sorted(stored.measures.items()):
+        measure = measures.get(name)
+        if measure is None:
+            yield PolicyError(
+                source, f"measures.{name}", f"cannot be dropped: {held} bounds {lower}..{upper}"
+            )
+            continue
+        if measure.lower > lower:
+            yield PolicyError(
+                source,
+                f"measures.{name}.min",
+                f"must stay at most {lower}: {held} {lower}..{upper}, not {measure.lower}",
+            )
+        if measure.upper < upper:
+            yield PolicyError(
+                source,
+                f"measures.{name}.max",
+                f"must stay at least {upper}: {held} {lower}..{upper}, not {measure.upper}",
+            )
+    dimensions = {dimension.name: dimension for dimension in dataset.dimensions}
+    for name, values in sorted(stored.dimensions.items()):
+        dimension = dimensions.get(name)
+        if dimension is None:
+            yield PolicyError(
+                source, f"dimensions.{name}", "cannot be dropped: stored batches hold it"
+            )
+            continue
+        dropped = sorted(values - set(dimension.values))
+        if dropped:
+            field = (
+                f"dimensions.{name}" if dimension.kind == "month" else f"dimensions.{name}.values"
+            )
+            yield PolicyError(
+                source,
+                field,
+                f"cannot drop {', '.join(dropped)}: stored batches were stored with "
+                f"{'them' if len(dropped) > 1 else 'it'} in the domain",
+            )
+
+
+def check_stored_bounds(database: Database, policies: PolicySet) -> list[PolicyError]:
+    """The defects of ``policies`` against the batches ``database`` holds."""
+    return shrunk_bounds(policies, stored_bounds(database))
