@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,12 +20,11 @@ from typing import Any, Literal
 
 from service.dp.accounting import format_cost, parse_cost
 from service.dp.errors import InvalidQuery
-from service.policy.model import DatasetPolicy, Dimension, Statistic
+from service.policy.model import DatasetPolicy, Dimension, Statistic, is_month
 
 MAX_GROUP_BY = 3
 DEFAULT_ALPHA = 0.05
 STATISTICS: tuple[Statistic, ...] = ("count", "sum", "mean")
-_MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -253,7 +251,7 @@ def _month_range(dimension: Dimension, spec: Mapping[str, Any]) -> tuple[str, ..
         raise InvalidQuery(field, "a range needs exactly the keys 'from' and 'to'")
     start, end = spec["from"], spec["to"]
     for bound in (start, end):
-        if not isinstance(bound, str) or not _MONTH.match(bound) or (bound not in dimension.values):
+        if not is_month(bound) or bound not in dimension.values:
             raise InvalidQuery(field, f"{bound!r} is not {_domain_text(dimension)}")
     first, last = dimension.values.index(start), dimension.values.index(end)
     if first > last:

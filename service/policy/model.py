@@ -7,6 +7,7 @@ Budget amounts are exact ``Fraction``s so that budget sums never suffer float er
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -15,6 +16,19 @@ from typing import Literal
 
 Definition = Literal["pure", "zcdp"]
 Statistic = Literal["count", "sum", "mean"]
+
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+"""A calendar month as ``YYYY-MM``, months 01 to 12: the form of every month dpx reads."""
+
+
+def is_month(value: object) -> bool:
+    """Whether ``value`` is a string naming one calendar month as ``YYYY-MM``, nothing more.
+
+    Policies, queries and uploads all ask this one question, so that a month one of them
+    accepts (``2024-13``, ``2024-00``, ``2024-01`` with a trailing newline) is never a month
+    another refuses.
+    """
+    return isinstance(value, str) and MONTH.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,17 @@ from typing import Any, Literal
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.types import ErrorMessages
 
-from service.policy.model import DatasetPolicy, Dimension, Grant, Measure, PartnerPolicy
+from service.policy.model import (
+    DatasetPolicy,
+    Dimension,
+    Grant,
+    Measure,
+    PartnerPolicy,
+    is_month,
+)
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 # Upload columns that are not dimensions or measures; a dimension of the same name would make
 # an upload ambiguous (is `person` a pseudonym to truncate by, or a dimension value?).
 RESERVED_COLUMNS = ("contacts", "person")
@@ -222,7 +228,7 @@ class Month(fields.Field[str]):
     ) -> str:
         if not isinstance(value, str):
             raise ValidationError(f"must be a month YYYY-MM, not {describe(value)}")
-        if not MONTH.fullmatch(value):
+        if not is_month(value):
             raise ValidationError(f"'{value}' is not a month YYYY-MM")
         return value
 

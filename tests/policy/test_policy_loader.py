@@ -213,6 +213,11 @@ BROKEN_FILES = [
         id="malformed-month",
     ),
     pytest.param(
+        A, "from: 2024-01", "from: 2024-00",
+        f"{A}:dimensions.month.from: '2024-00' is not a month YYYY-MM",
+        id="month-zero",
+    ),
+    pytest.param(
         A, "{type: month, from: 2024-01, to: 2024-03}", "{type: month, from: 2024-01}",
         f"{A}:dimensions.month.to: required for a month dimension",
         id="month-without-to",
