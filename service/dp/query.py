@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 from service.dp.accounting import format_cost, parse_cost
 from service.dp.errors import InvalidQuery
-from service.policy.model import DatasetPolicy, Dimension, Statistic, is_month
+from service.policy.model import STATISTICS, DatasetPolicy, Dimension, Statistic, is_month
 
 MAX_GROUP_BY = 3
 DEFAULT_ALPHA = 0.05
-STATISTICS: tuple[Statistic, ...] = ("count", "sum", "mean")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, get_args
 
 Definition = Literal["pure", "zcdp"]
 Statistic = Literal["count", "sum", "mean"]
+STATISTICS: tuple[Statistic, ...] = get_args(Statistic)
+"""Every statistic a query may ask for, in the order messages and documents list them."""
 
 MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 """A calendar month as ``YYYY-MM``, months 01 to 12: the form of every month dpx reads."""
