@@ -19,6 +19,11 @@ Statistic = Literal["count", "sum", "mean"]
 STATISTICS: tuple[Statistic, ...] = get_args(Statistic)
 """Every statistic a query may ask for, in the order messages and documents list them."""
 
+CONTACTS_COLUMN = "contacts"
+"""The count of contacts in a stored cell, and the column that carries it in an upload."""
+PERSON_COLUMN = "person"
+"""The optional upload column of pseudonyms by which ingest bounds each person's contacts."""
+
 MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 """A calendar month as ``YYYY-MM``, months 01 to 12: the form of every month dpx reads."""
 

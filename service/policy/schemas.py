@@ -26,6 +26,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from marshmallow.types import ErrorMessages
 
 from service.policy.model import (
+    CONTACTS_COLUMN,
+    PERSON_COLUMN,
     STATISTICS,
     DatasetPolicy,
     Dimension,
@@ -39,7 +41,7 @@ IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Upload columns that are not dimensions or measures; a dimension of the same name would make
 # an upload ambiguous (is `person` a pseudonym to truncate by, or a dimension value?).
-RESERVED_COLUMNS = ("contacts", "person")
+RESERVED_COLUMNS = (CONTACTS_COLUMN, PERSON_COLUMN)
 DEFINITIONS = ("pure", "zcdp")
 BUDGET_UNITS: dict[str, Literal["epsilon", "rho"]] = {"pure": "epsilon", "zcdp": "rho"}
 # The ledger counts budgets in integer nano-units, so every amount must be a whole number of
