@@ -46,6 +46,7 @@ from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import ChargeLine
+from service.policy.model import BUDGET_UNITS
 
 bp = Blueprint(
     "dashboard",
@@ -345,7 +346,7 @@ def _expiring_grants(exchange: Exchange, today: date) -> list[dict[str, Any]]:
 def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
     query = document.get("query", {})
     privacy = document.get("privacy", {})
-    unit = "rho" if privacy.get("definition") == "zcdp" else "epsilon"
+    unit = BUDGET_UNITS.get(privacy.get("definition"), "epsilon")
     filters = "; ".join(
         f"{name}: {', '.join(str(v) for v in values)}"
         for name, values in (query.get("filters") or {}).items()

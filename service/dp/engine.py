@@ -28,7 +28,7 @@ from service.dp.mechanisms import (
 )
 from service.dp.query import Query, group_cells, merged_cells
 from service.dp.sensitivity import sensitivity
-from service.policy.model import DatasetPolicy, Definition
+from service.policy.model import BUDGET_UNITS, DatasetPolicy, Definition
 
 Component = Literal["count", "sum"]
 
@@ -188,7 +188,7 @@ def plan_summary(plan: QueryPlan) -> dict[str, Any]:
     for zCDP also epsilon at the dataset's delta. A mean lists its two measurements under
     ``components``; its top-level scale and sensitivity are the sum's.
     """
-    unit = "epsilon" if plan.definition == "pure" else "rho"
+    unit = BUDGET_UNITS[plan.definition]
     privacy: dict[str, Any] = {"definition": plan.definition}
     if plan.definition == "zcdp":
         privacy["rho"] = float(plan.cost)

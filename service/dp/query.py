@@ -16,11 +16,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
 from service.dp.accounting import format_cost, parse_cost
 from service.dp.errors import InvalidQuery
-from service.policy.model import STATISTICS, DatasetPolicy, Dimension, Statistic, is_month
+from service.policy.model import (
+    STATISTICS,
+    BudgetUnit,
+    DatasetPolicy,
+    Dimension,
+    Statistic,
+    is_month,
+)
 
 MAX_GROUP_BY = 3
 DEFAULT_ALPHA = 0.05
@@ -51,7 +58,7 @@ class Query:
     cost: Fraction | None
     accuracy: AccuracyTarget | None
     alpha: float = DEFAULT_ALPHA
-    budget_unit: Literal["epsilon", "rho"] = "epsilon"
+    budget_unit: BudgetUnit = "epsilon"
 
     def filter_values(self, dimension: str) -> tuple[str, ...] | None:
         """The values a filter keeps for ``dimension``, or None when it is not filtered."""

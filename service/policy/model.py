@@ -12,9 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Literal, get_args
 
 Definition = Literal["pure", "zcdp"]
+BudgetUnit = Literal["epsilon", "rho"]
+BUDGET_UNITS: Mapping[Definition, BudgetUnit] = MappingProxyType({"pure": "epsilon", "zcdp": "rho"})
+"""The quantity that budgets, costs and charges are counted in under each privacy definition."""
 Statistic = Literal["count", "sum", "mean"]
 STATISTICS: tuple[Statistic, ...] = get_args(Statistic)
 """Every statistic a query may ask for, in the order messages and documents list them."""
@@ -80,9 +84,9 @@ class DatasetPolicy:
     source: str
 
     @property
-    def budget_unit(self) -> Literal["epsilon", "rho"]:
+    def budget_unit(self) -> BudgetUnit:
         """The name of the quantity budgets and costs of this dataset are counted in."""
-        return "epsilon" if self.definition == "pure" else "rho"
+        return BUDGET_UNITS[self.definition]
 
     def dimension(self, name: str) -> Dimension:
         for dimension in self.dimensions:

@@ -26,10 +26,12 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 from marshmallow.types import ErrorMessages
 
 from service.policy.model import (
+    BUDGET_UNITS,
     CONTACTS_COLUMN,
     PERSON_COLUMN,
     STATISTICS,
     DatasetPolicy,
+    Definition,
     Dimension,
     Grant,
     Measure,
@@ -43,7 +45,6 @@ POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # an upload ambiguous (is `person` a pseudonym to truncate by, or a dimension value?).
 RESERVED_COLUMNS = (CONTACTS_COLUMN, PERSON_COLUMN)
 DEFINITIONS = ("pure", "zcdp")
-BUDGET_UNITS: dict[str, Literal["epsilon", "rho"]] = {"pure": "epsilon", "zcdp": "rho"}
 # The ledger counts budgets in integer nano-units, so every amount must be a whole number of
 # them: anything finer would be rounded, and a rounded budget is not the budget the DPO set.
 AMOUNT_DECIMALS = 9
@@ -403,13 +404,14 @@ class PrivacySchema(PolicySchema):
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _consistent(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
         errors: dict[str, list[str]] = {}
-        definition = data.get("definition")
+        # Present only when valid: a field that failed to load is left out of ``data``.
+        definition: Definition | None = data.get("definition")
         if definition == "zcdp" and "delta" not in original_data:
             errors["delta"] = ["required for a zcdp dataset, to report epsilon beside rho"]
         if definition == "pure" and "delta" in original_data:
             errors["delta"] = ["not allowed for a pure dataset (pure DP has delta 0)"]
         budget = data.get("global_budget")
-        if definition in BUDGET_UNITS and isinstance(budget, Budget):
+        if definition is not None and isinstance(budget, Budget):
             expected = BUDGET_UNITS[definition]
             if budget.unit != expected:
                 errors["global_budget"] = [
