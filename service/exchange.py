@@ -34,12 +34,12 @@ from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
 from service.database.engine import Database
-from service.dp.accounting import format_cost
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
@@ -305,7 +305,7 @@ class Exchange:
                     details={
                         "release_id": release_id,
                         "partner": partner.id,
-                        dataset.budget_unit: format_cost(plan.cost),
+                        dataset.budget_unit: amount_text(plan.cost),
                         "query_key": key,
                     },
                 )

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from service.dp.accounting import format_cost, parse_cost
+from service.dp.accounting import parse_cost
 from service.dp.errors import InvalidQuery
+from service.policy.amounts import amount_text
 from service.policy.model import (
     STATISTICS,
     BudgetUnit,
@@ -111,7 +112,7 @@ def canonical(query: Query) -> dict[str, Any]:
     """
     privacy: dict[str, Any]
     if query.cost is not None:
-        privacy = {query.budget_unit: format_cost(query.cost)}
+        privacy = {query.budget_unit: amount_text(query.cost)}
     elif query.accuracy is not None:
         privacy = {"accuracy": {"max_error": query.accuracy.max_error}}
     else:

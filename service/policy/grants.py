@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import date
 from fractions import Fraction
 
+from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.model import STATISTICS, DatasetPolicy, Grant, PartnerPolicy
-from service.policy.schemas import amount_text
 
 
 def check_grant(

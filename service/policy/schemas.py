@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.types import ErrorMessages
 
+from service.policy.amounts import amount_text
 from service.policy.model import (
     BUDGET_UNITS,
     CONTACTS_COLUMN,
@@ -74,18 +74,6 @@ def describe(value: object) -> str:
     if isinstance(value, Sequence):
         return "a list"
     return type(value).__name__
-
-
-def amount_text(amount: Fraction) -> str:
-    """The decimal text of an amount as a DPO would write it: ``0.5``, ``2``, ``0.000000001``.
-
-    Amounts that are not whole nano-units (only computed costs can be) are shown to nine
-    significant digits.
-    """
-    nanos = amount * 10**AMOUNT_DECIMALS
-    if nanos.denominator != 1:
-        return format(float(amount), ".9g")
-    return format(Decimal(nanos.numerator).scaleb(-AMOUNT_DECIMALS).normalize(), "f")
 
 
 def _listing(names: Sequence[str]) -> str:

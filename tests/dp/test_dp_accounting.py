@@ -14,12 +14,12 @@ from service.dp.accounting import (
     ceil_nano,
     epsilon_at_delta,
     float_at_most,
-    format_cost,
     from_nano,
     parse_cost,
     to_nano,
 )
 from service.dp.errors import InvalidQuery
+from service.policy.amounts import amount_text
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_ten_tenths_make_exactly_one() -> None:
 
 @given(st.lists(st.integers(min_value=1000, max_value=10**12), min_size=1, max_size=50))
 def test_nano_sums_equal_fraction_sums(nanos: list[int]) -> None:
-    costs = [parse_cost(format_cost(from_nano(n))) for n in nanos]
+    costs = [parse_cost(amount_text(from_nano(n))) for n in nanos]
     assert sum(to_nano(cost) for cost in costs) == to_nano(sum(costs, Fraction(0)))
     assert from_nano(sum(nanos)) == sum(costs, Fraction(0))
 
@@ -94,14 +94,6 @@ def test_ceil_nano_keeps_exact_nano_amounts() -> None:
 @given(st.fractions(min_value=Fraction(1, 10**6), max_value=100, max_denominator=10**9))
 def test_float_at_most_is_never_above_the_exact_cost(cost: Fraction) -> None:
     assert Fraction(float_at_most(cost)) <= cost
-
-
-@pytest.mark.parametrize(
-    ("cost", "text"),
-    [(Fraction(1, 2), "0.5"), (Fraction(2), "2"), (Fraction(1, 2 * NANO), "0.0000000005")],
-)
-def test_format_cost_is_exact(cost: Fraction, text: str) -> None:
-    assert format_cost(cost) == text
 
 
 def test_epsilon_at_delta_matches_opendp_gaussian_conversion() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.policy import PolicyError, PolicySetError, load_policies
-from service.policy.schemas import amount_text
+from service.policy.amounts import amount_text
 
 DEMO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
