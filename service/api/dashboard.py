@@ -44,6 +44,7 @@ from service.api.charts import Line, StepLine, band_chart, burndown_chart
 from service.audit.log import AuditLog
 from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
+from service.dp.accounting import remaining_budget
 from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import ChargeLine
 from service.policy.model import BUDGET_UNITS
@@ -261,23 +262,28 @@ def _burndowns(
 ) -> list[Markup]:
     """One burn-down chart per dataset: each grant's remaining budget (and the global cap's)."""
     start = _window_start(history, now)
+    # Budgets as the policies state them, exactly: the rows' floats are for display only.
+    policies = exchange.policies
     charts = []
     for dataset in sorted({row["dataset"] for row in budgets}):
         rows = [row for row in budgets if row["dataset"] == dataset]
         unit = rows[0]["unit"]
         spend = [line for line in history if line.dataset == dataset]
         lines = []
-        if with_global:
-            lines.append(
-                _burndown(
-                    f"global cap {rows[0]['dataset_global']:g}", rows[0]["dataset_global"], spend
-                )
-            )
+        policy = policies.datasets.get(dataset)
+        if with_global and policy is not None:
+            cap = policy.global_budget
+            lines.append(_burndown(f"global cap {float(cap):g}", cap, spend))
         for row in rows:
+            partner = policies.partners.get(row["partner"])
+            grant = partner.grant_for(dataset) if partner is not None else None
+            if grant is None:
+                continue
             own = [line for line in spend if line.partner == row["partner"]]
-            lines.append(
-                _burndown(f"{row['partner']} (grant {row['granted']:g})", row["granted"], own)
-            )
+            label = f"{row['partner']} (grant {float(grant.budget):g})"
+            lines.append(_burndown(label, grant.budget, own))
+        if not lines:
+            continue  # a policy reload since the rows were read took every line away
         charts.append(
             Markup(  # noqa: S704 - charts.py escapes all text
                 burndown_chart(
@@ -297,13 +303,13 @@ def _window_start(history: Sequence[ChargeLine], now: datetime) -> datetime:
     return history[0].created_at - span / 10
 
 
-def _burndown(label: str, budget: float, spend: Iterable[ChargeLine]) -> StepLine:
-    remaining = Fraction(budget)
+def _burndown(label: str, budget: Fraction, spend: Iterable[ChargeLine]) -> StepLine:
+    spent = Fraction(0)
     steps = []
     for line in spend:
-        remaining -= line.amount
-        steps.append((line.created_at, float(max(remaining, Fraction(0)))))
-    return StepLine(label, budget, steps)
+        spent += line.amount
+        steps.append((line.created_at, float(remaining_budget(budget, spent))))
+    return StepLine(label, float(budget), steps)
 
 
 def _refusals(audit: AuditLog, now: datetime) -> list[dict[str, Any]]:

@@ -69,6 +69,14 @@ def from_nano(nanos: int) -> Fraction:
     return Fraction(nanos, NANO)
 
 
+def remaining_budget(budget: Fraction, spent: Fraction) -> Fraction:
+    """What is left of ``budget`` once ``spent`` is charged, exactly, and never below zero.
+
+    A DPO may lower a budget below what was already spent: that leaves 0, not a debt.
+    """
+    return max(budget - spent, Fraction(0))
+
+
 def ceil_nano(cost: float | Fraction) -> Fraction:
     """Round a computed cost UP to the next whole nano-unit.
 

@@ -16,6 +16,7 @@ from service.dp.accounting import (
     float_at_most,
     from_nano,
     parse_cost,
+    remaining_budget,
     to_nano,
 )
 from service.dp.errors import InvalidQuery
@@ -105,3 +106,10 @@ def test_epsilon_at_delta_matches_opendp_gaussian_conversion() -> None:
 @given(st.fractions(min_value=Fraction(1, 10**4), max_value=10, max_denominator=10**9))
 def test_epsilon_at_delta_grows_with_rho(rho: Fraction) -> None:
     assert epsilon_at_delta(rho, 1e-7) < epsilon_at_delta(rho * 2, 1e-7)
+
+
+def test_remaining_budget_is_exact_and_never_below_zero() -> None:
+    assert remaining_budget(Fraction(3, 10), Fraction(1, 10) + Fraction(2, 10)) == 0
+    assert remaining_budget(Fraction(1), Fraction(3, 10)) == Fraction(7, 10)
+    # A budget lowered below what was already spent leaves nothing, not a debt.
+    assert remaining_budget(Fraction(1, 2), Fraction(3, 4)) == 0
