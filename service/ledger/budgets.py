@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.database.engine import Database
 from service.database.schema import budget_accounts, charges
+from service.database.timestamps import as_utc
 from service.dp.accounting import from_nano, remaining_budget, to_nano
 
 GLOBAL = "*"
@@ -211,11 +212,6 @@ class Ledger:
         with self.database.read() as conn:
             rows = conn.execute(query).all()
         return [
-            ChargeLine(_utc(r.created_at), r.dataset, r.partner, from_nano(int(r.amount_nano)))
+            ChargeLine(as_utc(r.created_at), r.dataset, r.partner, from_nano(int(r.amount_nano)))
             for r in rows
         ]
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stamp the ledger writes is UTC.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
