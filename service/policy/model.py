@@ -3,6 +3,9 @@
 Everything downstream (queries, sensitivity, the ledger) reads policies through these
 types only; the YAML files and their marshmallow schemas stay inside ``service.policy``.
 Budget amounts are exact ``Fraction``s so that budget sums never suffer float error.
+
+The words of that schema are defined here once for every layer: what a month is, the
+statistics, the budget unit of each privacy definition and the reserved upload columns.
 """
 
 from __future__ import annotations
