@@ -48,7 +48,7 @@ import yaml
 
 from service.components import Components
 from service.config import Settings
-from service.policy.model import DatasetPolicy
+from service.policy.model import CONTACTS_COLUMN, DatasetPolicy
 from service.store.demo import generate_contacts
 
 dp.enable_features("contrib")
@@ -270,9 +270,9 @@ def measure_floor(
     counter = itertools.count()
 
     def aggregate() -> list[int]:
-        grouped = cells.group_by(GROUP_BY).agg(pl.col("contacts").sum())
+        grouped = cells.group_by(GROUP_BY).agg(pl.col(CONTACTS_COLUMN).sum())
         full = domain.join(grouped, on=GROUP_BY, how="left").fill_null(0)
-        return [int(v) for v in full["contacts"].to_list()]
+        return [int(v) for v in full[CONTACTS_COLUMN].to_list()]
 
     aggregates = aggregate()
 

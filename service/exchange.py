@@ -32,12 +32,13 @@ from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
 from service.database.engine import Database
-from service.dp.accounting import format_cost
+from service.dp.accounting import remaining_budget
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
 from service.ledger.releases import DONE, ReleaseConflict, ReleaseStore, StoredRelease
+from service.policy.amounts import amount_text
 from service.policy.changes import budget_changes
 from service.policy.errors import PolicySetError, PolicyViolation
 from service.policy.grants import check_grant
@@ -368,7 +369,7 @@ class Exchange:
                     details={
                         "release_id": release_id,
                         "partner": partner.id,
-                        dataset.budget_unit: format_cost(plan.cost),
+                        dataset.budget_unit: amount_text(plan.cost),
                         "query_key": key,
                     },
                 )
@@ -558,11 +559,11 @@ class Exchange:
                         "unit": dataset.budget_unit,
                         "granted": float(grant.budget),
                         "spent": float(own),
-                        "remaining": float(max(grant.budget - own, Fraction(0))),
+                        "remaining": float(remaining_budget(grant.budget, own)),
                         "expires": grant.expires.isoformat() if grant.expires else None,
                         "dataset_global": float(dataset.global_budget),
                         "dataset_spent": float(total),
-                        "dataset_remaining": float(max(dataset.global_budget - total, Fraction(0))),
+                        "dataset_remaining": float(remaining_budget(dataset.global_budget, total)),
                     }
                 )
         return rows

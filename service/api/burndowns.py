@@ -8,7 +8,7 @@ policy change does not redraw the past against today's grant.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -18,12 +18,25 @@ from markupsafe import Markup
 
 from service.api.charts import StepLine, burndown_chart
 from service.audit.log import AuditLog
+from service.dp.accounting import remaining_budget
 from service.ledger.budgets import ChargeLine
 from service.policy.changes import GLOBAL
+from service.policy.model import PolicySet
+
+
+def exact_budgets(policies: PolicySet) -> dict[tuple[str, str], Fraction]:
+    """Every grant's budget by (dataset, partner), and each dataset's global budget by
+    (dataset, ``GLOBAL``), exactly as the policies state them."""
+    exact = {(d.id, GLOBAL): d.global_budget for d in policies.datasets.values()}
+    for partner in policies.partners.values():
+        for grant in partner.grants:
+            exact[(grant.dataset, partner.id)] = grant.budget
+    return exact
 
 
 def burndown_charts(
     budgets: Sequence[dict[str, Any]],
+    exact: Mapping[tuple[str, str], Fraction],
     history: Sequence[ChargeLine],
     changes: Sequence[BudgetChange],
     now: datetime,
@@ -31,7 +44,10 @@ def burndown_charts(
     with_global: bool,
 ) -> list[Markup]:
     """One burn-down chart per dataset: each grant's remaining budget (and the global cap's),
-    each drawn against the budget in force at the time, as the policy changes set it."""
+    each drawn against the budget in force at the time, as the policy changes set it.
+
+    ``budgets`` are the report's rows (for labels); ``exact`` holds the budgets the lines are
+    computed from, so that no step goes through a float before it is drawn."""
     start = window_start(history, now)
     charts = []
     for dataset in sorted({row["dataset"] for row in budgets}):
@@ -43,7 +59,7 @@ def burndown_charts(
             lines.append(
                 _burndown(
                     f"global cap {rows[0]['dataset_global']:g}",
-                    rows[0]["dataset_global"],
+                    exact.get((dataset, GLOBAL), Fraction(0)),
                     spend,
                     [c for c in changes if c.dataset == dataset and c.partner == GLOBAL],
                 )
@@ -53,7 +69,10 @@ def burndown_charts(
             moves = [c for c in changes if c.dataset == dataset and c.partner == row["partner"]]
             lines.append(
                 _burndown(
-                    f"{row['partner']} (grant {row['granted']:g})", row["granted"], own, moves
+                    f"{row['partner']} (grant {row['granted']:g})",
+                    exact.get((dataset, row["partner"]), Fraction(0)),
+                    own,
+                    moves,
                 )
             )
         charts.append(
@@ -107,11 +126,11 @@ def budget_changes_since(audit: AuditLog, since: datetime) -> list[BudgetChange]
 
 
 def _burndown(
-    label: str, budget: float, spend: Iterable[ChargeLine], changes: Sequence[BudgetChange]
+    label: str, budget: Fraction, spend: Iterable[ChargeLine], changes: Sequence[BudgetChange]
 ) -> StepLine:
     """Remaining budget over time: down at each charge, and by the difference at each change
     of the budget, starting from the budget in force before the first change shown."""
-    initial = Fraction(budget) - sum((c.new - c.old for c in changes), Fraction(0))
+    initial = budget - sum((c.new - c.old for c in changes), Fraction(0))
     events: list[tuple[datetime, Fraction, Fraction]] = [
         (line.created_at, -line.amount, Fraction(0)) for line in spend
     ]
@@ -121,5 +140,5 @@ def _burndown(
     for at, charge, move in sorted(events, key=lambda event: event[0]):
         spent -= charge
         granted += move
-        steps.append((at, float(max(granted - spent, Fraction(0)))))
-    return StepLine(label, float(max(initial, Fraction(0))), steps)
+        steps.append((at, float(remaining_budget(granted, spent))))
+    return StepLine(label, float(remaining_budget(initial, Fraction(0))), steps)

@@ -39,12 +39,18 @@ from flask.sessions import SecureCookieSessionInterface
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from service.api.burndowns import budget_changes_since, burndown_charts, window_start
+from service.api.burndowns import (
+    budget_changes_since,
+    burndown_charts,
+    exact_budgets,
+    window_start,
+)
 from service.api.charts import Bar, Line, band_chart, bar_chart, value_range
 from service.audit.log import AuditLog
 from service.auth.registry import TokenRegistry, Unauthenticated
 from service.auth.sessions import DashboardSessions, SignedIn
 from service.exchange import Exchange, Forbidden, NotFound
+from service.policy.model import BUDGET_UNITS
 
 bp = Blueprint(
     "dashboard",
@@ -224,6 +230,7 @@ def overview() -> str:
         "budgets": budgets,
         "burndowns": burndown_charts(
             budgets,
+            exact_budgets(exchange.policies),
             history,
             budget_changes_since(current_app.extensions["dpx.audit"], window_start(history, now)),
             now,
@@ -330,7 +337,7 @@ def _expiring_grants(exchange: Exchange, today: date) -> list[dict[str, Any]]:
 def _release_summary(document: dict[str, Any]) -> dict[str, Any]:
     query = document.get("query", {})
     privacy = document.get("privacy", {})
-    unit = "rho" if privacy.get("definition") == "zcdp" else "epsilon"
+    unit = BUDGET_UNITS.get(privacy.get("definition"), "epsilon")
     filters = "; ".join(
         f"{name}: {', '.join(str(v) for v in values)}"
         for name, values in (query.get("filters") or {}).items()

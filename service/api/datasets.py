@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from fractions import Fraction
 from typing import Any
 
 from flask import current_app, request
@@ -20,6 +19,7 @@ from service.api.schemas import (
     DatasetSchema,
     UploadArgsSchema,
 )
+from service.dp.accounting import remaining_budget
 from service.exchange import Exchange
 from service.ledger.budgets import GLOBAL
 from service.policy.model import DatasetPolicy, Grant
@@ -53,7 +53,7 @@ def render_dataset(
             "delta": float(dataset.delta) if dataset.delta is not None else None,
             "budget_unit": dataset.budget_unit,
             "global_budget": float(dataset.global_budget),
-            "global_remaining": float(max(dataset.global_budget - global_spent, Fraction(0))),
+            "global_remaining": float(remaining_budget(dataset.global_budget, global_spent)),
             "share_releases": dataset.share_releases,
         },
         "dimensions": [asdict(d) for d in dataset.dimensions],
@@ -70,7 +70,7 @@ def render_dataset(
             "dimensions": sorted(grant.dimensions),
             "expires": grant.expires,
             "spent": float(spent),
-            "remaining": float(max(grant.budget - spent, Fraction(0))),
+            "remaining": float(remaining_budget(grant.budget, spent)),
         }
     return view
 

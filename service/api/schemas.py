@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from service.policy.model import STATISTICS
+
 
 class ProblemSchema(Schema):
     """RFC 7807 problem details; ``code`` is stable, the other members are for people."""
@@ -155,7 +157,7 @@ class AccuracyTargetSchema(Schema):
 
 class QuerySchema(Schema):
     dataset = fields.String(required=True, metadata={"example": "uk-helpline-2024"})
-    statistic = fields.String(required=True, validate=validate.OneOf(["count", "sum", "mean"]))
+    statistic = fields.String(required=True, validate=validate.OneOf(STATISTICS))
     measure = fields.String(allow_none=True)
     group_by = fields.List(fields.String(), metadata={"example": ["month"]})
     filters = fields.Dict(

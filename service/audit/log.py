@@ -29,6 +29,7 @@ from service.crypto.keyring import Keyring
 from service.crypto.signing import canonical_json
 from service.database.engine import Database
 from service.database.schema import audit_head, audit_log
+from service.database.timestamps import as_utc
 
 GENESIS_MAC = "0" * 64
 
@@ -74,9 +75,7 @@ class Verification:
 
 
 def _iso(at: datetime) -> str:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return as_utc(at).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _mac(keyring: Keyring, seq: int, prev_mac: str, body: Mapping[str, Any]) -> str:
@@ -157,9 +156,7 @@ class AuditLog:
         if since is not None:
             # Timestamps are stored in UTC; SQLite keeps them without a zone, so the
             # bound must be in UTC too or the comparison is off by the offset.
-            if since.tzinfo is not None:
-                since = since.astimezone(UTC)
-            query = query.where(audit_log.c.at >= since.replace(tzinfo=UTC))
+            query = query.where(audit_log.c.at >= as_utc(since))
         if limit is not None:
             query = query.limit(limit)
         return list(conn.execute(query).all())

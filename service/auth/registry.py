@@ -18,6 +18,7 @@ from service.audit.log import AuditLog
 from service.crypto.tokens import looks_like_token, new_token, token_hash, token_prefix
 from service.database.engine import Database
 from service.database.schema import tokens
+from service.database.timestamps import as_utc
 
 Role = Literal["partner", "owner", "dpo"]
 ROLES: tuple[Role, ...] = ("partner", "owner", "dpo")
@@ -71,7 +72,7 @@ def _now() -> datetime:
 
 
 def _aware(at: datetime | None) -> datetime | None:
-    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
+    return None if at is None else as_utc(at)
 
 
 class TokenRegistry:

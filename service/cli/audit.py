@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
 from service.cli import deployment, fail, friendly, main
+from service.database.timestamps import as_utc
 
 
 @main.command("verify-audit")
@@ -36,7 +37,7 @@ def audit_group() -> None:
 def export(since: datetime | None) -> None:
     """Entries as JSON lines, oldest first: seq, at, actor, action, dataset, details and
     the chain fields prev_mac and mac, so that an export can be checked against the chain."""
-    start = since.replace(tzinfo=UTC) if since is not None else None
+    start = as_utc(since) if since is not None else None
     with deployment() as c:
         entries = list(c.audit.entries(since=start))
     for entry in entries:

@@ -15,6 +15,7 @@ from fractions import Fraction
 import opendp.prelude as dp
 
 from service.dp.errors import InvalidQuery
+from service.policy.amounts import amount_text
 
 dp.enable_features("contrib")
 
@@ -51,33 +52,8 @@ def parse_cost(value: object, *, field: str = "cost") -> Fraction:
         raise InvalidQuery(field, f"{text} has more than {MAX_DECIMALS} decimal places")
     cost = Fraction(number)
     if cost < MIN_COST:
-        raise InvalidQuery(field, f"{text} is below the minimum cost {format_cost(MIN_COST)}")
+        raise InvalidQuery(field, f"{text} is below the minimum cost {amount_text(MIN_COST)}")
     return cost
-
-
-def format_cost(cost: Fraction) -> str:
-    """The exact decimal text of a cost ("0.5", "2", "0.0000000005"); no float rounding.
-
-    Raises ``ValueError`` for a cost with no finite decimal form (a denominator with a prime
-    factor other than 2 and 5); costs built from decimal inputs and halves never have one.
-    """
-    denominator = cost.denominator
-    twos = fives = 0
-    while denominator % 2 == 0:
-        denominator //= 2
-        twos += 1
-    while denominator % 5 == 0:
-        denominator //= 5
-        fives += 1
-    if denominator != 1:
-        raise ValueError(f"{cost} has no finite decimal form")
-    places = max(twos, fives)
-    sign = "-" if cost < 0 else ""
-    scaled = abs(cost.numerator) * 10**places // cost.denominator
-    whole, frac = divmod(scaled, 10**places)
-    if frac == 0:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:0{places}d}".rstrip("0")
 
 
 def to_nano(cost: Fraction) -> int:
@@ -91,6 +67,14 @@ def to_nano(cost: Fraction) -> int:
 def from_nano(nanos: int) -> Fraction:
     """The exact cost of ``nanos`` nano-units."""
     return Fraction(nanos, NANO)
+
+
+def remaining_budget(budget: Fraction, spent: Fraction) -> Fraction:
+    """What is left of ``budget`` once ``spent`` is charged, exactly, and never below zero.
+
+    A DPO may lower a budget below what was already spent: that leaves 0, not a debt.
+    """
+    return max(budget - spent, Fraction(0))
 
 
 def ceil_nano(cost: float | Fraction) -> Fraction:

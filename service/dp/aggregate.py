@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from service.dp.query import Query, group_cells
-from service.policy.model import DatasetPolicy
+from service.policy.model import CONTACTS_COLUMN, DatasetPolicy
 
-CONTACTS = "contacts"
 _ORDER = "__cell_order"
 
 
@@ -34,7 +33,7 @@ def true_aggregates(cells: pl.DataFrame, query: Query, dataset: DatasetPolicy) -
     different batches) are added. Output cells with no stored rows are 0.
     """
     output_cells = group_cells(query, dataset)
-    columns = [CONTACTS] + ([query.measure] if query.measure is not None else [])
+    columns = [CONTACTS_COLUMN] + ([query.measure] if query.measure is not None else [])
     condition = pl.lit(True)
     for name, values in query.filters:
         condition = condition & pl.col(name).is_in(list(values))
@@ -65,7 +64,7 @@ def true_aggregates(cells: pl.DataFrame, query: Query, dataset: DatasetPolicy) -
         .select([pl.col(column).fill_null(0) for column in columns])
         .collect()
     )
-    counts = [int(value) for value in joined[CONTACTS].to_list()]
+    counts = [int(value) for value in joined[CONTACTS_COLUMN].to_list()]
     sums = (
         [int(value) for value in joined[query.measure].to_list()]
         if query.measure is not None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
-from service.dp.accounting import MIN_COST, epsilon_at_delta, format_cost
+from service.dp.accounting import MIN_COST, epsilon_at_delta
 from service.dp.aggregate import TrueAggregates
 from service.dp.errors import InvalidQuery
 from service.dp.mechanisms import (
@@ -29,7 +29,8 @@ from service.dp.mechanisms import (
 )
 from service.dp.query import Query, group_cells, merged_cells
 from service.dp.sensitivity import sensitivity
-from service.policy.model import DatasetPolicy, Definition
+from service.policy.amounts import amount_text
+from service.policy.model import BUDGET_UNITS, DatasetPolicy, Definition
 
 Component = Literal["count", "sum"]
 
@@ -124,7 +125,7 @@ def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
         raise InvalidQuery(
             "accuracy.max_error",
             f"{query.accuracy.max_error} implies a cost below the minimum "
-            f"{format_cost(MIN_COST)}; ask for a smaller max_error",
+            f"{amount_text(MIN_COST)}; ask for a smaller max_error",
         )
     if definition == "pure":
         delta, epsilon = 0.0, float(cost)
@@ -189,12 +190,12 @@ def plan_summary(plan: QueryPlan) -> dict[str, Any]:
     for zCDP also epsilon at the dataset's delta. A mean lists its two measurements under
     ``components``; its top-level scale and sensitivity are the sum's.
     """
-    unit = "epsilon" if plan.definition == "pure" else "rho"
+    unit = BUDGET_UNITS[plan.definition]
     privacy: dict[str, Any] = {"definition": plan.definition}
     if plan.definition == "zcdp":
         privacy["rho"] = float(plan.cost)
     privacy.update(
-        {"epsilon": plan.epsilon, "delta": plan.delta, "cost": {unit: format_cost(plan.cost)}}
+        {"epsilon": plan.epsilon, "delta": plan.delta, "cost": {unit: amount_text(plan.cost)}}
     )
     mechanism: dict[str, Any] = {
         "name": plan.mechanism,
@@ -207,7 +208,7 @@ def plan_summary(plan: QueryPlan) -> dict[str, Any]:
             name: {
                 "scale": readable_scale(component.scale),
                 "sensitivity": component.sensitivity,
-                "cost": {unit: format_cost(component.cost)},
+                "cost": {unit: amount_text(component.cost)},
             }
             for name, component in plan.plans.items()
         }

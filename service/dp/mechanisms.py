@@ -20,7 +20,7 @@ import opendp.prelude as dp
 
 from service.dp.accounting import ceil_nano, float_at_most
 from service.dp.errors import InvalidQuery
-from service.policy.model import Definition
+from service.policy.model import BUDGET_UNITS, Definition
 
 dp.enable_features("contrib")
 
@@ -174,7 +174,7 @@ def _plan_for_cost(
 ) -> Plan:
     bound = float_at_most(cost)
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
-    unit = "epsilon" if definition == "pure" else "rho"
+    unit = BUDGET_UNITS[definition]
     _check_scale(definition, scale, unit, f"{cost} is too small for this query")
     if not measurement.check(_distance(definition, sensitivity), bound):
         raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")

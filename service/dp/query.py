@@ -13,20 +13,25 @@ import hashlib
 import itertools
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
-from service.dp.accounting import format_cost, parse_cost
+from service.dp.accounting import parse_cost
 from service.dp.errors import InvalidQuery
-from service.policy.model import DatasetPolicy, Dimension, Statistic
+from service.policy.amounts import amount_text
+from service.policy.model import (
+    STATISTICS,
+    BudgetUnit,
+    DatasetPolicy,
+    Dimension,
+    Statistic,
+    is_month,
+)
 
 MAX_GROUP_BY = 3
 DEFAULT_ALPHA = 0.05
-STATISTICS: tuple[Statistic, ...] = ("count", "sum", "mean")
-_MONTH = re.compile(r"^\d{4}-\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Query:
     cost: Fraction | None
     accuracy: AccuracyTarget | None
     alpha: float = DEFAULT_ALPHA
-    budget_unit: Literal["epsilon", "rho"] = "epsilon"
+    budget_unit: BudgetUnit = "epsilon"
 
     def filter_values(self, dimension: str) -> tuple[str, ...] | None:
         """The values a filter keeps for ``dimension``, or None when it is not filtered."""
@@ -107,7 +112,7 @@ def canonical(query: Query) -> dict[str, Any]:
     """
     privacy: dict[str, Any]
     if query.cost is not None:
-        privacy = {query.budget_unit: format_cost(query.cost)}
+        privacy = {query.budget_unit: amount_text(query.cost)}
     elif query.accuracy is not None:
         privacy = {"accuracy": {"max_error": query.accuracy.max_error}}
     else:
@@ -253,7 +258,7 @@ def _month_range(dimension: Dimension, spec: Mapping[str, Any]) -> tuple[str, ..
         raise InvalidQuery(field, "a range needs exactly the keys 'from' and 'to'")
     start, end = spec["from"], spec["to"]
     for bound in (start, end):
-        if not isinstance(bound, str) or not _MONTH.match(bound) or (bound not in dimension.values):
+        if not is_month(bound) or bound not in dimension.values:
             raise InvalidQuery(field, f"{bound!r} is not {_domain_text(dimension)}")
     first, last = dimension.values.index(start), dimension.values.index(end)
     if first > last:

@@ -21,7 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.database.engine import Database
 from service.database.schema import budget_accounts, charges
-from service.dp.accounting import from_nano, to_nano
+from service.database.timestamps import as_utc
+from service.dp.accounting import from_nano, remaining_budget, to_nano
 
 GLOBAL = "*"
 
@@ -140,16 +141,14 @@ class Ledger:
                 for charged in after:
                     spent[charged] -= cost
                 remaining = Remaining(
-                    partner=partner_budget - from_nano(spent["partner"]),
-                    dataset=global_budget - from_nano(spent["dataset"]),
+                    partner=remaining_budget(partner_budget, from_nano(spent["partner"])),
+                    dataset=remaining_budget(global_budget, from_nano(spent["dataset"])),
                 )
-                raise BudgetExhausted(unit, _floor_zero(remaining), scope)
+                raise BudgetExhausted(unit, remaining, scope)
             after[scope] = spent_after
-        return _floor_zero(
-            Remaining(
-                partner=partner_budget - from_nano(after["partner"]),
-                dataset=global_budget - from_nano(after["dataset"]),
-            )
+        return Remaining(
+            partner=remaining_budget(partner_budget, from_nano(after["partner"])),
+            dataset=remaining_budget(global_budget, from_nano(after["dataset"])),
         )
 
     @staticmethod
@@ -181,10 +180,9 @@ class Ledger:
         with self.database.read() as conn:
             own = self._spent(conn, dataset, partner)
             total = self._spent(conn, dataset, GLOBAL)
-        return _floor_zero(
-            Remaining(
-                partner=partner_budget - from_nano(own), dataset=global_budget - from_nano(total)
-            )
+        return Remaining(
+            partner=remaining_budget(partner_budget, from_nano(own)),
+            dataset=remaining_budget(global_budget, from_nano(total)),
         )
 
     def spent(self, dataset: str, partner: str) -> Fraction:
@@ -214,16 +212,6 @@ class Ledger:
         with self.database.read() as conn:
             rows = conn.execute(query).all()
         return [
-            ChargeLine(_utc(r.created_at), r.dataset, r.partner, from_nano(int(r.amount_nano)))
+            ChargeLine(as_utc(r.created_at), r.dataset, r.partner, from_nano(int(r.amount_nano)))
             for r in rows
         ]
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stamp the ledger writes is UTC.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def _floor_zero(remaining: Remaining) -> Remaining:
-    # A DPO may lower a grant below what was already spent; report 0 left, not a debt.
-    return Remaining(max(remaining.partner, Fraction(0)), max(remaining.dataset, Fraction(0)))

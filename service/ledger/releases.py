@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.schema import releases
+from service.database.timestamps import as_utc
 
 PENDING, DONE = "pending", "done"
 
@@ -41,8 +42,7 @@ class StoredRelease:
 
     def is_stale(self, after: timedelta) -> bool:
         """Pending for longer than ``after``: its worker died between charge and release."""
-        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
-        return self.status == PENDING and datetime.now(UTC) - created > after
+        return self.status == PENDING and datetime.now(UTC) - as_utc(self.created_at) > after
 
 
 def _stored(row: Any) -> StoredRelease:

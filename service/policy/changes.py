@@ -17,8 +17,8 @@ from datetime import date
 from fractions import Fraction
 from typing import Literal
 
+from service.policy.amounts import amount_text
 from service.policy.model import DatasetPolicy, Grant, PolicySet
-from service.policy.schemas import amount_text
 
 GLOBAL = "*"
 Kind = Literal["added", "removed", "changed"]

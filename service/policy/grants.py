@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import date
 from fractions import Fraction
 
+from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
-from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
-from service.policy.schemas import STATISTICS, amount_text
+from service.policy.model import STATISTICS, DatasetPolicy, Grant, PartnerPolicy
 
 
 def check_grant(
@@ -39,7 +39,7 @@ def check_grant(
             "expired", f"grant for {dataset.id} expired on {grant.expires.isoformat()}"
         )
     if statistic not in grant.statistics:
-        allowed = [name for name in STATISTICS if name in grant.statistics]
+        allowed: list[str] = [name for name in STATISTICS if name in grant.statistics]
         raise PolicyViolation(
             "statistic",
             f"grant for {dataset.id} allows statistics {', '.join(allowed)}; "

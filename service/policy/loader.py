@@ -19,9 +19,8 @@ import yaml
 from marshmallow import ValidationError
 
 from service.policy.errors import PolicyError, PolicySetError
-from service.policy.model import DatasetPolicy, PartnerPolicy, PolicySet
+from service.policy.model import BUDGET_UNITS, DatasetPolicy, PartnerPolicy, PolicySet
 from service.policy.schemas import (
-    BUDGET_UNITS,
     DatasetSchema,
     PartnerFile,
     PartnerSchema,

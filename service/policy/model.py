@@ -3,18 +3,46 @@
 Everything downstream (queries, sensitivity, the ledger) reads policies through these
 types only; the YAML files and their marshmallow schemas stay inside ``service.policy``.
 Budget amounts are exact ``Fraction``s so that budget sums never suffer float error.
+
+The words of that schema are defined here once for every layer: what a month is, the
+statistics, the budget unit of each privacy definition and the reserved upload columns.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, get_args
 
 Definition = Literal["pure", "zcdp"]
+BudgetUnit = Literal["epsilon", "rho"]
+BUDGET_UNITS: Mapping[Definition, BudgetUnit] = MappingProxyType({"pure": "epsilon", "zcdp": "rho"})
+"""The quantity that budgets, costs and charges are counted in under each privacy definition."""
 Statistic = Literal["count", "sum", "mean"]
+STATISTICS: tuple[Statistic, ...] = get_args(Statistic)
+"""Every statistic a query may ask for, in the order messages and documents list them."""
+
+CONTACTS_COLUMN = "contacts"
+"""The count of contacts in a stored cell, and the column that carries it in an upload."""
+PERSON_COLUMN = "person"
+"""The optional upload column of pseudonyms by which ingest bounds each person's contacts."""
+
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+"""A calendar month as ``YYYY-MM``, months 01 to 12: the form of every month dpx reads."""
+
+
+def is_month(value: object) -> bool:
+    """Whether ``value`` is a string naming one calendar month as ``YYYY-MM``, nothing more.
+
+    Policies, queries and uploads all ask this one question, so that a month one of them
+    accepts (``2024-13``, ``2024-00``, ``2024-01`` with a trailing newline) is never a month
+    another refuses.
+    """
+    return isinstance(value, str) and MONTH.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -68,9 +96,9 @@ class DatasetPolicy:
     synopsis: SynopsisPolicy | None = None
 
     @property
-    def budget_unit(self) -> Literal["epsilon", "rho"]:
+    def budget_unit(self) -> BudgetUnit:
         """The name of the quantity budgets and costs of this dataset are counted in."""
-        return "epsilon" if self.definition == "pure" else "rho"
+        return BUDGET_UNITS[self.definition]
 
     def dimension(self, name: str) -> Dimension:
         for dimension in self.dimensions:

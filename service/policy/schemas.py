@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -25,24 +24,28 @@ from typing import Any, Literal
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 from marshmallow.types import ErrorMessages
 
+from service.policy.amounts import amount_text
 from service.policy.model import (
+    BUDGET_UNITS,
+    CONTACTS_COLUMN,
+    PERSON_COLUMN,
+    STATISTICS,
     DatasetPolicy,
+    Definition,
     Dimension,
     Grant,
     Measure,
     PartnerPolicy,
     SynopsisPolicy,
+    is_month,
 )
 
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 # Upload columns that are not dimensions or measures; a dimension of the same name would make
 # an upload ambiguous (is `person` a pseudonym to truncate by, or a dimension value?).
-RESERVED_COLUMNS = ("contacts", "person")
-STATISTICS = ("count", "sum", "mean")
+RESERVED_COLUMNS = (CONTACTS_COLUMN, PERSON_COLUMN)
 DEFINITIONS = ("pure", "zcdp")
-BUDGET_UNITS: dict[str, Literal["epsilon", "rho"]] = {"pure": "epsilon", "zcdp": "rho"}
 # The ledger counts budgets in integer nano-units, so every amount must be a whole number of
 # them: anything finer would be rounded, and a rounded budget is not the budget the DPO set.
 AMOUNT_DECIMALS = 9
@@ -72,18 +75,6 @@ def describe(value: object) -> str:
     if isinstance(value, Sequence):
         return "a list"
     return type(value).__name__
-
-
-def amount_text(amount: Fraction) -> str:
-    """The decimal text of an amount as a DPO would write it: ``0.5``, ``2``, ``0.000000001``.
-
-    Amounts that are not whole nano-units (only computed costs can be) are shown to nine
-    significant digits.
-    """
-    nanos = amount * 10**AMOUNT_DECIMALS
-    if nanos.denominator != 1:
-        return format(float(amount), ".9g")
-    return format(Decimal(nanos.numerator).scaleb(-AMOUNT_DECIMALS).normalize(), "f")
 
 
 # --- fields -----------------------------------------------------------------------------
@@ -225,7 +216,7 @@ class Month(fields.Field[str]):
     ) -> str:
         if not isinstance(value, str):
             raise ValidationError(f"must be a month YYYY-MM, not {describe(value)}")
-        if not MONTH.fullmatch(value):
+        if not is_month(value):
             raise ValidationError(f"'{value}' is not a month YYYY-MM")
         return value
 
@@ -398,13 +389,14 @@ class PrivacySchema(PolicySchema):
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _consistent(self, data: dict[str, Any], original_data: Any, **kwargs: Any) -> None:
         errors: dict[str, list[str]] = {}
-        definition = data.get("definition")
+        # Present only when valid: a field that failed to load is left out of ``data``.
+        definition: Definition | None = data.get("definition")
         if definition == "zcdp" and "delta" not in original_data:
             errors["delta"] = ["required for a zcdp dataset, to report epsilon beside rho"]
         if definition == "pure" and "delta" in original_data:
             errors["delta"] = ["not allowed for a pure dataset (pure DP has delta 0)"]
         budget = data.get("global_budget")
-        if definition in BUDGET_UNITS and isinstance(budget, Budget):
+        if definition is not None and isinstance(budget, Budget):
             expected = BUDGET_UNITS[definition]
             if budget.unit != expected:
                 errors["global_budget"] = [

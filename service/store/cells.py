@@ -17,8 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc
 
-from service.policy.model import DatasetPolicy
-from service.store.ingest import CONTACTS_COLUMN
+from service.policy.model import CONTACTS_COLUMN, DatasetPolicy
 
 CELLS_MAGIC = b"DPXC"
 CELLS_VERSION = 1

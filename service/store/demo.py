@@ -25,8 +25,7 @@ import math
 import numpy as np
 import polars as pl
 
-from service.policy.model import DatasetPolicy, Dimension, Measure
-from service.store.ingest import PERSON_COLUMN
+from service.policy.model import PERSON_COLUMN, DatasetPolicy, Dimension, Measure
 
 SYNTHETIC_PERSON_PREFIX = "synthetic-"
 POLICE_WARNING = "police_warning"

@@ -26,13 +26,16 @@ from typing import Any, Literal
 
 import polars as pl
 
-from service.policy.model import DatasetPolicy, Dimension, Measure
+from service.policy.model import (
+    CONTACTS_COLUMN,
+    PERSON_COLUMN,
+    DatasetPolicy,
+    Dimension,
+    Measure,
+)
 from service.store.errors import MAX_LISTED_ERRORS, InvalidBatch, RowError
 
 Form = Literal["contacts", "cells"]
-
-PERSON_COLUMN = "person"
-CONTACTS_COLUMN = "contacts"
 
 _ROW = "__dpx_row"
 _PERSON_KEY = "__dpx_person"

@@ -332,6 +332,40 @@ def test_burndown_draws_each_grant_as_it_was_before_and_after_a_policy_change(
     assert (charged - start) / (start - raised) == pytest.approx(1.0, rel=0.02)
 
 
+def test_a_grant_spent_to_the_last_unit_reads_zero_remaining(
+    app: Flask,
+    client: FlaskClient,
+    issued: dict[str, IssuedToken],
+    release_id: str,
+    policy_dir: Path,
+) -> None:
+    # 0.1 has no exact float: a burn-down that went through floats showed 5.55e-18 left.
+    (policy_dir / "partners" / "tenth.yaml").write_text(
+        """
+id: tenth
+name: A partner granted a tenth of epsilon
+jurisdiction: GB
+grants:
+  - dataset: uk-helpline-2024
+    budget: {epsilon: 0.1}
+    statistics: [count]
+    dimensions: [month]
+""",
+        encoding="utf-8",
+    )
+    app.extensions["dpx.exchange"].replace_policies(load_policies(policy_dir))
+    token = app.extensions["dpx.tokens"].issue("partner", "tenth").token
+    spent = client.post(
+        "/v1/queries",
+        headers=bearer(token),
+        json={"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 0.1},
+    )
+    assert spent.status_code == 201, spent.json
+    sign_in(client, token)
+    html = client.get("/dashboard").get_data(as_text=True)
+    assert re.search(r"tenth \(grant 0\.1\): 0 epsilon remaining", html)
+
+
 def test_release_page_draws_the_months_as_a_line_inside_a_band(
     client: FlaskClient, issued: dict[str, IssuedToken], release_id: str
 ) -> None:

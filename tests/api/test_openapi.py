@@ -11,6 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
+from service.policy.model import STATISTICS
+
 # Not operations of the JSON API: static files (Flask's own, the docs page's vendored
 # assets), Prometheus' text exposition at /metrics, and the browser dashboard (HTML pages
 # with their own sign-in form). Every other route must be in the OpenAPI document.
@@ -125,6 +127,12 @@ def test_queries_document_examples_and_the_idempotency_key(spec: dict[str, Any])
     forbidden = _resolve(spec, operation["responses"]["403"])
     codes = set(forbidden["content"]["application/problem+json"]["examples"])
     assert codes == {"forbidden", "budget_exhausted"}
+
+
+def test_the_statistics_documented_are_those_a_query_accepts(spec: dict[str, Any]) -> None:
+    query = spec["components"]["schemas"]["Query"]
+    assert query["properties"]["statistic"]["enum"] == list(STATISTICS)
+    assert list(STATISTICS) == ["count", "sum", "mean"]
 
 
 class _Assets(HTMLParser):

@@ -14,12 +14,13 @@ from service.dp.accounting import (
     ceil_nano,
     epsilon_at_delta,
     float_at_most,
-    format_cost,
     from_nano,
     parse_cost,
+    remaining_budget,
     to_nano,
 )
 from service.dp.errors import InvalidQuery
+from service.policy.amounts import amount_text
 
 
 @pytest.mark.parametrize(
@@ -68,7 +69,7 @@ def test_ten_tenths_make_exactly_one() -> None:
 
 @given(st.lists(st.integers(min_value=1000, max_value=10**12), min_size=1, max_size=50))
 def test_nano_sums_equal_fraction_sums(nanos: list[int]) -> None:
-    costs = [parse_cost(format_cost(from_nano(n))) for n in nanos]
+    costs = [parse_cost(amount_text(from_nano(n))) for n in nanos]
     assert sum(to_nano(cost) for cost in costs) == to_nano(sum(costs, Fraction(0)))
     assert from_nano(sum(nanos)) == sum(costs, Fraction(0))
 
@@ -96,14 +97,6 @@ def test_float_at_most_is_never_above_the_exact_cost(cost: Fraction) -> None:
     assert Fraction(float_at_most(cost)) <= cost
 
 
-@pytest.mark.parametrize(
-    ("cost", "text"),
-    [(Fraction(1, 2), "0.5"), (Fraction(2), "2"), (Fraction(1, 2 * NANO), "0.0000000005")],
-)
-def test_format_cost_is_exact(cost: Fraction, text: str) -> None:
-    assert format_cost(cost) == text
-
-
 def test_epsilon_at_delta_matches_opendp_gaussian_conversion() -> None:
     # A discrete Gaussian with sigma 10 at d_in 3 has rho = 9/200; OPENDP_NOTES measured
     # epsilon 1.5309 at delta 1e-7 for it.
@@ -113,3 +106,10 @@ def test_epsilon_at_delta_matches_opendp_gaussian_conversion() -> None:
 @given(st.fractions(min_value=Fraction(1, 10**4), max_value=10, max_denominator=10**9))
 def test_epsilon_at_delta_grows_with_rho(rho: Fraction) -> None:
     assert epsilon_at_delta(rho, 1e-7) < epsilon_at_delta(rho * 2, 1e-7)
+
+
+def test_remaining_budget_is_exact_and_never_below_zero() -> None:
+    assert remaining_budget(Fraction(3, 10), Fraction(1, 10) + Fraction(2, 10)) == 0
+    assert remaining_budget(Fraction(1), Fraction(3, 10)) == Fraction(7, 10)
+    # A budget lowered below what was already spent leaves nothing, not a debt.
+    assert remaining_budget(Fraction(1, 2), Fraction(3, 4)) == 0

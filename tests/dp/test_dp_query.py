@@ -93,6 +93,14 @@ BAD_QUERIES: list[tuple[dict[str, Any], str]] = [
     (_raw(filters={"month": ["2025-13"]}), "filters.month: '2025-13' is not in 2024-01..2024-12"),
     (_raw(filters={"channel": []}), "filters.channel: empty list; give at least one value"),
     (
+        _raw(filters={"month": {"from": "2024-00", "to": "2024-02"}}),
+        "filters.month: '2024-00' is not in 2024-01..2024-12",
+    ),
+    (
+        _raw(filters={"month": {"from": "2024-01", "to": "2024-13"}}),
+        "filters.month: '2024-13' is not in 2024-01..2024-12",
+    ),
+    (
         _raw(filters={"month": {"from": "2023-12", "to": "2024-02"}}),
         "filters.month: '2023-12' is not in 2024-01..2024-12",
     ),

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.policy import PolicyError, PolicySetError, load_policies
-from service.policy.schemas import amount_text
+from service.policy.amounts import amount_text
 from tests.dataset_policies import DEMO_POLICIES
 
 ALPHA = """\
@@ -210,6 +210,11 @@ BROKEN_FILES = [
         A, "to: 2024-03", "to: 2024-13",
         f"{A}:dimensions.month.to: '2024-13' is not a month YYYY-MM",
         id="malformed-month",
+    ),
+    pytest.param(
+        A, "from: 2024-01", "from: 2024-00",
+        f"{A}:dimensions.month.from: '2024-00' is not a month YYYY-MM",
+        id="month-zero",
     ),
     pytest.param(
         A, "{type: month, from: 2024-01, to: 2024-03}", "{type: month, from: 2024-01}",
