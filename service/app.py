@@ -18,6 +18,8 @@ from service.api import (
     releases,
     signing_keys,
 )
+from service.api.auth import register_authentication
+from service.api.bodies import register_body_limits
 from service.api.problems import ProblemApi, register_problem_handlers
 from service.auth.sessions import session_secret
 from service.components import Components
@@ -38,6 +40,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_services(app, components)
     register_request_ids(app)
     register_metrics(app)
+    register_authentication(app)
+    register_body_limits(app, settings)
     register_api(app)
     register_dashboard(app, settings)
     register_problem_handlers(app)

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
+from service.api.bodies import Blueprint
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import AuditArgsSchema, AuditPageSchema
 
@@ -17,6 +17,7 @@ blp = Blueprint("audit", __name__, url_prefix="/v1/audit", description="Audit lo
 
 @blp.route("")
 class Audit(MethodView):
+    @allowed("dpo")
     @blp.doc(security=BEARER)
     @blp.arguments(AuditArgsSchema, location="query")
     @blp.response(200, AuditPageSchema)

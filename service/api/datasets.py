@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import principal, require
+from service.api.auth import allowed, principal, require
+from service.api.bodies import Blueprint, upload_body
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import (
     CSV_UPLOAD_EXAMPLE,
@@ -75,6 +75,7 @@ def render_dataset(
 
 @blp.route("")
 class Datasets(MethodView):
+    @allowed("partner", "owner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(200, DatasetListSchema)
     @problem_responses(blp, 401, 403)
@@ -92,6 +93,7 @@ class Datasets(MethodView):
 
 @blp.route("/<string:dataset_id>")
 class Dataset(MethodView):
+    @allowed("partner", "owner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(200, DatasetSchema)
     @problem_responses(blp, 401, 403, 404)
@@ -105,6 +107,8 @@ class Dataset(MethodView):
 
 @blp.route("/<string:dataset_id>/batches")
 class Batches(MethodView):
+    @allowed("owner")
+    @upload_body
     @blp.doc(
         security=BEARER,
         requestBody={

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
+from service.api.bodies import Blueprint
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import (
     ESTIMATE_EXAMPLE,
@@ -28,6 +28,7 @@ blp = Blueprint(
 
 @blp.route("/estimate")
 class Estimate(MethodView):
+    @allowed("partner")
     @blp.doc(security=BEARER)
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
     @blp.response(200, EstimateSchema, example=ESTIMATE_EXAMPLE)
@@ -41,6 +42,7 @@ class Estimate(MethodView):
 
 @blp.route("")
 class Queries(MethodView):
+    @allowed("partner")
     @blp.doc(
         security=BEARER,
         parameters=[

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
+from service.api.bodies import Blueprint
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import (
     RELEASE_EXAMPLE,
@@ -22,6 +22,7 @@ blp = Blueprint("releases", __name__, url_prefix="/v1/releases", description="Re
 
 @blp.route("")
 class Releases(MethodView):
+    @allowed("partner", "dpo")
     @blp.doc(security=BEARER)
     @blp.arguments(ReleaseListArgsSchema, location="query")
     @blp.response(200, ReleaseListSchema)
@@ -39,6 +40,7 @@ class Releases(MethodView):
 
 @blp.route("/<string:release_id>")
 class Release(MethodView):
+    @allowed("partner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(
         200,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+MAX_SEQ = 2**63 - 1
+"""The largest audit sequence number a database column can hold (signed 64 bits)."""
+
 
 class ProblemSchema(Schema):
     """RFC 7807 problem details; ``code`` is stable, the other members are for people."""
@@ -245,7 +248,7 @@ class AuditPageSchema(Schema):
 
 
 class AuditArgsSchema(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_SEQ))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
