@@ -151,9 +151,10 @@ class Exchange:
         self, principal: Principal, dataset_id: str, body: bytes, *, content_type: str, form: str
     ) -> StoredBatch:
         """Validate, aggregate, seal and store one batch; a rejected batch stores nothing."""
+        if principal.role != "owner" or principal.subject != dataset_id:
+            # Another helpline's dataset looks exactly like one that does not exist.
+            raise NotFound(f"no dataset {dataset_id!r}")
         dataset = self.dataset(dataset_id)
-        if principal.role != "owner" or principal.subject != dataset.id:
-            raise Forbidden(f"only the owner of {dataset.id} may upload to it")
         aggregated = parse_batch(
             body,
             content_type=content_type,
@@ -169,6 +170,16 @@ class Exchange:
     ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
         partner = self.partner(principal)
         dataset = self.dataset(str(raw.get("dataset", "")))
+        if partner.grant_for(dataset.id) is None:
+            # Before validation or pricing: without a grant, a dataset looks exactly like
+            # one that does not exist, and no message may reveal anything of its schema.
+            self._record_refusal(
+                principal,
+                dataset.id,
+                "policy",
+                f"partner {partner.id} has no grant for {dataset.id}",
+            )
+            raise NotFound(f"no dataset {dataset.id!r}")
         query = build_query(raw, dataset, max_cells=self.max_cells)
         plan = plan_query(query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
