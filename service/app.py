@@ -33,7 +33,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the dpx web app; raises if the keyring, policies or database cannot be used."""
     settings = settings or Settings.from_env()
-    app = Flask("dpx")
+    # No app-wide static route: Flask's default would serve ./static from the working
+    # directory. The docs and the dashboard serve their own assets from their blueprints.
+    app = Flask("dpx", static_folder=None)
     register_logging(app)
     components = Components.open(settings)
     register_config(app, settings)
@@ -89,6 +91,8 @@ def register_request_ids(app: Flask) -> None:
     @app.after_request
     def echo_request_id(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        # Answers carry budgets, releases and audit entries: no cache may keep them.
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
 
 

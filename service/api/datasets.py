@@ -144,6 +144,6 @@ class Batches(MethodView):
         caller = require("owner")
         body = request.get_data(cache=False)
         batch = _exchange().upload(
-            caller, dataset_id, body, content_type=request.mimetype, form=args["form"]
+            caller, dataset_id, body, content_type=request.content_type or "", form=args["form"]
         )
         return asdict(batch)

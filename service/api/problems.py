@@ -114,7 +114,12 @@ def _http(error: HTTPException) -> Response:
     if status >= 500:
         log.error("http error %s: %s", status, detail)
         detail = "the service failed to answer; the request id identifies it in the log"
-    return problem(status, code, detail)
+    response = problem(status, code, detail)
+    # 405 names the methods that would work (Allow); 429 says when to retry (Retry-After).
+    for name, value in error.get_headers():
+        if name in ("Allow", "Retry-After"):
+            response.headers[name] = value
+    return response
 
 
 Handler = Callable[[Any], Response]

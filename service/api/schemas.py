@@ -134,7 +134,12 @@ class AccuracyTargetSchema(Schema):
 class QuerySchema(Schema):
     dataset = fields.String(required=True, metadata={"example": "uk-helpline-2024"})
     statistic = fields.String(required=True, validate=validate.OneOf(["count", "sum", "mean"]))
-    measure = fields.String(allow_none=True)
+    measure = fields.String(
+        metadata={
+            "description": "the measure to sum or average: required for sum and mean, "
+            "absent for count"
+        }
+    )
     group_by = fields.List(fields.String(), metadata={"example": ["month"]})
     filters = fields.Dict(
         keys=fields.String(),
