@@ -60,7 +60,7 @@ def test_everything_in_the_data_dir_is_private_while_the_service_runs(
     (data_dir / "left-by-an-earlier-run.log").write_text("x")
     (data_dir / "old").mkdir()
     (data_dir / "old" / "file").write_text("x")
-    os.chmod(data_dir / "left-by-an-earlier-run.log", 0o644)
+    os.chmod(data_dir / "left-by-an-earlier-run.log", 0o644)  # noqa: S103 - as above
     settings = Settings(
         data_dir=data_dir,
         database_url=f"sqlite:///{data_dir / 'dpx.sqlite3'}",
@@ -97,7 +97,7 @@ def test_everything_in_the_data_dir_is_private_while_the_service_runs(
 def test_a_gunicorn_deployment_keeps_its_files_private(tmp_path: Path, loose_umask: None) -> None:
     shutil.copytree(DEMO_POLICIES, tmp_path / "policies")
     settings = deploy(tmp_path, tmp_path / "policies")
-    os.chmod(settings.data_dir, 0o755)
+    os.chmod(settings.data_dir, 0o755)  # noqa: S103 - the loose start the service must fix
     log = tmp_path / "gunicorn.log"  # outside the data dir: the test reads it
     with serve(settings_variables(settings), log_path=log, workers=2) as server:
         assert requests.get(server.url + "/v1/datasets", timeout=30).status_code == 401
