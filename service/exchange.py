@@ -39,7 +39,7 @@ from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import DONE, ReleaseStore, StoredRelease
+from service.ledger.releases import DONE, Position, ReleaseStore, StoredRelease
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
@@ -438,15 +438,20 @@ class Exchange:
 
     # -- reading releases and budgets ------------------------------------------------------
 
-    def list_releases(
-        self, principal: Principal, *, limit: int = 100, before: str | None = None
-    ) -> list[dict[str, Any]]:
-        if principal.role == "dpo":
-            stored = self.releases.list(partners=None, limit=limit, before=before)
-        else:
-            partner = self.partner(principal)
-            stored = self.releases.list(partners=[partner.id], limit=limit, before=before)
-        return [dict(s.document or {}) for s in stored]
+    def list_releases(self, principal: Principal, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self.page_releases(principal, limit=limit)[0]
+
+    def page_releases(
+        self, principal: Principal, *, limit: int = 100, after: Position | None = None
+    ) -> tuple[list[dict[str, Any]], Position | None]:
+        """One page of the caller's releases (all partners' for a DPO), newest first, and
+        the position to continue from (None on the last page)."""
+        partners = None if principal.role == "dpo" else [self.partner(principal).id]
+        stored = self.releases.list(partners=partners, limit=limit + 1, after=after)
+        more = len(stored) > limit
+        return [dict(s.document or {}) for s in stored[:limit]], (
+            Position.of(stored[limit - 1]) if more else None
+        )
 
     def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
         stored = self.releases.get(release_id)

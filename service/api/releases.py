@@ -9,6 +9,7 @@ from flask.views import MethodView
 
 from service.api.auth import allowed, require
 from service.api.bodies import Blueprint
+from service.api.cursors import next_link, release_cursor
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import (
     RELEASE_EXAMPLE,
@@ -27,15 +28,15 @@ class Releases(MethodView):
     @blp.arguments(ReleaseListArgsSchema, location="query")
     @blp.response(200, ReleaseListSchema)
     @problem_responses(blp, 401, 403)
-    def get(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The caller's releases (all partners' for a DPO), newest first."""
+    def get(self, args: dict[str, Any]) -> Any:
+        """The caller's releases (all partners' for a DPO), newest first, a page at a time."""
         caller = require("partner", "dpo")
         exchange = current_app.extensions["dpx.exchange"]
-        return {
-            "releases": exchange.list_releases(
-                caller, limit=args["limit"], before=args.get("before")
-            )
-        }
+        documents, position = exchange.page_releases(
+            caller, limit=args["limit"], after=args.get("cursor")
+        )
+        cursor = release_cursor(position)
+        return {"releases": documents, "next": cursor}, next_link(cursor)
 
 
 @blp.route("/<string:release_id>")
