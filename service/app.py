@@ -21,6 +21,7 @@ from service.api import (
 from service.api.auth import register_authentication
 from service.api.bodies import register_body_limits
 from service.api.problems import ProblemApi, register_problem_handlers
+from service.api.rate_limits import register_rate_limits
 from service.auth.sessions import session_secret
 from service.components import Components
 from service.config import Settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_services(app, components)
     register_request_ids(app)
     register_metrics(app)
+    register_rate_limits(app, settings)
     register_authentication(app)
     register_body_limits(app, settings)
     register_api(app)

@@ -68,7 +68,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     rate_limit_prefix: str = "dpx"
     rate_limit_unauthenticated: str = "30 per minute"
-    rate_limit_queries: str = "60 per minute"
+    rate_limit_queries: str = "120 per minute"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

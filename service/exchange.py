@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError as RowConflict
 
 from service.audit.log import AuditLog
+from service.audit.refusals import Refusal, RefusalLog
 from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
@@ -95,6 +96,8 @@ class Exchange:
         self.releases = releases
         self.audit = audit
         self.max_cells = max_cells
+        # Identical refusals are folded into one audit entry and a count per minute.
+        self.refusals = RefusalLog(database, audit)
 
     # -- policies -------------------------------------------------------------------------
 
@@ -427,14 +430,7 @@ class Exchange:
                 )
 
     def _record_refusal(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=principal.actor,
-                action="query.refuse",
-                dataset=dataset,
-                details={"reason": reason, "detail": detail},
-            )
+        self.refusals.record(Refusal(principal.actor, dataset, reason, detail))
 
     # -- reading releases and budgets ------------------------------------------------------
 
