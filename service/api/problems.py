@@ -34,7 +34,7 @@ TITLES = {
     "forbidden": "Not allowed",
     "not_found": "Not found",
     "budget_exhausted": "Privacy budget exhausted",
-    "payload_too_large": "The upload is too large",
+    "payload_too_large": "The request body is too large",
     "rate_limited": "Too many requests",
     "conflict": "Conflicting request",
     "integrity_error": "Stored data failed its integrity check",
@@ -109,7 +109,7 @@ def _http(error: HTTPException) -> Response:
         lines = _flatten(messages)
         return problem(status, code, "; ".join(lines), errors=lines)
     if status == 413:
-        return problem(413, code, "the upload exceeds the size limit of this service")
+        return problem(413, code, "the request body exceeds the size limit of this route")
     detail = error.description or error.name
     if status >= 500:
         log.error("http error %s: %s", status, detail)
@@ -197,7 +197,7 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
     ],
     404: [("not_found", "no dataset 'xx-helpline-2024'", {})],
     409: [("conflict", "this Idempotency-Key was already used for another request", {})],
-    413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
+    413: [("payload_too_large", "the request body exceeds the size limit of this route", {})],
     422: [
         (
             "invalid_request",
