@@ -88,6 +88,14 @@ def on_reload(server: Any) -> None:
         app.extensions["dpx.database"].dispose()
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """Write the refusal counts this worker has not yet put in the audit log."""
+    try:
+        _app(server).extensions["dpx.exchange"].refusals.flush()
+    except Exception:  # a worker that cannot write any more must still exit
+        log.exception("could not write the last refusal counts")
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Let /metrics forget the live gauges of a worker that exited (its counters stay)."""
     from prometheus_client import multiprocess

@@ -18,7 +18,10 @@ from service.api import (
     releases,
     signing_keys,
 )
+from service.api.auth import register_authentication
+from service.api.bodies import register_body_limits
 from service.api.problems import ProblemApi, register_problem_handlers
+from service.api.rate_limits import register_rate_limits
 from service.auth.sessions import session_secret
 from service.components import Components
 from service.config import Settings
@@ -31,13 +34,18 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the dpx web app; raises if the keyring, policies or database cannot be used."""
     settings = settings or Settings.from_env()
-    app = Flask("dpx")
+    # No app-wide static route: Flask's default would serve ./static from the working
+    # directory. The docs and the dashboard serve their own assets from their blueprints.
+    app = Flask("dpx", static_folder=None)
     register_logging(app)
     components = Components.open(settings)
     register_config(app, settings)
     register_services(app, components)
     register_request_ids(app)
     register_metrics(app)
+    register_rate_limits(app, settings)
+    register_authentication(app)
+    register_body_limits(app, settings)
     register_api(app)
     register_dashboard(app, settings)
     register_problem_handlers(app)
@@ -85,6 +93,8 @@ def register_request_ids(app: Flask) -> None:
     @app.after_request
     def echo_request_id(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        # Answers carry budgets, releases and audit entries: no cache may keep them.
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
 
 

@@ -19,6 +19,7 @@ from service.ledger.budgets import Ledger
 from service.ledger.releases import ReleaseStore
 from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
+from service.private_files import make_private
 from service.store.batches import BatchStore
 from service.store.bounds import check_stored_bounds
 from service.store.synopses import SynopsisStore
@@ -41,7 +42,12 @@ class Components:
     @classmethod
     def open(cls, settings: Settings) -> Components:
         """Load the keyring and policies and connect to the database; raise if any fails,
-        or (``PolicySetError``) if the policies shrink bounds that stored batches hold."""
+        or (``PolicySetError``) if the policies shrink bounds that stored batches hold.
+
+        First the data directory and everything created from now on becomes private (0700
+        and 0600): this runs at the start of the service and of every ``dpx`` command.
+        """
+        make_private(settings.data_dir)
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)

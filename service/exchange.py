@@ -28,6 +28,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from service.audit.log import AuditLog
+from service.audit.refusals import Refusal, RefusalLog
 from service.auth.registry import Principal
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
@@ -37,7 +38,7 @@ from service.dp.aggregate import true_aggregates
 from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import DONE, ReleaseConflict, ReleaseStore, StoredRelease
+from service.ledger.releases import DONE, Position, ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.changes import budget_changes
 from service.policy.errors import PolicySetError, PolicyViolation
@@ -104,6 +105,8 @@ class Exchange:
         self.releases = releases
         self.audit = audit
         self.max_cells = max_cells
+        # Identical refusals are folded into one audit entry and a count per minute.
+        self.refusals = RefusalLog(database, audit)
 
     # -- policies -------------------------------------------------------------------------
 
@@ -194,9 +197,10 @@ class Exchange:
         A retry with the same Idempotency-Key and body gets the first batch; a body that a
         stored batch already holds is refused unless ``allow_duplicate``.
         """
+        if principal.role != "owner" or principal.subject != dataset_id:
+            # Another helpline's dataset looks exactly like one that does not exist.
+            raise NotFound(f"no dataset {dataset_id!r}")
         dataset = self.dataset(dataset_id)
-        if principal.role != "owner" or principal.subject != dataset.id:
-            raise Forbidden(f"only the owner of {dataset.id} may upload to it")
         upload = Upload.of(
             self.keyring,
             dataset.id,
@@ -225,6 +229,16 @@ class Exchange:
     ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
         partner = self.partner(principal)
         dataset = self.dataset(str(raw.get("dataset", "")))
+        if partner.grant_for(dataset.id) is None:
+            # Before validation or pricing: without a grant, a dataset looks exactly like
+            # one that does not exist, and no message may reveal anything of its schema.
+            self._record_refusal(
+                principal,
+                dataset.id,
+                "policy",
+                f"partner {partner.id} has no grant for {dataset.id}",
+            )
+            raise NotFound(f"no dataset {dataset.id!r}")
         query = build_query(raw, dataset, max_cells=self.max_cells)
         plan = plan_query(query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
@@ -480,26 +494,24 @@ class Exchange:
                 )
 
     def _record_refusal(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=principal.actor,
-                action="query.refuse",
-                dataset=dataset,
-                details={"reason": reason, "detail": detail},
-            )
+        self.refusals.record(Refusal(principal.actor, dataset, reason, detail))
 
     # -- reading releases and budgets ------------------------------------------------------
 
-    def list_releases(
-        self, principal: Principal, *, limit: int = 100, before: str | None = None
-    ) -> list[dict[str, Any]]:
-        if principal.role == "dpo":
-            stored = self.releases.list(partners=None, limit=limit, before=before)
-        else:
-            partner = self.partner(principal)
-            stored = self.releases.list(partners=[partner.id], limit=limit, before=before)
-        return [dict(s.document or {}) for s in stored]
+    def list_releases(self, principal: Principal, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self.page_releases(principal, limit=limit)[0]
+
+    def page_releases(
+        self, principal: Principal, *, limit: int = 100, after: Position | None = None
+    ) -> tuple[list[dict[str, Any]], Position | None]:
+        """One page of the caller's releases (all partners' for a DPO), newest first, and
+        the position to continue from (None on the last page)."""
+        partners = None if principal.role == "dpo" else [self.partner(principal).id]
+        stored = self.releases.list(partners=partners, limit=limit + 1, after=after)
+        more = len(stored) > limit
+        return [dict(s.document or {}) for s in stored[:limit]], (
+            Position.of(stored[limit - 1]) if more else None
+        )
 
     def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
         stored = self.releases.get(release_id)

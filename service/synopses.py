@@ -29,7 +29,6 @@ from sqlalchemy.exc import IntegrityError as RowConflict
 
 from service.auth.registry import Principal
 from service.crypto.signing import sign_document
-from service.dp.accounting import format_cost
 from service.dp.aggregate import true_aggregates
 from service.dp.errors import InvalidQuery
 from service.dp.query import Query, build_query, canonical
@@ -44,6 +43,7 @@ from service.dp.synopsis import answer as answer_from
 from service.exchange import Answer, Conflict, Exchange
 from service.ledger.budgets import BudgetExhausted
 from service.ledger.releases import DONE, StoredRelease
+from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
@@ -123,17 +123,17 @@ class Synopses:
                     dataset=dataset.id,
                     details={
                         "synopsis_id": synopsis_id,
-                        unit: format_cost(priced.cost),
+                        unit: amount_text(priced.cost),
                         "marginals": [list(m) for m in priced.marginals],
                     },
                 )
         except BudgetExhausted as exhausted:
             raise SynopsisRefused(
-                f"the synopsis of {dataset.id} costs {unit} {format_cost(priced.cost)} but the "
+                f"the synopsis of {dataset.id} costs {unit} {amount_text(priced.cost)} but the "
                 f"global budget has {unit} {float(exhausted.remaining.dataset):g} left; "
                 "nothing was charged"
             ) from None
-        _step(on_step, f"charged {unit} {format_cost(priced.cost)}", 1, steps)
+        _step(on_step, f"charged {unit} {amount_text(priced.cost)}", 1, steps)
         # The charge is committed. Only now is any data read or any noise drawn. Batch ids
         # are read before the cells, so a batch arriving in between can only make the
         # synopsis look stale, never hide that it is.

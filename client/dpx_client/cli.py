@@ -371,12 +371,12 @@ def query(
 
 
 @main.command()
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, None))
 @json_option
 @click.pass_context
 @_friendly
 def releases(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """Your stored releases, newest first."""
+    """Your stored releases, newest first (the service's pages are followed up to --limit)."""
     found = _client(ctx).releases(limit=limit)
     if as_json:
         _print_json({"releases": [release.document for release in found]})

@@ -339,11 +339,19 @@ class DpxClient:
             self._call("POST", "/v1/queries", json_body=body, headers={"Idempotency-Key": key})
         )
 
-    def releases(self, *, limit: int = 100, before: str | None = None) -> list[Release]:
-        """This partner's stored releases, newest first (``before``: a release id)."""
-        params = _drop_none(limit=limit, before=before)
-        page = self._call("GET", "/v1/releases", params=params)
-        return [Release(document) for document in page["releases"]]
+    def releases(self, *, limit: int | None = 100, page_size: int = 100) -> list[Release]:
+        """This partner's stored releases, newest first: the first ``limit`` (None: all),
+        fetched ``page_size`` at a time by following the service's ``next`` cursor."""
+        found: list[Release] = []
+        cursor: str | None = None
+        while limit is None or len(found) < limit:
+            size = page_size if limit is None else min(page_size, limit - len(found))
+            page = self._call("GET", "/v1/releases", params=_drop_none(limit=size, cursor=cursor))
+            found.extend(Release(document) for document in page["releases"])
+            cursor = page.get("next")
+            if cursor is None:
+                break
+        return found
 
     def release(self, release_id: str) -> Release:
         """One stored release; :class:`NotFoundError` for another partner's."""

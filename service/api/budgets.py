@@ -8,7 +8,7 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import BudgetListSchema
 
@@ -17,6 +17,7 @@ blp = Blueprint("budgets", __name__, url_prefix="/v1/budgets", description="Priv
 
 @blp.route("")
 class Budgets(MethodView):
+    @allowed("partner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(
         200,

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import principal, require
+from service.api.auth import allowed, principal, require
+from service.api.bodies import Blueprint, upload_body
 from service.api.docs import BEARER, problem_responses
 from service.api.idempotency import idempotency_key, parameter
 from service.api.schemas import (
@@ -77,6 +77,7 @@ def render_dataset(
 
 @blp.route("")
 class Datasets(MethodView):
+    @allowed("partner", "owner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(200, DatasetListSchema)
     @problem_responses(blp, 401, 403)
@@ -94,6 +95,7 @@ class Datasets(MethodView):
 
 @blp.route("/<string:dataset_id>")
 class Dataset(MethodView):
+    @allowed("partner", "owner", "dpo")
     @blp.doc(security=BEARER)
     @blp.response(200, DatasetSchema)
     @problem_responses(blp, 401, 403, 404)
@@ -107,6 +109,8 @@ class Dataset(MethodView):
 
 @blp.route("/<string:dataset_id>/batches")
 class Batches(MethodView):
+    @allowed("owner")
+    @upload_body
     @blp.doc(
         security=BEARER,
         parameters=[
@@ -155,7 +159,7 @@ class Batches(MethodView):
             caller,
             dataset_id,
             body,
-            content_type=request.mimetype,
+            content_type=request.content_type or "",
             form=args["form"],
             idempotency_key=key,
             allow_duplicate=args["allow_duplicate"],

@@ -36,7 +36,7 @@ TITLES = {
     "forbidden": "Not allowed",
     "not_found": "Not found",
     "budget_exhausted": "Privacy budget exhausted",
-    "payload_too_large": "The upload is too large",
+    "payload_too_large": "The request body is too large",
     "rate_limited": "Too many requests",
     "conflict": "Conflicting request",
     "not_in_synopsis": "The question lies outside the synopsis",
@@ -114,12 +114,17 @@ def _http(error: HTTPException) -> Response:
         lines = _flatten(messages)
         return problem(status, code, "; ".join(lines), errors=lines)
     if status == 413:
-        return problem(413, code, "the upload exceeds the size limit of this service")
+        return problem(413, code, "the request body exceeds the size limit of this route")
     detail = error.description or error.name
     if status >= 500:
         log.error("http error %s: %s", status, detail)
         detail = "the service failed to answer; the request id identifies it in the log"
-    return problem(status, code, detail)
+    response = problem(status, code, detail)
+    # 405 names the methods that would work (Allow); 429 says when to retry (Retry-After).
+    for name, value in error.get_headers():
+        if name in ("Allow", "Retry-After"):
+            response.headers[name] = value
+    return response
 
 
 Handler = Callable[[Any], Response]
@@ -221,7 +226,7 @@ _EXAMPLES: dict[int, list[tuple[str, str, dict[str, Any]]]] = {
             {"batch_id": "bat_3f2a…"},
         ),
     ],
-    413: [("payload_too_large", "the upload exceeds the size limit of this service", {})],
+    413: [("payload_too_large", "the request body exceeds the size limit of this route", {})],
     422: [
         (
             "invalid_request",

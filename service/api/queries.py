@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
+from service.api.bodies import Blueprint
 from service.api.docs import BEARER, problem_responses
 from service.api.idempotency import idempotency_key, parameter
 from service.api.schemas import (
@@ -28,10 +28,11 @@ blp = Blueprint(
 
 @blp.route("/estimate")
 class Estimate(MethodView):
+    @allowed("partner")
     @blp.doc(security=BEARER)
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
     @blp.response(200, EstimateSchema, example=ESTIMATE_EXAMPLE)
-    @problem_responses(blp, 400, 401, 403, 404, 409, 413)
+    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429)
     def post(self, query: dict[str, Any]) -> dict[str, Any]:
         """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing."""
         caller = require("partner")
@@ -41,6 +42,7 @@ class Estimate(MethodView):
 
 @blp.route("")
 class Queries(MethodView):
+    @allowed("partner")
     @blp.doc(
         security=BEARER,
         parameters=[
@@ -58,7 +60,7 @@ class Queries(MethodView):
         description="the stored release of an identical query, free",
         example=dict(RELEASE_EXAMPLE, cached=True),
     )
-    @problem_responses(blp, 400, 401, 403, 404, 409, 413)
+    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429)
     def post(self, query: dict[str, Any]) -> Any:
         """Run a query. Repeats return the stored release (`cached: true`) and cost nothing.
 

@@ -7,9 +7,10 @@ from typing import Any
 from dpx_client.table import CSV_MEDIA_TYPE, release_csv
 from flask import Response, current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
-from service.api.auth import require
+from service.api.auth import allowed, require
+from service.api.bodies import Blueprint
+from service.api.cursors import next_link, release_cursor
 from service.api.docs import BEARER, problem_responses
 from service.api.schemas import (
     RELEASE_EXAMPLE,
@@ -36,23 +37,25 @@ CSV_RESPONSE = {
 
 @blp.route("")
 class Releases(MethodView):
+    @allowed("partner", "dpo")
     @blp.doc(security=BEARER)
     @blp.arguments(ReleaseListArgsSchema, location="query")
     @blp.response(200, ReleaseListSchema)
     @problem_responses(blp, 401, 403)
-    def get(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The caller's releases (all partners' for a DPO), newest first."""
+    def get(self, args: dict[str, Any]) -> Any:
+        """The caller's releases (all partners' for a DPO), newest first, a page at a time."""
         caller = require("partner", "dpo")
         exchange = current_app.extensions["dpx.exchange"]
-        return {
-            "releases": exchange.list_releases(
-                caller, limit=args["limit"], before=args.get("before")
-            )
-        }
+        documents, position = exchange.page_releases(
+            caller, limit=args["limit"], after=args.get("cursor")
+        )
+        cursor = release_cursor(position)
+        return {"releases": documents, "next": cursor}, next_link(cursor)
 
 
 @blp.route("/<string:release_id>")
 class Release(MethodView):
+    @allowed("partner", "dpo")
     @blp.doc(security=BEARER, responses=CSV_RESPONSE)
     @blp.response(
         200,

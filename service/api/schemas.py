@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from service.api.cursors import MAX_SEQ, AuditCursor, ReleaseCursor
 from service.policy.model import STATISTICS
 
 
@@ -158,7 +159,12 @@ class AccuracyTargetSchema(Schema):
 class QuerySchema(Schema):
     dataset = fields.String(required=True, metadata={"example": "uk-helpline-2024"})
     statistic = fields.String(required=True, validate=validate.OneOf(STATISTICS))
-    measure = fields.String(allow_none=True)
+    measure = fields.String(
+        metadata={
+            "description": "the measure to sum or average: required for sum and mean, "
+            "absent for count"
+        }
+    )
     group_by = fields.List(fields.String(), metadata={"example": ["month"]})
     filters = fields.Dict(
         keys=fields.String(),
@@ -216,13 +222,22 @@ class ReleaseSchema(Schema):
     signature = fields.Nested(SignatureSchema)
 
 
+_NEXT = {
+    "description": "pass as `cursor` to get the next page (also in the `Link` header); "
+    "null on the last page"
+}
+
+
 class ReleaseListSchema(Schema):
     releases = fields.List(fields.Nested(ReleaseSchema))
+    next = fields.String(allow_none=True, metadata=_NEXT)
 
 
 class ReleaseListArgsSchema(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    before = fields.String(metadata={"description": "release id to page before"})
+    cursor = ReleaseCursor(
+        metadata={"description": "the `next` of the previous page; omit for the newest"}
+    )
 
 
 class EstimateSchema(Schema):
@@ -289,11 +304,21 @@ class AuditEntrySchema(Schema):
 
 class AuditPageSchema(Schema):
     entries = fields.List(fields.Nested(AuditEntrySchema))
-    next_after = fields.Integer(allow_none=True)
+    next_after = fields.Integer(
+        allow_none=True, metadata={"description": "the last seq of this page, if more follow"}
+    )
+    next = fields.String(allow_none=True, metadata=_NEXT)
 
 
 class AuditArgsSchema(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=MAX_SEQ),
+        metadata={"description": "list entries after this sequence number"},
+    )
+    cursor = AuditCursor(
+        metadata={"description": "the `next` of the previous page (instead of `after`)"}
+    )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 

@@ -148,6 +148,7 @@ class TokenRegistry:
                 select(tokens).where(
                     tokens.c.token_hash == token_hash(presented),
                     or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
+                    or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
                 )
             ).first()
         if row is None:

@@ -15,6 +15,7 @@ from service.crypto.keyring import Keyring
 from service.database.engine import Database
 from service.database.migrate import upgrade
 from service.policy.model import DatasetPolicy
+from service.private_files import make_private
 from service.store.batches import StoredBatch
 from service.store.demo import generate_contacts
 from service.store.ingest import parse_batch
@@ -23,9 +24,9 @@ from service.store.ingest import parse_batch
 @main.command()
 @friendly
 def init() -> None:
-    """Create the data dir, the keyring (0600) and the database schema; safe to repeat."""
+    """Create the data dir (0700), the keyring (0600) and the database schema; safe to repeat."""
     current = settings()
-    current.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(current.data_dir)
     if current.keyring_path.exists():
         Keyring.load(current.keyring_path, current.keyring_passphrase)
         click.echo(f"keyring: {current.keyring_path} (exists)")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from service.cli import deployment, fail, friendly, main
-from service.dp.accounting import format_cost
+from service.policy.amounts import amount_text
 from service.synopses import OnStep, SynopsisRefused
 
 
@@ -37,12 +37,12 @@ def build(dataset: str) -> None:
             return
     stored, unit = built.stored, built.unit
     shares = ", ".join(
-        f"[{', '.join(m)}] {format_cost(share)}"
+        f"[{', '.join(m)}] {amount_text(share)}"
         for m, share in zip(stored.marginals, built.shares, strict=True)
     )
     click.echo(
         f"built {stored.synopsis_id} for {stored.dataset} in {stored.build_seconds:.2f} s: "
-        f"{len(stored.batches)} batches, {unit} {format_cost(stored.cost)} charged ({shares}); "
+        f"{len(stored.batches)} batches, {unit} {amount_text(stored.cost)} charged ({shares}); "
         f"global budget left: {unit} {float(built.global_remaining):g}"
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -45,6 +46,10 @@ _GAUSSIAN_INVERSE_LIMIT = 1e4
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """The range of the values a measurement takes and releases (OpenDP's ``i64``)."""
+SEARCH_SECONDS = 1.0
+"""The most time an accuracy target may take to price; an estimate is free, so it is capped."""
+
+_HALVINGS = 64
 
 
 @dataclass(frozen=True)
@@ -132,17 +137,29 @@ def _scale_for_accuracy(definition: Definition, max_error: float, alpha: float) 
         # quantile gives a start within a hair, confirmed below by the forward function.
         start = max_error / NormalDist().inv_cdf(1 - alpha / 2)
     _check_scale(definition, start, "accuracy.max_error", f"{max_error} is too large")
-    if scale_to_accuracy(definition, start, alpha) <= max_error:
+    deadline = time.monotonic() + SEARCH_SECONDS
+
+    def within(scale: float) -> bool:
+        if time.monotonic() > deadline:
+            raise InvalidQuery(
+                "accuracy.max_error",
+                f"{max_error} at alpha {alpha} takes too long to price; "
+                "give epsilon or rho instead, or a larger max_error",
+            )
+        return scale_to_accuracy(definition, scale, alpha) <= max_error
+
+    if within(start):
         return start
     for step in range(12):
         candidate = start * (1 - 1e-4 * 2.0**step)
-        if scale_to_accuracy(definition, candidate, alpha) <= max_error:
+        if within(candidate):
             return candidate
-    # Far off (integer-valued Gaussian accuracy below 1): bisect down from the start.
+    # Far off (integer-valued Gaussian accuracy below 1): bisect down from the start. A
+    # scale 2**-64 of the start that still misses the target means no scale meets it.
     low, high = start, start
-    for _ in range(2000):
+    for _ in range(_HALVINGS):
         low /= 2
-        if scale_to_accuracy(definition, low, alpha) <= max_error:
+        if within(low):
             break
     else:
         raise InvalidQuery(
@@ -151,7 +168,7 @@ def _scale_for_accuracy(definition: Definition, max_error: float, alpha: float) 
         )
     for _ in range(60):
         middle = (low + high) / 2
-        if scale_to_accuracy(definition, middle, alpha) <= max_error:
+        if within(middle):
             low = middle
         else:
             high = middle

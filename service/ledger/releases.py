@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
@@ -43,6 +43,20 @@ class StoredRelease:
     def is_stale(self, after: timedelta) -> bool:
         """Pending for longer than ``after``: its worker died between charge and release."""
         return self.status == PENDING and datetime.now(UTC) - as_utc(self.created_at) > after
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page of releases ended, in their stable order: newest first by creation
+    time, ties broken by id. A release's place never changes once it is created."""
+
+    created_at: datetime
+    release_id: str
+
+    @classmethod
+    def of(cls, stored: StoredRelease) -> Position:
+        created = stored.created_at
+        return cls(created if created.tzinfo else created.replace(tzinfo=UTC), stored.release_id)
 
 
 def _stored(row: Any) -> StoredRelease:
@@ -94,16 +108,26 @@ class ReleaseStore:
         partners: list[str] | None,
         datasets: list[str] | None = None,
         limit: int = 100,
-        before: str | None = None,
+        after: Position | None = None,
     ) -> list[StoredRelease]:
-        """Finished releases, newest first; ``partners=None`` means all partners."""
+        """Finished releases, newest first (then by id); ``partners=None`` means all partners.
+
+        ``after`` continues a listing where an earlier page ended; no release is skipped or
+        repeated, however many share a creation time.
+        """
         query = select(releases).where(releases.c.status == DONE)
         if partners is not None:
             query = query.where(releases.c.partner.in_(partners))
         if datasets is not None:
             query = query.where(releases.c.dataset.in_(datasets))
-        if before is not None:
-            query = query.where(releases.c.id < before)
+        if after is not None:
+            created = after.created_at.astimezone(UTC)
+            query = query.where(
+                or_(
+                    releases.c.created_at < created,
+                    and_(releases.c.created_at == created, releases.c.id < after.release_id),
+                )
+            )
         query = query.order_by(releases.c.created_at.desc(), releases.c.id.desc()).limit(limit)
         with self.database.read() as conn:
             return [_stored(row) for row in conn.execute(query)]

@@ -7,18 +7,23 @@ the files of all workers, dead ones included, so counts never drop when a worker
 Budget spent per dataset is not counted here at all: it is read from the ledger at scrape
 time, so it is right whichever worker or instance charged.
 
-``/metrics`` needs no token, so its labels never identify a partner: no partner ids, no
-tokens, no raw paths (``endpoint`` is the URL rule, ``/v1/releases/<string:release_id>``),
-only the public dataset ids of the policy files.
+``/metrics`` is served only when ``DPX_METRICS_TOKEN`` is set, and only to a request that
+presents it as a bearer token (otherwise 404 and 401). Its labels never identify a partner:
+no partner ids, no tokens, no raw paths (``endpoint`` is the URL rule,
+``/v1/releases/<string:release_id>``). Dataset ids appear only with
+``DPX_METRICS_DATASET_LABELS=1``: with a single grantee, a dataset's spend is that
+partner's spend. Without it, releases are counted under ``dataset="all"`` and the
+per-dataset budget gauges are not exported.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, abort, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +35,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.auth.registry import Unauthenticated
+from service.config import Settings
 from service.dp.errors import InvalidQuery
 from service.exchange import Exchange, Forbidden, NotFound
 from service.ledger.budgets import GLOBAL, BudgetExhausted
@@ -64,13 +71,18 @@ REFUSALS = Counter(
     ["reason"],
 )
 
+ALL_DATASETS = "all"
+"""The dataset label of every release count unless dataset labels are configured."""
+
 UNMATCHED = "unmatched"
 """The endpoint label of requests that matched no URL rule (their paths are not recorded)."""
 
 
 def count_answer(dataset: str, *, cached: bool) -> None:
     """Count one answered query: a new release, or a stored one returned free."""
-    (CACHED if cached else RELEASES).labels(dataset=dataset).inc()
+    settings: Settings = current_app.config["DPX_SETTINGS"]
+    label = dataset if settings.metrics_dataset_labels else ALL_DATASETS
+    (CACHED if cached else RELEASES).labels(dataset=label).inc()
 
 
 def refusal_reason(error: BaseException) -> str | None:
@@ -125,10 +137,12 @@ class BudgetCollector:
         yield budget
 
 
-def exposition(exchange: Exchange) -> bytes:
-    """The Prometheus text exposition of every dpx metric, summed over worker processes."""
+def exposition(exchange: Exchange, *, dataset_labels: bool) -> bytes:
+    """The Prometheus text exposition of every dpx metric, summed over worker processes;
+    the per-dataset budget gauges only with ``dataset_labels``."""
     ledger = CollectorRegistry()
-    ledger.register(BudgetCollector(exchange))
+    if dataset_labels:
+        ledger.register(BudgetCollector(exchange))
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         workers = CollectorRegistry()
         MultiProcessCollector(workers)  # type: ignore[no-untyped-call]
@@ -160,7 +174,17 @@ def instrument(app: Flask) -> None:
         return response
 
     def metrics() -> Response:
-        body = exposition(current_app.extensions["dpx.exchange"])
+        settings: Settings = current_app.config["DPX_SETTINGS"]
+        if settings.metrics_token is None:
+            abort(404)
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), settings.metrics_token.encode()
+        ):
+            raise Unauthenticated()
+        body = exposition(
+            current_app.extensions["dpx.exchange"], dataset_labels=settings.metrics_dataset_labels
+        )
         return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])

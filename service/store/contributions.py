@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from service.policy.model import DatasetPolicy
+from service.policy.model import CONTACTS_COLUMN, PERSON_COLUMN, DatasetPolicy
 from service.store.cells import decode_frame
-from service.store.ingest import CONTACTS_COLUMN, PERSON_COLUMN
 
 
 def contributions_schema(dataset: DatasetPolicy) -> pl.Schema:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from service.json_input import HostileJson, load_json
 from service.policy.model import (
     CONTACTS_COLUMN,
     PERSON_COLUMN,
@@ -148,9 +149,12 @@ def _read_csv(body: bytes, form: Form, dataset: DatasetPolicy) -> pl.DataFrame:
 
 def _read_json(body: bytes, form: Form, dataset: DatasetPolicy) -> pl.DataFrame:
     try:
-        records = json.loads(body.decode("utf-8"))
+        # A batch is checked for its shape below, so nesting is bounded by the parser only.
+        records = load_json(body, max_depth=None)
     except UnicodeDecodeError:
         raise _file_error("the body is not valid UTF-8") from None
+    except HostileJson as error:
+        raise _file_error(f"not valid JSON: {error}") from None
     except json.JSONDecodeError as error:
         # JSONDecodeError.msg names the syntax problem only, never the document's content.
         raise _file_error(

@@ -98,13 +98,13 @@ def test_wrong_role_is_403(client: FlaskClient, tokens: Tokens) -> None:
         403,
         "forbidden",
     )
-    # An owner of another dataset may not upload here.
+    # An owner of another dataset may not upload here; to it, the dataset does not exist.
     _problem(
         client.post(
             "/v1/datasets/uk-helpline-2024/batches",
             data=b"x",
             headers={**tokens.other_owner, "Content-Type": "text/csv"},
         ),
-        403,
-        "forbidden",
+        404,
+        "not_found",
     )

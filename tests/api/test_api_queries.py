@@ -576,7 +576,6 @@ GRANT_VIOLATIONS = [
     pytest.param({"group_by": ["caller_type"]}, "dimension", id="group-by-dimension"),
     pytest.param({"filters": {"country": ["GB"]}}, "dimension", id="filter-dimension"),
     pytest.param({"epsilon": 0.6}, "max_per_query", id="max-per-query"),
-    pytest.param({"dataset": "be-helpline-2024"}, "no_grant", id="no-grant"),
 ]
 
 

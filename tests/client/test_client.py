@@ -191,3 +191,15 @@ def test_an_unreachable_service_is_one_clear_error(nothing_listening: str) -> No
     ):
         client.datasets()
     assert raised.value.status == 0
+
+
+def test_releases_follow_the_services_pages(client: DpxClient) -> None:
+    for month in ("2024-01", "2024-02", "2024-03", "2024-04", "2024-05"):
+        client.query(dataset=UK, filters={"month": [month]}, epsilon=0.01)
+    everything = client.releases(limit=None, page_size=1000)
+    assert len(everything) >= 5
+    paged = client.releases(limit=None, page_size=2)
+    assert [r.release_id for r in paged] == [r.release_id for r in everything]
+    assert [r.release_id for r in client.releases(limit=3, page_size=2)] == [
+        r.release_id for r in everything[:3]
+    ]

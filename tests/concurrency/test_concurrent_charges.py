@@ -170,7 +170,9 @@ def test_64_racing_queries_buy_exactly_the_10_the_grant_allows(deployment: Deplo
     actions = Counter(e.action for e in entries)
     assert actions["budget.charge"] == 10 and actions["release.create"] == 10
     refusals = [e for e in entries if e.action == "query.refuse"]
-    assert len(refusals) == 54
+    # 54 identical refusals within a minute: each worker audits the first at once and
+    # folds the rest into a count written later, so 1 to 4 entries (4 workers), not 54.
+    assert 1 <= len(refusals) <= 4
     assert {e.details["reason"] for e in refusals} == {"budget_exhausted"}
     assert {e.details["release_id"] for e in entries if e.action == "release.create"} == released
     verification = audit.verify()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -182,3 +183,14 @@ def test_unworkable_plans_are_refused_clearly(call: Callable[[], object], messag
     with pytest.raises(InvalidQuery) as caught:
         call()
     assert str(caught.value) == message
+
+
+def test_unreachable_accuracy_targets_are_refused_within_the_search_cap() -> None:
+    """A free estimate cannot burn CPU: nine targets that no scale meets are refused in
+    about 0.1 s together (without the cap they took 2.3 s); the bound leaves room for load."""
+    started = time.perf_counter()
+    for max_error in (1e-6, 0.5, 0.99):
+        for sensitivity in (1, 10, 1000):
+            with pytest.raises(InvalidQuery, match="cannot be met|takes too long"):
+                plan_for_accuracy("zcdp", sensitivity, max_error, 0.05)
+    assert time.perf_counter() - started < 1.0

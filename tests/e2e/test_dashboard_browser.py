@@ -222,3 +222,37 @@ def test_partner_signs_in_sees_the_release_chart_and_signs_out(
     browser.get(f"{server.url}/dashboard")
     wait.until(ec.url_contains("/dashboard/sign-in"))
     assert browser.find_elements(By.ID, "token")
+
+
+def test_the_api_docs_render_under_their_content_security_policy(
+    tmp_path: Path, policy_dir: Path, browser: object
+) -> None:
+    """Swagger UI draws every operation, and the page logs no CSP violation or error."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    variables = {"DPX_DATA_DIR": str(tmp_path / "data"), "DPX_POLICY_DIR": str(policy_dir)}
+    _dpx(environment(variables), "init")
+    with serve(variables, workers=1, log_path=tmp_path / "gunicorn.log") as live:
+        assert (
+            "frame-ancestors 'none'"
+            in requests.get(f"{live.url}/docs", timeout=30).headers["Content-Security-Policy"]
+        )
+        browser.get(f"{live.url}/docs")
+        WebDriverWait(browser, 30).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, ".opblock-summary-path"))
+        )
+        paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/v1/queries", "/v1/queries/estimate", "/v1/releases"} <= {
+            p.replace("\u200b", "") for p in paths
+        }
+        problems = [
+            entry["message"]
+            for entry in browser.get_log("browser")  # type: ignore[attr-defined]
+            if (entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"])
+            and "favicon.ico" not in entry["message"]  # the browser asks; dpx has none
+        ]
+        assert not problems, problems

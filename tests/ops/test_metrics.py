@@ -21,6 +21,8 @@ from tests.live_server import LiveServer, deploy, serve, settings_variables
 pytestmark = pytest.mark.slow
 
 UK = "uk-helpline-2024"
+METRICS_TOKEN = "metrics-scraper-secret-0123456789"
+SCRAPE = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @dataclass
@@ -53,9 +55,12 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     token = components.tokens.issue("partner", "no-police").token
     components.database.dispose()
     headers = {"Authorization": f"Bearer {token}"}
-    with serve(
-        settings_variables(settings), workers=2, log_path=settings.data_dir / "gunicorn.log"
-    ) as server:
+    variables = {
+        **settings_variables(settings),
+        "DPX_METRICS_TOKEN": METRICS_TOKEN,
+        "DPX_METRICS_DATASET_LABELS": "1",
+    }
+    with serve(variables, workers=2, log_path=settings.data_dir / "gunicorn.log") as server:
         ids = []
         outcomes = []
         for body in (
@@ -80,7 +85,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 
 def _samples(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = requests.get(server.url + "/metrics", timeout=30).text
+    text = requests.get(server.url + "/metrics", headers=SCRAPE, timeout=30).text
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
@@ -130,8 +135,11 @@ def test_metrics_show_budget_spent_per_dataset_from_the_ledger(scenario: Scenari
     assert _value(samples, "dpx_budget_spent", dataset="nl-helpline-2024", unit="rho") == 0.0
 
 
-def test_metrics_need_no_token_and_name_no_partner(scenario: Scenario) -> None:
-    response = requests.get(scenario.server.url + "/metrics", timeout=30)
+def test_metrics_need_the_metrics_token_and_name_no_partner(scenario: Scenario) -> None:
+    for headers in ({}, {"Authorization": f"Bearer {scenario.partner_token}"}):
+        refused = requests.get(scenario.server.url + "/metrics", headers=headers, timeout=30)
+        assert refused.status_code == 401 and "dpx_" not in refused.text
+    response = requests.get(scenario.server.url + "/metrics", headers=SCRAPE, timeout=30)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     for partner in ("no-police", "interpol-sg", "ie-helpline", "research-uni"):

@@ -1,0 +1,95 @@
+"""Rate limits: Flask-Limiter, counting in Redis when ``DPX_REDIS_URL`` is set (so every
+instance and worker shares the counts) and in each process's memory otherwise.
+
+Two limits, both checked before a request is authenticated or its body read:
+
+- per client address, ``DPX_RATE_LIMIT_UNAUTHENTICATED``, counting only answers of 401
+  (no token, or a token that failed): guessing tokens is slow. A request with a valid
+  token is exempt, so callers sharing an address with a guesser are not locked out;
+- per bearer token, ``DPX_RATE_LIMIT_QUERIES``, counting queries and estimates together:
+  each one prices a query and may write an audit entry.
+
+Reads (datasets, releases, budgets) have no limit of their own, so a partner's normal
+use is never throttled. A refused request is 429 problem+json with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+from flask import Flask, Response, request
+from flask_limiter import Limit, Limiter
+from flask_limiter.errors import RateLimitExceeded
+from flask_limiter.util import get_remote_address
+
+from service.api.auth import presented_token, principal
+from service.api.problems import problem
+from service.auth.registry import Unauthenticated
+from service.config import Settings
+
+QUERY_ENDPOINTS = frozenset({"queries.Queries", "queries.Estimate"})
+
+
+def _token_key() -> str:
+    # A digest, so the token itself never reaches Redis or memory dumps.
+    return hashlib.sha256((presented_token() or "").encode()).hexdigest()
+
+
+def _authenticated() -> bool:
+    if presented_token() is None:
+        return False
+    try:
+        principal()  # cached for the request: authentication does not look twice
+    except Unauthenticated:
+        return False
+    return True
+
+
+def _not_a_query() -> bool:
+    return request.endpoint not in QUERY_ENDPOINTS
+
+
+def _failed_authentication(response: Response) -> bool:
+    return response.status_code == 401
+
+
+def register_rate_limits(app: Flask, settings: Settings) -> Limiter:
+    """Install the limiter; register it before authentication so it is checked first."""
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=settings.redis_url or "memory://",
+        key_prefix=settings.rate_limit_prefix,
+        strategy="moving-window",
+        default_limits=[
+            Limit(
+                settings.rate_limit_unauthenticated,
+                key_function=get_remote_address,
+                scope="unauthenticated",
+                shared=True,
+                exempt_when=_authenticated,
+                deduct_when=_failed_authentication,
+            ),
+            Limit(
+                settings.rate_limit_queries,
+                key_function=_token_key,
+                scope="queries",
+                shared=True,
+                exempt_when=_not_a_query,
+            ),
+        ],
+    )
+
+    @app.errorhandler(RateLimitExceeded)
+    def too_many_requests(error: RateLimitExceeded) -> Response:
+        response = problem(
+            429, "rate_limited", "too many requests; retry after the Retry-After delay"
+        )
+        current = limiter.current_limit
+        wait = current.reset_at - time.time() if current is not None else 1.0
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+
+    return limiter

@@ -1,0 +1,177 @@
+"""Rate limits, in memory and in Redis shared by several instances: failed authentication
+per client address, queries and estimates per token, 429 problem+json with Retry-After,
+and a partner's normal reads never throttled."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from flask import Flask
+
+from service.app import create_app
+from service.config import Settings
+from service.crypto.tokens import new_token
+from tests.conftest import BOTH_BACKENDS, DEMO_POLICIES, bearer
+from tests.live_server import deploy, serve, settings_variables
+
+REDIS_URL = "redis://127.0.0.1:6379"
+ESTIMATE = {"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 0.1}
+
+
+def _redis_or_skip() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Settings for the limiter's storage; a Redis prefix of its own, deleted afterwards."""
+    if request.param == "memory":
+        yield {"redis_url": None}
+        return
+    _redis_or_skip()
+    prefix = "dpx-test-" + secrets.token_hex(6)
+    yield {"redis_url": REDIS_URL, "rate_limit_prefix": prefix}
+    connection = redis.Redis.from_url(REDIS_URL)
+    for key in connection.scan_iter(f"*{prefix}*"):
+        connection.delete(key)
+
+
+def _app(settings: Settings, storage: dict[str, Any], **limits: str) -> Flask:
+    return create_app(settings.with_(**storage, **limits))
+
+
+@pytest.fixture
+def limited(settings: Settings, storage: dict[str, Any]) -> Iterator[Flask]:
+    app = _app(
+        settings,
+        storage,
+        rate_limit_unauthenticated="5 per minute",
+        rate_limit_queries="3 per minute",
+    )
+    yield app
+    app.extensions["dpx.database"].dispose()
+
+
+def _assert_429(response: Any) -> None:
+    assert response.status_code == 429
+    assert response.mimetype == "application/problem+json"
+    assert response.json["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= 61
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize("header", [None, "Bearer " + new_token()], ids=["none", "guessed"])
+def test_failed_authentication_is_limited_per_address(limited: Flask, header: str | None) -> None:
+    client = limited.test_client()
+    headers = {"Authorization": header} if header else {}
+    for _ in range(5):
+        assert client.get("/v1/datasets", headers=headers).status_code == 401
+    _assert_429(client.get("/v1/datasets", headers=headers))
+    # Another guess on another route from the same address: the count is shared.
+    _assert_429(client.post("/v1/queries", json=ESTIMATE, headers=headers))
+    other = limited.test_client()
+    assert other.get("/v1/datasets", environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 401
+
+
+@BOTH_BACKENDS
+def test_a_valid_token_from_a_guessing_address_still_works(limited: Flask) -> None:
+    client = limited.test_client()
+    partner = bearer(limited.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    for _ in range(6):
+        client.get("/v1/datasets", headers=bearer(new_token()))
+    assert client.get("/v1/datasets", headers=partner).status_code == 200
+
+
+@BOTH_BACKENDS
+def test_queries_and_estimates_share_a_limit_per_token(limited: Flask) -> None:
+    client = limited.test_client()
+    registry = limited.extensions["dpx.tokens"]
+    partner = bearer(registry.issue("partner", "no-police").token)
+    other = bearer(registry.issue("partner", "interpol-sg").token)
+    assert client.post("/v1/queries/estimate", json=ESTIMATE, headers=partner).status_code == 200
+    assert client.post("/v1/queries/estimate", json=ESTIMATE, headers=partner).status_code == 200
+    assert client.post("/v1/queries", json=ESTIMATE, headers=partner).status_code == 201
+    _assert_429(client.post("/v1/queries/estimate", json=ESTIMATE, headers=partner))
+    _assert_429(client.post("/v1/queries", json=ESTIMATE, headers=partner))
+    assert client.post("/v1/queries/estimate", json=ESTIMATE, headers=other).status_code == 200
+
+
+@BOTH_BACKENDS
+def test_a_partners_dozens_of_reads_are_never_throttled(limited: Flask) -> None:
+    client = limited.test_client()
+    partner = bearer(limited.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    paths = ["/v1/datasets", "/v1/datasets/uk-helpline-2024", "/v1/releases", "/v1/budgets"]
+    for _ in range(15):
+        for path in paths:
+            assert client.get(path, headers=partner).status_code == 200
+
+
+@BOTH_BACKENDS
+def test_instances_sharing_redis_share_the_counts(settings: Settings) -> None:
+    """Two apps over one database and one Redis prefix: the limit holds across both."""
+    _redis_or_skip()
+    prefix = "dpx-test-" + secrets.token_hex(6)
+    shared = {"redis_url": REDIS_URL, "rate_limit_prefix": prefix}
+    first = _app(settings, shared, rate_limit_queries="4 per minute")
+    second = _app(settings, shared, rate_limit_queries="4 per minute")
+    try:
+        token = bearer(first.extensions["dpx.tokens"].issue("partner", "no-police").token)
+        clients = [first.test_client(), second.test_client()]
+        for index in range(4):
+            response = clients[index % 2].post("/v1/queries/estimate", json=ESTIMATE, headers=token)
+            assert response.status_code == 200
+        _assert_429(clients[0].post("/v1/queries/estimate", json=ESTIMATE, headers=token))
+        _assert_429(clients[1].post("/v1/queries/estimate", json=ESTIMATE, headers=token))
+    finally:
+        for app in (first, second):
+            app.extensions["dpx.database"].dispose()
+        connection = redis.Redis.from_url(REDIS_URL)
+        for key in connection.scan_iter(f"*{prefix}*"):
+            connection.delete(key)
+
+
+@pytest.mark.slow
+def test_two_gunicorn_instances_share_one_redis(tmp_path: Path) -> None:
+    _redis_or_skip()
+    shutil.copytree(DEMO_POLICIES, tmp_path / "policies")
+    settings = deploy(tmp_path, tmp_path / "policies")
+    prefix = "dpx-test-" + secrets.token_hex(6)
+    variables = {
+        **settings_variables(settings),
+        "DPX_REDIS_URL": REDIS_URL,
+        "DPX_RATE_LIMIT_PREFIX": prefix,
+        "DPX_RATE_LIMIT_UNAUTHENTICATED": "6 per minute",
+    }
+    try:
+        with (
+            serve(variables, log_path=tmp_path / "a.log", workers=2) as a,
+            serve(variables, log_path=tmp_path / "b.log", workers=2) as b,
+        ):
+            statuses = [
+                requests.get(
+                    (a, b)[i % 2].url + "/v1/datasets",
+                    headers={"Authorization": f"Bearer {new_token()}"},
+                    timeout=30,
+                ).status_code
+                for i in range(8)
+            ]
+            assert statuses[:6] == [401] * 6
+            assert statuses[6:] == [429, 429]
+            refused = requests.get(a.url + "/v1/datasets", timeout=30)
+            assert refused.status_code == 429
+            assert refused.headers["Content-Type"] == "application/problem+json"
+            assert int(refused.headers["Retry-After"]) >= 1
+    finally:
+        connection = redis.Redis.from_url(REDIS_URL)
+        for key in connection.scan_iter(f"*{prefix}*"):
+            connection.delete(key)
