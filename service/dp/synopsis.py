@@ -169,7 +169,7 @@ def budget_split(
     definition: Definition,
     sizes: Sequence[int],
     members: Sequence[Sequence[int]],
-    sensitivities: Sequence[int],
+    sensitivities: Sequence[float],
 ) -> tuple[float, ...]:
     """Shares of the budget (summing to 1) minimising the workload's total error.
 

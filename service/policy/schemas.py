@@ -556,7 +556,8 @@ class DatasetSchema(SourcedSchema):
                 ]
         privacy, budget = data.get("privacy"), synopsis["budget"]
         if isinstance(privacy, Mapping) and isinstance(budget, Budget):
-            expected = BUDGET_UNITS.get(str(privacy.get("definition")))
+            definition = privacy.get("definition")
+            expected = BUDGET_UNITS[definition] if definition in BUDGET_UNITS else None
             cap = privacy.get("global_budget")
             if expected is not None and budget.unit != expected:
                 errors["budget"] = [

@@ -38,7 +38,7 @@ from service.crypto.pseudonyms import new_pseudonym_key, pseudonyms
 from service.database.engine import Database
 from service.database.schema import batches
 from service.dp.mechanisms import ENGINE_INTEGER_MAX
-from service.policy.model import DatasetPolicy
+from service.policy.model import CONTACTS_COLUMN, PERSON_COLUMN, DatasetPolicy
 from service.store.bounds import recorded_bounds
 from service.store.cells import (
     CellFormatError,
@@ -65,8 +65,6 @@ from service.store.documents import (
 )
 from service.store.errors import InvalidBatch, RowError
 from service.store.ingest import (
-    CONTACTS_COLUMN,
-    PERSON_COLUMN,
     Aggregated,
     bound_contacts,
     contact_cells,
