@@ -556,8 +556,8 @@ class DatasetSchema(SourcedSchema):
                 ]
         privacy, budget = data.get("privacy"), synopsis["budget"]
         if isinstance(privacy, Mapping) and isinstance(budget, Budget):
-            definition = privacy.get("definition")
-            expected = BUDGET_UNITS[definition] if definition in BUDGET_UNITS else None
+            units: Mapping[Any, str] = BUDGET_UNITS
+            expected = units.get(privacy.get("definition"))
             cap = privacy.get("global_budget")
             if expected is not None and budget.unit != expected:
                 errors["budget"] = [
