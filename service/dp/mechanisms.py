@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -218,10 +219,27 @@ def serialized(plan: Plan) -> str:
     return str(dp.serialize(plan.measurement))  # type: ignore[no-untyped-call]
 
 
+_draws = 0
+_draws_lock = threading.Lock()
+
+
+def noise_draws() -> int:
+    """How many times this process has invoked an OpenDP measurement on true aggregates.
+
+    Every draw is privacy loss that must be paid for, so the count lets operators and tests
+    see that a refused request drew none.
+    """
+    return _draws
+
+
 def noisy(plan: Plan, vector: list[int]) -> list[int]:
     """One release: the plan's OpenDP measurement invoked on the true aggregates.
 
-    Call only after the plan's cost is durably charged.
+    Call only once the plan's cost is known to fit; the output must not leave the service
+    unless the charge commits.
     """
+    global _draws
+    with _draws_lock:
+        _draws += 1
     released = plan.measurement([int(value) for value in vector])
     return [int(value) for value in released]

@@ -1,9 +1,10 @@
 """The release store: every differentially private answer, kept so it is never recomputed.
 
-A release row is created *pending* in the same transaction as its charge. The unique
-constraint on (dataset, partner, canonical query) means two identical queries racing each
-other cannot both be charged and answered with independent noise, which would let the
-partner average the noise away.
+A release is written once, finished and signed, in the same transaction as its charge.
+The unique constraint on (dataset, partner, canonical query) means two identical queries
+racing each other cannot both be charged and answered with independent noise, which would
+let the partner average the noise away: the second insert fails with ``ReleaseConflict``,
+its transaction (and charge) rolls back, and it is answered from the first.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.schema import releases
 
-PENDING, DONE = "pending", "done"
+
+class ReleaseConflict(Exception):
+    """An identical query, or the same Idempotency-Key, was released by another request."""
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,8 @@ class StoredRelease:
     partner: str
     query_key: str
     request_hash: str
-    status: str
-    document: Mapping[str, Any] | None
+    document: Mapping[str, Any]
     created_at: datetime
-
-    def is_stale(self, after: timedelta) -> bool:
-        """Pending for longer than ``after``: its worker died between charge and release."""
-        created = self.created_at if self.created_at.tzinfo else self.created_at.replace(tzinfo=UTC)
-        return self.status == PENDING and datetime.now(UTC) - created > after
 
 
 def _stored(row: Any) -> StoredRelease:
@@ -46,8 +44,7 @@ def _stored(row: Any) -> StoredRelease:
         partner=row.partner,
         query_key=row.query_key,
         request_hash=row.request_hash,
-        status=row.status,
-        document=json.loads(row.document) if row.document else None,
+        document=json.loads(row.document),
         created_at=row.created_at,
     )
 
@@ -57,13 +54,14 @@ class ReleaseStore:
         self.database = database
 
     def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
-        """The release of this exact query by ``partner`` (any partner when ``None``)."""
+        """The release of this exact query by ``partner`` (the oldest of any partner when
+        ``None``)."""
         query = select(releases).where(
             releases.c.dataset == dataset, releases.c.query_key == query_key
         )
         if partner is not None:
             query = query.where(releases.c.partner == partner)
-        query = query.order_by(releases.c.status.asc(), releases.c.created_at.asc())
+        query = query.order_by(releases.c.created_at.asc(), releases.c.id.asc())
         with self.database.read() as conn:
             row = conn.execute(query).first()
         return _stored(row) if row else None
@@ -90,8 +88,8 @@ class ReleaseStore:
         limit: int = 100,
         before: str | None = None,
     ) -> list[StoredRelease]:
-        """Finished releases, newest first; ``partners=None`` means all partners."""
-        query = select(releases).where(releases.c.status == DONE)
+        """Releases, newest first; ``partners=None`` means all partners."""
+        query = select(releases)
         if partners is not None:
             query = query.where(releases.c.partner.in_(partners))
         if datasets is not None:
@@ -103,7 +101,7 @@ class ReleaseStore:
             return [_stored(row) for row in conn.execute(query)]
 
     @staticmethod
-    def insert_pending(
+    def insert(
         conn: Connection,
         *,
         release_id: str,
@@ -113,39 +111,30 @@ class ReleaseStore:
         request_hash: str,
         idempotency_key: str | None,
         policy_version: str,
+        document: Mapping[str, Any],
+        measurement: str,
     ) -> None:
-        conn.execute(
-            releases.insert().values(
-                id=release_id,
-                dataset=dataset,
-                partner=partner,
-                query_key=query_key,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                status=PENDING,
-                policy_version=policy_version,
-                created_at=datetime.now(UTC),
-            )
-        )
+        """Store a finished release in ``conn``'s transaction, or raise ``ReleaseConflict``.
 
-    @staticmethod
-    def complete(
-        conn: Connection, release_id: str, document: Mapping[str, Any], measurement: str
-    ) -> None:
-        conn.execute(
-            update(releases)
-            .where(releases.c.id == release_id)
-            .values(
-                status=DONE,
-                measurement=measurement,
-                document=json.dumps(document, sort_keys=True, separators=(",", ":")),
+        After a conflict the transaction is unusable (PostgreSQL aborts it): let the
+        exception roll it back, then read the release that won.
+        """
+        try:
+            conn.execute(
+                releases.insert().values(
+                    id=release_id,
+                    dataset=dataset,
+                    partner=partner,
+                    query_key=query_key,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                    document=json.dumps(document, sort_keys=True, separators=(",", ":")),
+                    measurement=measurement,
+                    policy_version=policy_version,
+                    created_at=datetime.now(UTC),
+                )
             )
-        )
-
-    @staticmethod
-    def discard_pending(conn: Connection, release_id: str) -> bool:
-        """Remove a pending release whose computation failed; its charge stays spent."""
-        gone = conn.execute(
-            delete(releases).where(releases.c.id == release_id, releases.c.status == PENDING)
-        ).rowcount
-        return bool(gone)
+        except IntegrityError as conflict:
+            raise ReleaseConflict(
+                "an identical query or the same Idempotency-Key was already released"
+            ) from conflict
