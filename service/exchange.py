@@ -195,7 +195,10 @@ class Exchange:
     def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Cost, noise and accuracy of a query, and what it would leave; spends nothing."""
         partner, dataset, grant, query, plan = self._prepare(principal, raw)
-        cached = self._cached(dataset, partner.id, query_key(query)) is not None
+        # Only the partner's own release counts: that another partner asked the same
+        # question is not the estimate's to tell.
+        own = self.releases.find(dataset=dataset.id, query_key=query_key(query), partner=partner.id)
+        cached = own is not None
         remaining = self._remaining(dataset, grant, partner.id)
         summary = plan_summary(plan)
         return {
@@ -514,20 +517,24 @@ class Exchange:
         if stored.partner == principal.subject:
             return True
         # A shared release is readable by another partner only if that partner could have
-        # asked the same question now: same grant rules as a query, at no cost.
+        # asked the same question now: the grant rules of a query, max_per_query included
+        # (at the release's own cost), though reading it charges nothing.
         dataset = self.policies.datasets.get(stored.dataset)
         partner = self.policies.partners.get(principal.subject or "")
-        if not (dataset and dataset.share_releases and partner and stored.document):
+        if not (dataset and dataset.share_releases and partner):
             return False
         query = stored.document.get("query", {})
         dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
+        cost = stored.document.get("privacy", {}).get("cost", {}).get(dataset.budget_unit)
+        if not isinstance(cost, str):
+            return False
         try:
             check_grant(
                 partner,
                 dataset,
                 statistic=str(query.get("statistic")),
                 dimensions=dimensions,
-                cost=Fraction(0),
+                cost=Fraction(cost),
                 today=date.today(),
             )
         except PolicyViolation:
