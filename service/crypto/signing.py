@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 SIGNATURE_FIELD = "signature"
 ALGORITHM = "Ed25519"
+KEY_CHECK_SECONDS = 1.0
+"""How stale a process's view of the current signing key may be: after `dpx
+rotate-signing-key`, every worker signs with the new key within this many seconds."""
 
 
 def canonical_json(obj: object) -> bytes:
@@ -43,7 +46,9 @@ def sign_document(keyring: Keyring, document: Mapping[str, Any]) -> dict[str, st
 
     Returns the value to store under "signature":
     `{"alg": "Ed25519", "key_id": <signing key id>, "value": <base64 signature>}`.
+    A key rotated by another process is used within `KEY_CHECK_SECONDS`.
     """
+    keyring.refresh_at_most_every(KEY_CHECK_SECONDS)
     key_id = keyring.signing_key_id
     signature = keyring.signing_private_key(key_id).sign(_signed_bytes(document))
     return {
