@@ -60,14 +60,21 @@ def mechanism_name(definition: Definition) -> MechanismName:
     return "discrete_laplace" if definition == "pure" else "discrete_gaussian"
 
 
+@functools.cache
+def _input_space(definition: Definition) -> tuple[dp.Domain, dp.Metric]:
+    # Immutable OpenDP objects, built once: building them costs more than the measurement.
+    metric = dp.l1_distance(T=int) if definition == "pure" else dp.l2_distance(T=int)
+    return dp.vector_domain(dp.atom_domain(T=int)), metric
+
+
 def build_measurement(definition: Definition, scale: float) -> dp.Measurement:
     """The vector measurement of ``definition`` at ``scale`` (any vector length)."""
-    domain = dp.vector_domain(dp.atom_domain(T=int))
+    domain, metric = _input_space(definition)
     measurement: dp.Measurement
     if definition == "pure":
-        measurement = (domain, dp.l1_distance(T=int)) >> dp.m.then_laplace(scale=scale)
+        measurement = dp.m.make_laplace(domain, metric, scale=scale)
     else:
-        measurement = (domain, dp.l2_distance(T=int)) >> dp.m.then_gaussian(scale=scale)
+        measurement = dp.m.make_gaussian(domain, metric, scale=scale)
     return measurement
 
 
@@ -145,8 +152,6 @@ def _plan_for_cost(definition: Definition, sensitivity: int, cost: Fraction, alp
     bound = float_at_most(cost)
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     _check_scale(definition, scale, "rho", f"{cost} is too small for this query")
-    if not measurement.check(sensitivity, bound):
-        raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
@@ -154,7 +159,7 @@ def _measurement_for_cost(
     definition: Definition, sensitivity: int, bound: float
 ) -> tuple[float, dp.Measurement]:
     """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound,
-    and the measurement at that scale.
+    and the measurement at that scale, confirmed by its own ``check``.
 
     Starts from the textbook scale (d / epsilon; d / sqrt(2 rho)) and steps up one float at a
     time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
@@ -173,7 +178,11 @@ def _measurement_for_cost(
         definition, s
     )
     scale = float(dp.binary_search_param(builder, d_in=sensitivity, d_out=bound))
-    return scale, build_measurement(definition, scale)
+    measurement = build_measurement(definition, scale)
+    # Every path returns a measurement confirmed by its own check, and only such a one.
+    if not measurement.check(sensitivity, bound):
+        raise ValueError(f"no scale confirms a loss of {bound} at sensitivity {sensitivity}")
+    return scale, measurement
 
 
 def plan_for_accuracy(
