@@ -4,14 +4,20 @@ The HTTP layer authenticates, parses and renders; every decision that concerns d
 budget is taken here, in this order for a query:
 
 1. validate the query against the dataset's public schema (``dp.query``);
-2. plan it — mechanism, scale, exact cost — without touching data (``dp.engine``);
+2. plan it — mechanism, scale, exact cost — without touching data (``dp.engine``, cached);
 3. check the partner's grant (``policy.grants``);
 4. answer from the release store when the same question was already answered;
-5. charge both budgets and record a pending release, durably, in one transaction;
-6. only then read the cells, draw OpenDP noise, sign and store the release.
+5. check that the cost fits both budgets, reading the ledger only: a request that cannot
+   be paid is refused before any cell is read or any noise is drawn;
+6. read the cells, draw OpenDP noise and sign, in memory;
+7. in ONE durable transaction: the conditional charge of both budgets, the release row,
+   the ledger line and the audit entry. The answer leaves only after that commit.
 
-Charge before noise: a crash after step 5 wastes budget but can never release output
-that was not paid for.
+Nothing computed in 6 leaves unless 7 commits: a release is never answered unpaid, nor
+lost after it was sent. If 7 fails (the budget was spent meanwhile, or an identical query
+committed first and the partner gets that release instead) the computed output is
+discarded unseen. Whether the charge succeeds depends on budgets and stored releases only,
+never on the data; a computation that fails after reading data is charged like a release.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
 
 from service.audit.log import AuditLog
 from service.audit.refusals import Refusal, RefusalLog
@@ -35,10 +42,16 @@ from service.crypto.signing import sign_document
 from service.database.engine import Database
 from service.dp.accounting import remaining_budget
 from service.dp.aggregate import true_aggregates
-from service.dp.engine import QueryPlan, measurement_json, plan_query, plan_summary, release_values
+from service.dp.engine import (
+    PlanCache,
+    QueryPlan,
+    measurement_json,
+    plan_summary,
+    release_values,
+)
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import DONE, Position, ReleaseConflict, ReleaseStore, StoredRelease
+from service.ledger.releases import Position, ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.changes import budget_changes
 from service.policy.errors import PolicySetError, PolicyViolation
@@ -52,12 +65,6 @@ from service.store.uploads import AlreadyStored, Upload
 if TYPE_CHECKING:
     from service.synopses import Synopses
 
-# A pending release older than this belongs to a worker that died between charge and
-# release; an identical query may then be charged and answered afresh (no output of the
-# dead worker ever left the service).
-STALE_PENDING = timedelta(seconds=60)
-WAIT_FOR_PENDING = 10.0
-
 
 class NotFound(LookupError):
     """No such thing, or not one the caller may see (the two look alike on purpose)."""
@@ -68,7 +75,7 @@ class Forbidden(PermissionError):
 
 
 class Conflict(Exception):
-    """The request clashes with an earlier one (reused idempotency key, release in progress)."""
+    """The request clashes with an earlier one (an Idempotency-Key reused for another body)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Exchange:
         self.max_cells = max_cells
         # Identical refusals are folded into one audit entry and a count per minute.
         self.refusals = RefusalLog(database, audit)
+        self._plans = PlanCache()
 
     # -- policies -------------------------------------------------------------------------
 
@@ -240,7 +248,7 @@ class Exchange:
             )
             raise NotFound(f"no dataset {dataset.id!r}")
         query = build_query(raw, dataset, max_cells=self.max_cells)
-        plan = plan_query(query, dataset)
+        plan = self._plans.plan(self.policies.version, query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
         try:
             grant = check_grant(
@@ -262,7 +270,10 @@ class Exchange:
         if free is not None:
             return free
         partner, dataset, grant, query, plan = self._prepare(principal, raw)
-        cached = self._cached(dataset, partner.id, query_key(query)) is not None
+        # Only the partner's own release counts: that another partner asked the same
+        # question is not the estimate's to tell.
+        own = self.releases.find(dataset=dataset.id, query_key=query_key(query), partner=partner.id)
+        cached = own is not None
         remaining = self._remaining(dataset, grant, partner.id)
         summary = plan_summary(plan)
         return {
@@ -280,7 +291,8 @@ class Exchange:
     def run(
         self, principal: Principal, raw: Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> Answer:
-        """Answer a query with a release: stored when repeated, otherwise charged then noised."""
+        """Answer a query with a release: stored when repeated, otherwise noised then charged
+        and stored in one transaction, before the answer leaves."""
         if self.synopses is not None:
             free = self.synopses.answer(principal, raw, idempotency_key=idempotency_key)
             if free is not None:
@@ -293,122 +305,203 @@ class Exchange:
         if idempotency_key is not None:
             earlier = self.releases.find_idempotent(partner.id, idempotency_key)
             if earlier is not None:
-                if earlier.request_hash != request_hash:
-                    raise Conflict("this Idempotency-Key was already used for another request")
-                return Answer(
-                    self._respond(self._await(earlier), dataset, grant, partner.id), cached=False
-                )
-        for _attempt in range(3):
-            stored = self._cached(dataset, partner.id, key)
-            if stored is not None and stored.status == DONE:
-                return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
-            if stored is not None and not stored.is_stale(STALE_PENDING):
-                return Answer(
-                    self._respond(self._await(stored), dataset, grant, partner.id), cached=True
-                )
-            if stored is not None:
-                self._discard(stored.release_id, principal, dataset.id, reason="stale")
-            try:
-                return self._charge_and_release(
-                    principal,
-                    partner,
-                    dataset,
-                    grant,
-                    query,
-                    plan,
-                    key,
-                    request_hash,
-                    idempotency_key,
-                )
-            except ReleaseConflict:
-                # An identical query (or the same Idempotency-Key) was charged by a
-                # concurrent request: answer from its release instead of charging again.
-                if idempotency_key is not None:
-                    earlier = self.releases.find_idempotent(partner.id, idempotency_key)
-                    if earlier is not None:
-                        return Answer(
-                            self._respond(self._await(earlier), dataset, grant, partner.id),
-                            cached=False,
-                        )
-                continue
-        raise Conflict("an identical query is being answered; retry shortly")
+                return self._replay(earlier, request_hash, dataset, grant, partner.id)
+        stored = self._cached(dataset, partner.id, key)
+        if stored is not None:
+            return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
+        try:
+            self.ledger.check(
+                dataset=dataset.id,
+                partner=partner.id,
+                unit=dataset.budget_unit,
+                amount=plan.cost,
+                partner_budget=grant.budget,
+                global_budget=dataset.global_budget,
+            )
+        except BudgetExhausted as exhausted:
+            self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
+            raise
+        release_id = "rel_" + secrets.token_hex(10)
+        try:
+            document = self._compute(release_id, dataset, partner.id, query, plan)
+        except Exception as failure:
+            # The data was read and may have caused the failure: pay for it as for a
+            # release, so that no outcome that depends on the data is free.
+            self._charge_failure(principal, partner, dataset, grant, plan, key, failure)
+            raise
+        try:
+            remaining = self._commit(
+                principal,
+                partner,
+                dataset,
+                grant,
+                plan,
+                key,
+                request_hash,
+                idempotency_key,
+                document,
+            )
+        except BudgetExhausted as exhausted:
+            # Spent by concurrent requests since the check: the output is discarded unseen.
+            self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
+            raise
+        except ReleaseConflict:
+            # A concurrent request committed first: its release answers this one, and the
+            # output computed here is discarded unseen (never two noises for one question).
+            return self._answer_from_winner(
+                partner.id, dataset, grant, key, request_hash, idempotency_key
+            )
+        return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
 
-    def _charge_and_release(
+    def _compute(
+        self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query, plan: QueryPlan
+    ) -> dict[str, Any]:
+        """The signed release document: cells read, noise drawn, nothing stored or sent."""
+        aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
+        values = release_values(plan, aggregates)
+        document = self._document(release_id, dataset, partner, query, plan, values)
+        document["signature"] = sign_document(self.keyring, document)
+        return document
+
+    def _commit(
         self,
         principal: Principal,
         partner: PartnerPolicy,
         dataset: DatasetPolicy,
         grant: Grant,
-        query: Query,
         plan: QueryPlan,
         key: str,
         request_hash: str,
         idempotency_key: str | None,
-    ) -> Answer:
-        release_id = "rel_" + secrets.token_hex(10)
+        document: Mapping[str, Any],
+    ) -> Remaining:
+        """Store a computed release with its charge, ledger line and audit entry, atomically."""
+        release_id = str(document["release_id"])
+        with self.database.write() as conn:
+            # The release row first: a conflict with a concurrent identical query is found
+            # before any budget row is locked.
+            self.releases.insert(
+                conn,
+                release_id=release_id,
+                dataset=dataset.id,
+                partner=partner.id,
+                query_key=key,
+                request_hash=request_hash,
+                idempotency_key=idempotency_key,
+                policy_version=str(document["policy_version"]),
+                document=document,
+                measurement=measurement_json(plan),
+            )
+            remaining = self._charge(conn, partner, dataset, grant, plan, release_id)
+            self.audit.append(
+                conn,
+                actor=principal.actor,
+                action="release.create",
+                dataset=dataset.id,
+                details={
+                    "release_id": release_id,
+                    "partner": partner.id,
+                    dataset.budget_unit: amount_text(plan.cost),
+                    "query_key": key,
+                    "cells": len(document["rows"]),
+                },
+            )
+        return remaining
+
+    def _charge(
+        self,
+        conn: Connection,
+        partner: PartnerPolicy,
+        dataset: DatasetPolicy,
+        grant: Grant,
+        plan: QueryPlan,
+        release_id: str,
+    ) -> Remaining:
+        remaining = self.ledger.charge(
+            conn,
+            dataset=dataset.id,
+            partner=partner.id,
+            unit=dataset.budget_unit,
+            amount=plan.cost,
+            partner_budget=grant.budget,
+            global_budget=dataset.global_budget,
+        )
+        self.ledger.record(
+            conn,
+            release_id=release_id,
+            dataset=dataset.id,
+            partner=partner.id,
+            definition=dataset.definition,
+            amount=plan.cost,
+        )
+        return remaining
+
+    def _charge_failure(
+        self,
+        principal: Principal,
+        partner: PartnerPolicy,
+        dataset: DatasetPolicy,
+        grant: Grant,
+        plan: QueryPlan,
+        key: str,
+        failure: Exception,
+    ) -> None:
+        """Charge a computation that failed after reading data, or refuse it for budget.
+
+        If the budget no longer fits, the request is refused as any unpaid one is, so the
+        caller learns no more than from a computation that succeeded.
+        """
+        charge_id = "rel_" + secrets.token_hex(10)
         try:
             with self.database.write() as conn:
-                remaining = self.ledger.charge(
-                    conn,
-                    dataset=dataset.id,
-                    partner=partner.id,
-                    unit=dataset.budget_unit,
-                    amount=plan.cost,
-                    partner_budget=grant.budget,
-                    global_budget=dataset.global_budget,
-                )
-                self.releases.insert_pending(
-                    conn,
-                    release_id=release_id,
-                    dataset=dataset.id,
-                    partner=partner.id,
-                    query_key=key,
-                    request_hash=request_hash,
-                    idempotency_key=idempotency_key,
-                    policy_version=self.policies.version,
-                )
-                self.ledger.record(
-                    conn,
-                    release_id=release_id,
-                    dataset=dataset.id,
-                    partner=partner.id,
-                    definition=dataset.definition,
-                    amount=plan.cost,
-                )
+                self._charge(conn, partner, dataset, grant, plan, charge_id)
                 self.audit.append(
                     conn,
                     actor=principal.actor,
-                    action="budget.charge",
+                    action="release.fail",
                     dataset=dataset.id,
                     details={
-                        "release_id": release_id,
+                        "charge_id": charge_id,
                         "partner": partner.id,
                         dataset.budget_unit: amount_text(plan.cost),
                         "query_key": key,
+                        "error": type(failure).__name__,
                     },
                 )
         except BudgetExhausted as exhausted:
             self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
-            raise
-        # The charge is committed. Only now is any data read or any noise drawn.
-        try:
-            aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
-            values = release_values(plan, aggregates)
-            document = self._document(release_id, dataset, partner.id, query, plan, values)
-            document["signature"] = sign_document(self.keyring, document)
-            with self.database.write() as conn:
-                self.releases.complete(conn, release_id, document, measurement_json(plan))
-                self.audit.append(
-                    conn,
-                    actor=principal.actor,
-                    action="release.create",
-                    dataset=dataset.id,
-                    details={"release_id": release_id, "query_key": key, "cells": len(values)},
-                )
-        except Exception:
-            self._discard(release_id, principal, dataset.id, reason="failed")
-            raise
-        return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
+            raise exhausted from None
+
+    def _answer_from_winner(
+        self,
+        partner: str,
+        dataset: DatasetPolicy,
+        grant: Grant,
+        key: str,
+        request_hash: str,
+        idempotency_key: str | None,
+    ) -> Answer:
+        if idempotency_key is not None:
+            earlier = self.releases.find_idempotent(partner, idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, request_hash, dataset, grant, partner)
+        stored = self._cached(dataset, partner, key)
+        if stored is None:
+            raise Conflict("a concurrent request conflicted with this one; retry")
+        return Answer(self._respond(stored, dataset, grant, partner), cached=True)
+
+    def _replay(
+        self,
+        earlier: StoredRelease,
+        request_hash: str,
+        dataset: DatasetPolicy,
+        grant: Grant,
+        partner: str,
+    ) -> Answer:
+        """The first answer to an Idempotency-Key, to a retry of the same request only."""
+        if earlier.request_hash != request_hash:
+            raise Conflict("this Idempotency-Key was already used for another request")
+        return Answer(self._respond(earlier, dataset, grant, partner), cached=False)
 
     def _document(
         self,
@@ -443,7 +536,6 @@ class Exchange:
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
     ) -> dict[str, Any]:
         """The stored, signed document plus the caller's current budget (not signed)."""
-        assert stored.document is not None  # noqa: S101 - only finished releases get here
         document = dict(stored.document)
         document["budget"] = self._budget_view(dataset, self._remaining(dataset, grant, partner))
         return document
@@ -467,31 +559,7 @@ class Exchange:
         own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
         if own is not None or not dataset.share_releases:
             return own
-        shared = self.releases.find(dataset=dataset.id, query_key=key, partner=None)
-        return shared if shared is not None and shared.status == DONE else None
-
-    def _await(self, stored: StoredRelease) -> StoredRelease:
-        deadline = time.monotonic() + WAIT_FOR_PENDING
-        current: StoredRelease | None = stored
-        while current is not None and current.status != DONE:
-            if time.monotonic() > deadline:
-                raise Conflict("an identical query is being answered; retry shortly")
-            time.sleep(0.05)
-            current = self.releases.get(stored.release_id)
-        if current is None:
-            raise Conflict("an identical query failed; retry")
-        return current
-
-    def _discard(self, release_id: str, principal: Principal, dataset: str, *, reason: str) -> None:
-        with self.database.write() as conn:
-            if self.releases.discard_pending(conn, release_id):
-                self.audit.append(
-                    conn,
-                    actor=principal.actor,
-                    action="release.discard",
-                    dataset=dataset,
-                    details={"release_id": release_id, "reason": reason},
-                )
+        return self.releases.find(dataset=dataset.id, query_key=key, partner=None)
 
     def _record_refusal(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         self.refusals.record(Refusal(principal.actor, dataset, reason, detail))
@@ -515,9 +583,9 @@ class Exchange:
 
     def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
         stored = self.releases.get(release_id)
-        if stored is None or stored.status != DONE or not self._may_read(principal, stored):
+        if stored is None or not self._may_read(principal, stored):
             raise NotFound(f"no release {release_id!r}")
-        return dict(stored.document or {})
+        return dict(stored.document)
 
     def _may_read(self, principal: Principal, stored: StoredRelease) -> bool:
         if principal.role == "dpo":
@@ -527,20 +595,24 @@ class Exchange:
         if stored.partner == principal.subject:
             return True
         # A shared release is readable by another partner only if that partner could have
-        # asked the same question now: same grant rules as a query, at no cost.
+        # asked the same question now: the grant rules of a query, max_per_query included
+        # (at the release's own cost), though reading it charges nothing.
         dataset = self.policies.datasets.get(stored.dataset)
         partner = self.policies.partners.get(principal.subject or "")
-        if not (dataset and dataset.share_releases and partner and stored.document):
+        if not (dataset and dataset.share_releases and partner):
             return False
         query = stored.document.get("query", {})
         dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
+        cost = stored.document.get("privacy", {}).get("cost", {}).get(dataset.budget_unit)
+        if not isinstance(cost, str):
+            return False
         try:
             check_grant(
                 partner,
                 dataset,
                 statistic=str(query.get("statistic")),
                 dimensions=dimensions,
-                cost=Fraction(0),
+                cost=Fraction(cost),
                 today=date.today(),
             )
         except PolicyViolation:

@@ -25,8 +25,6 @@ from datetime import UTC, date, datetime
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError as RowConflict
-
 from service.auth.registry import Principal
 from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
@@ -42,7 +40,7 @@ from service.dp.synopsis import (
 from service.dp.synopsis import answer as answer_from
 from service.exchange import Answer, Conflict, Exchange
 from service.ledger.budgets import BudgetExhausted
-from service.ledger.releases import DONE, StoredRelease
+from service.ledger.releases import ReleaseConflict, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
@@ -238,19 +236,19 @@ class Synopses:
             earlier = self.exchange.releases.find(
                 dataset=dataset.id, query_key=key, partner=partner.id
             )
-            if earlier is not None and earlier.status == DONE:
+            if earlier is not None:
                 return Answer(self._respond(earlier, dataset, grant, partner.id), cached=True)
             try:
                 document = self._release(
                     principal, partner, dataset, asked, stored, values, query.alpha, key,
                     request_hash, idempotency_key,
                 )  # fmt: skip
-            except RowConflict:
+            except ReleaseConflict:
                 # An identical answer (or one under the same Idempotency-Key) was stored
                 # concurrently: answer with that one.
                 if idempotency_key is not None:
                     first = self.exchange.releases.find_idempotent(partner.id, idempotency_key)
-                    if first is not None and first.status == DONE:
+                    if first is not None:
                         return Answer(
                             self._respond(first, dataset, grant, partner.id), cached=False
                         )
@@ -384,7 +382,7 @@ class Synopses:
         # No charge: the answer is post-processing of a synopsis that was paid for. Stored
         # and completed in one transaction, so it is never seen half-made.
         with exchange.database.write() as conn:
-            exchange.releases.insert_pending(
+            exchange.releases.insert(
                 conn,
                 release_id=release_id,
                 dataset=dataset.id,
@@ -393,8 +391,9 @@ class Synopses:
                 request_hash=request_hash,
                 idempotency_key=idempotency_key,
                 policy_version=exchange.policies.version,
+                document=document,
+                measurement="",
             )
-            exchange.releases.complete(conn, release_id, document, measurement="")
             exchange.audit.append(
                 conn,
                 actor=principal.actor,

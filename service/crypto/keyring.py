@@ -40,6 +40,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -177,6 +178,7 @@ class Keyring:
         # changes are never silently replaced by the file's keys.
         self._unsaved = False
         self._reload_lock = threading.Lock()
+        self._checked_at = time.monotonic()
 
     # -- construction ------------------------------------------------------------------
 
@@ -302,6 +304,22 @@ class Keyring:
             return False
         self.reload()
         return True
+
+    def refresh_at_most_every(self, seconds: float) -> None:
+        """``refresh()``, unless this process looked at the file less than ``seconds`` ago.
+
+        For hot paths (every release is signed): a key rotated by another process is taken
+        over within ``seconds``, at the cost of one `stat` per interval. A file that cannot
+        be read or parsed leaves the keys in memory as they are.
+        """
+        now = time.monotonic()
+        if now - self._checked_at < seconds:
+            return
+        self._checked_at = now
+        try:
+            self.refresh()
+        except KeyringError:
+            pass
 
     # -- key-encryption keys -----------------------------------------------------------
 

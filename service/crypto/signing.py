@@ -17,7 +17,11 @@ from dpx_client.signature import ALGORITHM, canonical_json, signed_bytes, verify
 if TYPE_CHECKING:
     from service.crypto.keyring import Keyring
 
-__all__ = ["canonical_json", "sign_document", "verify_signature"]
+__all__ = ["KEY_CHECK_SECONDS", "canonical_json", "sign_document", "verify_signature"]
+
+KEY_CHECK_SECONDS = 1.0
+"""How stale a process's view of the current signing key may be: after `dpx
+rotate-signing-key`, every worker signs with the new key within this many seconds."""
 
 
 def sign_document(keyring: Keyring, document: Mapping[str, Any]) -> dict[str, str]:
@@ -25,7 +29,9 @@ def sign_document(keyring: Keyring, document: Mapping[str, Any]) -> dict[str, st
 
     Returns the value to store under "signature":
     `{"alg": "Ed25519", "key_id": <signing key id>, "value": <base64 signature>}`.
+    A key rotated by another process is used within `KEY_CHECK_SECONDS`.
     """
+    keyring.refresh_at_most_every(KEY_CHECK_SECONDS)
     key_id, signature = keyring.sign(signed_bytes(document))
     return {
         "alg": ALGORITHM,

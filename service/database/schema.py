@@ -112,10 +112,9 @@ releases = Table(
     Column("query_key", String(64), nullable=False),
     Column("idempotency_key", String(200), nullable=True),
     Column("request_hash", String(64), nullable=False),
-    # pending: charged, noise not yet stored; done: document holds the signed release.
-    Column("status", String(10), nullable=False),
-    Column("document", Text, nullable=True),
-    Column("measurement", Text, nullable=True),
+    # Written once, finished and signed, in the transaction that charges it.
+    Column("document", Text, nullable=False),
+    Column("measurement", Text, nullable=False),
     Column("policy_version", String(80), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("dataset", "partner", "query_key", name="uq_releases_query"),

@@ -1,15 +1,17 @@
 """The entry point of the DP engine: price a query, then release its noisy values.
 
 The service calls :func:`plan_query` (pure, no noise: cost, mechanism, accuracy, for
-estimates and for the charge), charges ``plan.cost`` durably, and only then calls
-:func:`release_values` on the true aggregates. Charging first means a crash can waste budget
-but never release output that was not paid for.
+estimates and for the charge), checks that ``plan.cost`` fits the budgets, calls
+:func:`release_values` on the true aggregates, and lets the output leave only once the
+charge and the release are committed together: output that was not paid for never leaves.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -148,12 +150,46 @@ def plan_query(query: Query, dataset: DatasetPolicy) -> QueryPlan:
     )
 
 
+class PlanCache:
+    """Plans already priced, by policy version and query: a bounded LRU.
+
+    A plan is a pure function of the dataset policy and the canonical query, and building
+    one (OpenDP measurement, privacy map, accuracy) costs milliseconds, so a repeated or
+    concurrent question is priced once per process. The dataset policy a plan was built
+    from is kept beside it and must be the very object asked with, so a plan can never
+    outlive the policy set it was priced under, even during a reload.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._plans: OrderedDict[tuple[str, Query], tuple[DatasetPolicy, QueryPlan]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(self, version: str, query: Query, dataset: DatasetPolicy) -> QueryPlan:
+        """``plan_query(query, dataset)``, from the cache when it holds it."""
+        key = (version, query)
+        with self._lock:
+            hit = self._plans.get(key)
+            if hit is not None and hit[0] is dataset:
+                self._plans.move_to_end(key)
+                return hit[1]
+        # Priced outside the lock: two threads may price the same query at once, and
+        # both get equal plans.
+        plan = plan_query(query, dataset)
+        with self._lock:
+            self._plans[key] = (dataset, plan)
+            self._plans.move_to_end(key)
+            while len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        return plan
+
+
 def release_values(plan: QueryPlan, aggregates: TrueAggregates) -> list[NoisyValue]:
     """Draw the noise: one OpenDP release per planned vector, then post-process.
 
-    Call only after ``plan.cost`` is charged. Intervals only use public facts (counts and
-    sums of a non-negative measure are >= 0; a mean lies within the measure's bounds), so
-    clipping them keeps their coverage.
+    The output may leave only once ``plan.cost`` is charged. Intervals only use public
+    facts (counts and sums of a non-negative measure are >= 0; a mean lies within the
+    measure's bounds), so clipping them keeps their coverage.
     """
     statistic = plan.query.statistic
     if statistic == "count":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,14 @@ def mechanism_name(definition: Definition) -> MechanismName:
     return "discrete_laplace" if definition == "pure" else "discrete_gaussian"
 
 
+@functools.cache
+def _input_space(definition: Definition) -> tuple[dp.Domain, dp.Metric]:
+    # Immutable OpenDP objects, built once: building them costs more than the measurement.
+    # 64-bit values; the L2 distance is a float, so the Gaussian takes an exact root.
+    metric = dp.l1_distance(T="i64") if definition == "pure" else dp.l2_distance(T="f64")
+    return dp.vector_domain(dp.atom_domain(T="i64")), metric
+
+
 def build_measurement(definition: Definition, scale: float) -> dp.Measurement:
     """The vector measurement of ``definition`` at ``scale`` (any vector length).
 
@@ -83,12 +92,12 @@ def build_measurement(definition: Definition, scale: float) -> dp.Measurement:
     true aggregate (see :func:`noisy`) can make a release fail. The L2 sensitivity is a
     float: the Gaussian is calibrated to the exact root, not to the next integer.
     """
-    domain = dp.vector_domain(dp.atom_domain(T="i64"))
+    domain, metric = _input_space(definition)
     measurement: dp.Measurement
     if definition == "pure":
-        measurement = (domain, dp.l1_distance(T="i64")) >> dp.m.then_laplace(scale=scale)
+        measurement = dp.m.make_laplace(domain, metric, scale=scale)
     else:
-        measurement = (domain, dp.l2_distance(T="f64")) >> dp.m.then_gaussian(scale=scale)
+        measurement = dp.m.make_gaussian(domain, metric, scale=scale)
     return measurement
 
 
@@ -193,8 +202,6 @@ def _plan_for_cost(
     scale, measurement = _measurement_for_cost(definition, sensitivity, bound)
     unit = BUDGET_UNITS[definition]
     _check_scale(definition, scale, unit, f"{cost} is too small for this query")
-    if not measurement.check(_distance(definition, sensitivity), bound):
-        raise ValueError(f"no scale confirms a cost of {cost} at sensitivity {sensitivity}")
     return _plan(definition, sensitivity, scale, cost, alpha, measurement)
 
 
@@ -202,7 +209,7 @@ def _measurement_for_cost(
     definition: Definition, sensitivity: float, bound: float
 ) -> tuple[float, dp.Measurement]:
     """The smallest scale (to float precision) whose privacy map at ``sensitivity`` is <= bound,
-    and the measurement at that scale.
+    and the measurement at that scale, confirmed by its own ``check``.
 
     Starts from the textbook scale (d / epsilon; d / sqrt(2 rho)) and steps up one float at a
     time until OpenDP's own ``check`` accepts it, since the map rounds conservatively. Should
@@ -222,7 +229,11 @@ def _measurement_for_cost(
         definition, s
     )
     scale = float(dp.binary_search_param(builder, d_in=d_in, d_out=bound))
-    return scale, build_measurement(definition, scale)
+    measurement = build_measurement(definition, scale)
+    # Every path returns a measurement confirmed by its own check, and only such a one.
+    if not measurement.check(d_in, bound):
+        raise ValueError(f"no scale confirms a loss of {bound} at sensitivity {sensitivity}")
+    return scale, measurement
 
 
 def plan_for_accuracy(
@@ -269,14 +280,31 @@ def serialized(plan: Plan) -> str:
     return str(dp.serialize(plan.measurement))  # type: ignore[no-untyped-call]
 
 
+_draws = 0
+_draws_lock = threading.Lock()
+
+
+def noise_draws() -> int:
+    """How many times this process has invoked an OpenDP measurement on true aggregates.
+
+    Every draw is privacy loss that must be paid for, so the count lets operators and tests
+    see that a refused request drew none.
+    """
+    return _draws
+
+
 def noisy(plan: Plan, vector: list[int]) -> list[int]:
     """One release: the plan's OpenDP measurement invoked on the true aggregates.
 
     Each true value is first clamped to the 64-bit range of the measurement's domain, so no
-    value the data holds can make a charged release fail. Clamping never moves two values
-    further apart, so neighbouring inputs stay within the plan's sensitivity. Call only after
-    the plan's cost is durably charged.
+    value the data holds can make a release fail. Clamping never moves two values further
+    apart, so neighbouring inputs stay within the plan's sensitivity. Call only once the
+    plan's cost is known to fit; the output must not leave the service unless the charge
+    commits.
     """
+    global _draws
+    with _draws_lock:
+        _draws += 1
     clamped = [min(max(int(value), INT64_MIN), INT64_MAX) for value in vector]
     released = plan.measurement(clamped)
     return [int(value) for value in released]

@@ -1,7 +1,7 @@
 """Budget accounts in exact integer nano-units, charged atomically at two levels.
 
 A charge raises the partner's spend on a dataset and the dataset's global spend in one
-transaction, each with a conditional ``UPDATE … WHERE spent + cost <= budget``: on SQLite
+statement, a conditional upsert (``… DO UPDATE … WHERE spent + cost <= budget``): on SQLite
 the write transaction holds the database lock (``BEGIN IMMEDIATE``), on PostgreSQL the
 updated rows stay locked until commit. Either way two concurrent charges can never both
 fit into the last unit of budget. Integer nano-units make sums exact: ten charges of
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import NamedTuple
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.database.engine import Database
@@ -62,43 +62,16 @@ class Ledger:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def _ensure_accounts(self, conn: Connection, dataset: str, partner: str) -> None:
-        insert = (sqlite.insert if self.database.is_sqlite else postgresql.insert)(budget_accounts)
-        conn.execute(
-            insert.values(
-                [
-                    {"dataset": dataset, "partner": partner, "spent_nano": 0},
-                    {"dataset": dataset, "partner": GLOBAL, "spent_nano": 0},
-                ]
-            ).on_conflict_do_nothing()
-        )
-
-    def _spent(self, conn: Connection, dataset: str, partner: str) -> int:
-        return self._account(conn, dataset, partner) or 0
-
     @staticmethod
-    def _account(conn: Connection, dataset: str, partner: str) -> int | None:
-        value = conn.execute(
-            select(budget_accounts.c.spent_nano).where(
-                budget_accounts.c.dataset == dataset, budget_accounts.c.partner == partner
-            )
-        ).scalar()
-        return None if value is None else int(value)
-
-    @staticmethod
-    def _add(conn: Connection, dataset: str, account: str, cost: int, limit: int) -> int | None:
-        """Add ``cost`` to an account if it stays within ``limit``; the new spend, or None."""
-        row = conn.execute(
-            update(budget_accounts)
-            .where(
+    def _accounts(conn: Connection, dataset: str, partner: str) -> dict[str, int]:
+        """Spend of the partner's account and of the global one (absent: never charged)."""
+        rows = conn.execute(
+            select(budget_accounts.c.partner, budget_accounts.c.spent_nano).where(
                 budget_accounts.c.dataset == dataset,
-                budget_accounts.c.partner == account,
-                budget_accounts.c.spent_nano + cost <= limit,
+                budget_accounts.c.partner.in_((partner, GLOBAL)),
             )
-            .values(spent_nano=budget_accounts.c.spent_nano + cost)
-            .returning(budget_accounts.c.spent_nano)
-        ).first()
-        return None if row is None else int(row.spent_nano)
+        ).all()
+        return {row.partner: int(row.spent_nano) for row in rows}
 
     def charge(
         self,
@@ -113,43 +86,83 @@ class Ledger:
     ) -> Remaining:
         """Charge ``amount`` to both accounts inside ``conn``'s transaction, or raise.
 
-        On ``BudgetExhausted`` the caller's transaction must be rolled back (the ``with``
-        block of ``Database.write`` does that when the exception propagates).
+        One statement charges both accounts: an upsert that opens an account on its first
+        charge and otherwise adds the cost only where it stays within that account's limit.
+        Both rows come back only if both fit. On ``BudgetExhausted`` the caller's
+        transaction must be rolled back (the ``with`` block of ``Database.write`` does that
+        when the exception propagates), which also undoes a half-applied charge.
         """
         cost = to_nano(amount)
-        limits = (
-            (partner, to_nano(partner_budget), "partner"),
-            (GLOBAL, to_nano(global_budget), "dataset"),
-        )
-        after: dict[str, int] = {}
-        for account, limit, scope in limits:
-            spent_after = self._add(conn, dataset, account, cost, limit)
-            if spent_after is None:
-                # Either over the limit, or no account yet (first charge on this dataset or
-                # by this partner; a concurrent first charge may be opening it right now).
-                # Open the accounts if needed and try once more: the retry tells them apart.
-                if self._account(conn, dataset, account) is None:
-                    self._ensure_accounts(conn, dataset, partner)
-                spent_after = self._add(conn, dataset, account, cost, limit)
-            if spent_after is None:
-                spent = {
-                    "partner": self._spent(conn, dataset, partner),
-                    "dataset": self._spent(conn, dataset, GLOBAL),
-                }
-                # Accounts already updated in this transaction carry the refused cost, which
-                # the rollback removes: report what remains without it.
-                for charged in after:
-                    spent[charged] -= cost
-                remaining = Remaining(
-                    partner=remaining_budget(partner_budget, from_nano(spent["partner"])),
-                    dataset=remaining_budget(global_budget, from_nano(spent["dataset"])),
+        partner_limit, global_limit = to_nano(partner_budget), to_nano(global_budget)
+        charged: dict[str, int] = {}
+        # A new account starts at 0, so it is opened with the cost only if the cost alone
+        # fits its limit: checked here, since the insert branch of the upsert checks nothing.
+        if cost <= partner_limit and cost <= global_limit:
+            insert = (sqlite.insert if self.database.is_sqlite else postgresql.insert)(
+                budget_accounts
+            )
+            account = budget_accounts.c
+            limit = case((account.partner == GLOBAL, global_limit), else_=partner_limit)
+            upsert = (
+                insert.values(
+                    [
+                        {"dataset": dataset, "partner": partner, "spent_nano": cost},
+                        {"dataset": dataset, "partner": GLOBAL, "spent_nano": cost},
+                    ]
                 )
-                raise BudgetExhausted(unit, remaining, scope)
-            after[scope] = spent_after
-        return Remaining(
-            partner=remaining_budget(partner_budget, from_nano(after["partner"])),
-            dataset=remaining_budget(global_budget, from_nano(after["dataset"])),
+                .on_conflict_do_update(
+                    index_elements=[account.dataset, account.partner],
+                    set_={"spent_nano": account.spent_nano + cost},
+                    where=account.spent_nano + cost <= limit,
+                )
+                .returning(account.partner, account.spent_nano)
+            )
+            charged = {row.partner: int(row.spent_nano) for row in conn.execute(upsert)}
+        if len(charged) == 2:
+            return Remaining(
+                partner=remaining_budget(partner_budget, from_nano(charged[partner])),
+                dataset=remaining_budget(global_budget, from_nano(charged[GLOBAL])),
+            )
+        spent = self._accounts(conn, dataset, partner)
+        # An account charged by this statement carries the refused cost, which the
+        # rollback removes: report what remains without it.
+        for name in charged:
+            spent[name] -= cost
+        remaining = Remaining(
+            partner=remaining_budget(partner_budget, from_nano(spent.get(partner, 0))),
+            dataset=remaining_budget(global_budget, from_nano(spent.get(GLOBAL, 0))),
         )
+        raise BudgetExhausted(
+            unit, remaining, "partner" if amount > remaining.partner else "dataset"
+        )
+
+    def check(
+        self,
+        *,
+        dataset: str,
+        partner: str,
+        unit: str,
+        amount: Fraction,
+        partner_budget: Fraction,
+        global_budget: Fraction,
+    ) -> Remaining:
+        """What is left, or ``BudgetExhausted`` if ``amount`` does not fit now; writes nothing.
+
+        A cheap look before any data is read, so that a request which cannot be paid does no
+        data-dependent work. It decides nothing: only ``charge`` does, in the transaction
+        that stores the release.
+        """
+        remaining = self.remaining(
+            dataset=dataset,
+            partner=partner,
+            partner_budget=partner_budget,
+            global_budget=global_budget,
+        )
+        if amount > remaining.partner:
+            raise BudgetExhausted(unit, remaining, "partner")
+        if amount > remaining.dataset:
+            raise BudgetExhausted(unit, remaining, "dataset")
+        return remaining
 
     @staticmethod
     def record(
@@ -178,16 +191,15 @@ class Ledger:
     ) -> Remaining:
         """What is left of a grant and of the dataset's global budget, read together."""
         with self.database.read() as conn:
-            own = self._spent(conn, dataset, partner)
-            total = self._spent(conn, dataset, GLOBAL)
+            spent = self._accounts(conn, dataset, partner)
         return Remaining(
-            partner=remaining_budget(partner_budget, from_nano(own)),
-            dataset=remaining_budget(global_budget, from_nano(total)),
+            partner=remaining_budget(partner_budget, from_nano(spent.get(partner, 0))),
+            dataset=remaining_budget(global_budget, from_nano(spent.get(GLOBAL, 0))),
         )
 
     def spent(self, dataset: str, partner: str) -> Fraction:
         with self.database.read() as conn:
-            return from_nano(self._spent(conn, dataset, partner))
+            return from_nano(self._accounts(conn, dataset, partner).get(partner, 0))
 
     def all_spent(self) -> Mapping[tuple[str, str], Fraction]:
         """Spend of every account, keyed by (dataset, partner); partner ``*`` is global."""

@@ -1,9 +1,10 @@
 """The release store: every differentially private answer, kept so it is never recomputed.
 
-A release row is created *pending* in the same transaction as its charge. The unique
-constraint on (dataset, partner, canonical query) means two identical queries racing each
-other cannot both be charged and answered with independent noise, which would let the
-partner average the noise away.
+A release is written once, finished and signed, in the same transaction as its charge.
+The unique constraint on (dataset, partner, canonical query) means two identical queries
+racing each other cannot both be charged and answered with independent noise, which would
+let the partner average the noise away: the second insert fails with ``ReleaseConflict``,
+its transaction (and charge) rolls back, and it is answered from the first.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, or_, select, update
+from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.schema import releases
 from service.database.timestamps import as_utc
 
-PENDING, DONE = "pending", "done"
-
 
 class ReleaseConflict(Exception):
-    """A release for the same query, or with the same Idempotency-Key, was recorded by a
-    concurrent request first; the transaction that tried to record this one must roll back."""
+    """An identical query, or the same Idempotency-Key, was released by another request."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +34,8 @@ class StoredRelease:
     partner: str
     query_key: str
     request_hash: str
-    status: str
-    document: Mapping[str, Any] | None
+    document: Mapping[str, Any]
     created_at: datetime
-
-    def is_stale(self, after: timedelta) -> bool:
-        """Pending for longer than ``after``: its worker died between charge and release."""
-        return self.status == PENDING and datetime.now(UTC) - as_utc(self.created_at) > after
 
 
 @dataclass(frozen=True)
@@ -55,8 +48,7 @@ class Position:
 
     @classmethod
     def of(cls, stored: StoredRelease) -> Position:
-        created = stored.created_at
-        return cls(created if created.tzinfo else created.replace(tzinfo=UTC), stored.release_id)
+        return cls(as_utc(stored.created_at), stored.release_id)
 
 
 def _stored(row: Any) -> StoredRelease:
@@ -66,8 +58,7 @@ def _stored(row: Any) -> StoredRelease:
         partner=row.partner,
         query_key=row.query_key,
         request_hash=row.request_hash,
-        status=row.status,
-        document=json.loads(row.document) if row.document else None,
+        document=json.loads(row.document),
         created_at=row.created_at,
     )
 
@@ -77,13 +68,14 @@ class ReleaseStore:
         self.database = database
 
     def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
-        """The release of this exact query by ``partner`` (any partner when ``None``)."""
+        """The release of this exact query by ``partner`` (the oldest of any partner when
+        ``None``)."""
         query = select(releases).where(
             releases.c.dataset == dataset, releases.c.query_key == query_key
         )
         if partner is not None:
             query = query.where(releases.c.partner == partner)
-        query = query.order_by(releases.c.status.asc(), releases.c.created_at.asc())
+        query = query.order_by(releases.c.created_at.asc(), releases.c.id.asc())
         with self.database.read() as conn:
             row = conn.execute(query).first()
         return _stored(row) if row else None
@@ -110,12 +102,12 @@ class ReleaseStore:
         limit: int = 100,
         after: Position | None = None,
     ) -> list[StoredRelease]:
-        """Finished releases, newest first (then by id); ``partners=None`` means all partners.
+        """Releases, newest first (then by id); ``partners=None`` means all partners.
 
         ``after`` continues a listing where an earlier page ended; no release is skipped or
         repeated, however many share a creation time.
         """
-        query = select(releases).where(releases.c.status == DONE)
+        query = select(releases)
         if partners is not None:
             query = query.where(releases.c.partner.in_(partners))
         if datasets is not None:
@@ -133,7 +125,7 @@ class ReleaseStore:
             return [_stored(row) for row in conn.execute(query)]
 
     @staticmethod
-    def insert_pending(
+    def insert(
         conn: Connection,
         *,
         release_id: str,
@@ -143,8 +135,14 @@ class ReleaseStore:
         request_hash: str,
         idempotency_key: str | None,
         policy_version: str,
+        document: Mapping[str, Any],
+        measurement: str,
     ) -> None:
-        """Record a pending release; `ReleaseConflict` when the query or the key is taken."""
+        """Store a finished release in ``conn``'s transaction, or raise ``ReleaseConflict``.
+
+        After a conflict the transaction is unusable (PostgreSQL aborts it): let the
+        exception roll it back, then read the release that won.
+        """
         try:
             conn.execute(
                 releases.insert().values(
@@ -154,33 +152,13 @@ class ReleaseStore:
                     query_key=query_key,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
-                    status=PENDING,
+                    document=json.dumps(document, sort_keys=True, separators=(",", ":")),
+                    measurement=measurement,
                     policy_version=policy_version,
                     created_at=datetime.now(UTC),
                 )
             )
-        except IntegrityError:
-            # SQLAlchemy's error stops here: callers above the store know only the domain's.
-            raise ReleaseConflict(f"release of query {query_key} is already recorded") from None
-
-    @staticmethod
-    def complete(
-        conn: Connection, release_id: str, document: Mapping[str, Any], measurement: str
-    ) -> None:
-        conn.execute(
-            update(releases)
-            .where(releases.c.id == release_id)
-            .values(
-                status=DONE,
-                measurement=measurement,
-                document=json.dumps(document, sort_keys=True, separators=(",", ":")),
-            )
-        )
-
-    @staticmethod
-    def discard_pending(conn: Connection, release_id: str) -> bool:
-        """Remove a pending release whose computation failed; its charge stays spent."""
-        gone = conn.execute(
-            delete(releases).where(releases.c.id == release_id, releases.c.status == PENDING)
-        ).rowcount
-        return bool(gone)
+        except IntegrityError as conflict:
+            raise ReleaseConflict(
+                "an identical query or the same Idempotency-Key was already released"
+            ) from conflict

@@ -281,5 +281,5 @@ def test_concurrent_charges_make_one_contiguous_verified_chain(app: Flask, token
     assert statuses == [201] * CHARGES
     entries = list(audit.entries(after=start))
     assert [e.seq for e in entries] == list(range(start + 1, start + len(entries) + 1))
-    assert sum(e.action == "budget.charge" for e in entries) == CHARGES
+    assert sum(e.action == "release.create" for e in entries) == CHARGES
     assert audit.verify().ok
