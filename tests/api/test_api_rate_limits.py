@@ -4,6 +4,7 @@ and a partner's normal reads never throttled."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ def storage(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 
 def _app(settings: Settings, storage: dict[str, Any], **limits: str) -> Flask:
-    return create_app(settings.with_(**storage, **limits))
+    return create_app(dataclasses.replace(settings, **storage, **limits))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Schemathesis calls the app in-process (WSGI): no network at all. Examples are bo
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,8 @@ ROLES = {
 def fuzzed_app(settings: Settings) -> Iterator[Flask]:
     # Rate limits are tested elsewhere; here they would only turn examples into 429s.
     app = create_app(
-        settings.with_(
+        dataclasses.replace(
+            settings,
             rate_limit_unauthenticated="100000 per minute",
             rate_limit_queries="100000 per minute",
         )

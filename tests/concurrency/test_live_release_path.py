@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 import requests
+from dpx_client.signature import verify_signature
 
 from service.components import Components
 from service.config import Settings
-from service.crypto.signing import KEY_CHECK_SECONDS, verify_document
+from service.crypto.signing import KEY_CHECK_SECONDS
 from tests.conftest import BOTH_BACKENDS
 from tests.live_server import environment, serve, settings_variables
 
@@ -141,4 +142,4 @@ def test_every_worker_signs_with_a_rotated_key_within_seconds(live: Live) -> Non
         {k: v for k, v in document.items() if k not in ("cached", "budget")}
         for document in before + after
     ]
-    assert all(verify_document(document, keys) for document in signed)
+    assert all(verify_signature(document, keys) for document in signed)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +23,9 @@ PARTNERS = ("no-police", "interpol-sg", "ie-helpline", "research-uni")
 
 @pytest.fixture
 def metrics_app(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Flask]:
-    app = create_app(settings.with_(metrics_token=TOKEN, **getattr(request, "param", {})))
+    app = create_app(
+        dataclasses.replace(settings, metrics_token=TOKEN, **getattr(request, "param", {}))
+    )
     yield app
     app.extensions["dpx.database"].dispose()
 
