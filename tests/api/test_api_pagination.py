@@ -98,7 +98,7 @@ def test_the_audit_log_pages_by_cursor_without_gaps(
 ) -> None:
     _make_releases(client, tokens, 12)
     everything = client.get("/v1/audit?limit=1000", headers=tokens.dpo).json["entries"]
-    assert len(everything) > 25
+    assert len(everything) > 12  # several pages of 4
     paged = _follow(client, tokens.dpo, "/v1/audit?limit=4", "entries")
     assert [e["seq"] for e in paged] == [e["seq"] for e in everything]
     # The older numeric form still works and agrees with the cursor.
