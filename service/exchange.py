@@ -51,7 +51,8 @@ from service.dp.engine import (
 )
 from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
-from service.ledger.releases import Position, ReleaseConflict, ReleaseStore, StoredRelease
+from service.ledger.releases import Position as Position  # where a page ends, for api/
+from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.changes import budget_changes
 from service.policy.errors import PolicySetError, PolicyViolation
@@ -308,6 +309,12 @@ class Exchange:
                 return self._replay(earlier, request_hash, dataset, grant, partner.id)
         stored = self._cached(dataset, partner.id, key)
         if stored is not None:
+            if idempotency_key is not None:
+                # A concurrent request under the same key may have released this very query
+                # since the check above: it is then this request's first answer, not a repeat.
+                earlier = self.releases.find_idempotent(partner.id, idempotency_key)
+                if earlier is not None:
+                    return self._replay(earlier, request_hash, dataset, grant, partner.id)
             return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
         try:
             self.ledger.check(

@@ -17,7 +17,7 @@ from typing import Any
 from flask import request, url_for
 from marshmallow import ValidationError, fields
 
-from service.ledger.releases import Position
+from service.exchange import Position
 
 _RELEASES, _AUDIT = "r", "a"
 MAX_SEQ = 2**63 - 1
