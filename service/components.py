@@ -20,7 +20,7 @@ from service.ledger.releases import ReleaseStore
 from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.store.batches import BatchStore
-from service.store.bounds import check_stored_bounds
+from service.store.bounds import put_in_force
 from service.store.synopses import SynopsisStore
 from service.synopses import Synopses
 
@@ -41,18 +41,22 @@ class Components:
     @classmethod
     def open(cls, settings: Settings) -> Components:
         """Load the keyring and policies and connect to the database; raise if any fails,
-        or (``PolicySetError``) if the policies shrink bounds that stored batches hold."""
+        or (``PolicySetError``) if the policies shrink bounds that stored batches hold.
+        Otherwise their bounds become the ones in force (``store.bounds``)."""
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)
-        shrunk = check_stored_bounds(database, policies)
-        if shrunk:
-            # A start refuses the set as a reload would: stored data was bounded by more.
-            database.dispose()
-            raise PolicySetError(shrunk)
         audit = AuditLog(
             database, keyring, settings.audit_checkpoint_path, settings.audit_checkpoint_every
         )
+        # A start refuses the set as a reload would (stored data was bounded by more), and
+        # otherwise puts its bounds in force as a reload does, under the audit head.
+        with database.write() as conn:
+            audit.hold_head(conn)
+            shrunk = put_in_force(conn, policies)
+        if shrunk:
+            database.dispose()
+            raise PolicySetError(shrunk)
         store = BatchStore(database, keyring, audit)
         ledger = Ledger(database)
         releases = ReleaseStore(database)
