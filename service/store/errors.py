@@ -96,6 +96,7 @@ class BoundsChanged(Exception):
     def __init__(self, dataset: str) -> None:
         self.dataset = dataset
         super().__init__(
-            f"the bounds of {dataset} changed while this upload was processed; nothing was "
-            "stored, send it again"
+            f"the bounds in force for {dataset} are not the ones this upload was truncated "
+            "under (policies were reloaded, or this process runs others); nothing was stored, "
+            "send it again"
         )

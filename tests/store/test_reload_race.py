@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from service.app import create_app
+from service.cli import main
 from service.components import Components
 from service.config import Settings
 from service.database.schema import batches, dataset_bounds
@@ -109,7 +111,7 @@ def test_over_http_the_refused_upload_is_a_retryable_409_that_stores_nothing(
         )
         assert response.status_code == 409
         assert response.mimetype == "application/problem+json"
-        assert "changed while this upload was processed" in response.json["detail"]
+        assert "not the ones this upload was truncated" in response.json["detail"]
         assert stored_batches(instance_b) == 0
     finally:
         app.extensions["dpx.database"].dispose()
@@ -174,3 +176,25 @@ def test_a_database_without_a_record_of_the_bounds_in_force_takes_the_first_uplo
             select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == DATASET)
         ).scalar_one()
     assert '"max_contacts_per_person":10' in in_force
+
+
+def test_a_command_run_with_narrowed_files_before_the_reload_leaves_the_service_alone(
+    settings: Settings, instance_a: Components
+) -> None:
+    narrow(settings.policy_dir)
+    env = {
+        "DPX_DATA_DIR": str(settings.data_dir),
+        "DPX_DATABASE_URL": settings.database_url,
+        "DPX_KEYRING": str(settings.keyring_path),
+        "DPX_POLICY_DIR": str(settings.policy_dir),
+    }
+    result = CliRunner().invoke(
+        main, ["demo-data", "--dataset", DATASET, "--contacts", "50"], env=env
+    )
+    assert result.exit_code == 1
+    assert "not the ones this upload was truncated" in result.stderr
+    assert "Traceback" not in result.output
+    assert stored_batches(instance_a) == 0
+    # The service's set is still the one in force: its uploads are stored.
+    store(instance_a)
+    assert stored_batches(instance_a) == 1
