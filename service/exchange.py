@@ -43,7 +43,8 @@ from service.policy.errors import PolicySetError, PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
-from service.store.bounds import put_in_force
+from service.store.bounds import check_in_force, put_in_force, recorded_bounds, still_in_force
+from service.store.errors import BoundsChanged
 from service.store.ingest import parse_batch
 from service.store.uploads import AlreadyStored, Upload
 
@@ -376,12 +377,16 @@ class Exchange:
                         "query_key": key,
                     },
                 )
+                # Under the audit head: the plan's sensitivity assumes this set's bounds.
+                check_in_force(conn, dataset.id, recorded_bounds(dataset))
         except BudgetExhausted as exhausted:
             self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
             raise
         # The charge is committed. Only now is any data read or any noise drawn.
         try:
             aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
+            if not still_in_force(self.database, dataset):
+                raise BoundsChanged(dataset.id)
             values = release_values(plan, aggregates)
             document = self._document(release_id, dataset, partner.id, query, plan, values)
             document["signature"] = sign_document(self.keyring, document)

@@ -18,6 +18,11 @@ only if the bounds it was truncated under are still the ones in force (``check_i
 Whichever commits first, the other sees it: a batch that commits first makes the narrower
 set fail its check, and a set that commits first makes the upload fail with
 ``BoundsChanged`` (nothing stored; sending it again truncates under the new bounds).
+
+Queries are the mirror image: a worker still holding the previous set would add noise
+calibrated to its bounds to cells stored under wider ones in force since. A query checks
+the bounds in force when it is charged (``check_in_force``, under the same head: a refused
+query is not charged) and again once it has read the cells (``still_in_force``).
 """
 
 from __future__ import annotations
@@ -221,3 +226,16 @@ def _record(conn: Connection, dataset: str, bounds: str) -> None:
     conn.execute(
         dataset_bounds.insert().values(dataset=dataset, bounds=bounds, updated_at=datetime.now(UTC))
     )
+
+
+def still_in_force(database: Database, dataset: DatasetPolicy) -> bool:
+    """True when the bounds of ``dataset`` are those in force (or none are recorded).
+
+    Read after a query read the cells: bounds change before any batch is stored under them,
+    so if ``dataset``'s are still in force now, every cell read was stored under them.
+    """
+    with database.read() as conn:
+        in_force = conn.execute(
+            select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == dataset.id)
+        ).scalar_one_or_none()
+    return in_force is None or in_force == recorded_bounds(dataset)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from service.app import create_app
+from service.auth.registry import Principal
 from service.cli import main
 from service.components import Components
 from service.config import Settings
@@ -198,3 +199,24 @@ def test_a_command_run_with_narrowed_files_before_the_reload_leaves_the_service_
     # The service's set is still the one in force: its uploads are stored.
     store(instance_a)
     assert stored_batches(instance_a) == 1
+
+
+def test_a_query_planned_under_narrower_bounds_than_those_in_force_is_refused_uncharged(
+    settings: Settings, instance_a: Components, instance_b: Components
+) -> None:
+    # A raised bound is allowed; data stored under it needs the raised sensitivity, which
+    # an instance still on the old set would not apply.
+    path = settings.policy_dir / "datasets" / f"{DATASET}.yaml"
+    path.write_text(path.read_text().replace(WIDE, "max_contacts_per_person: 12"))
+    assert reload(instance_b).accepted
+    store(instance_b)
+    partner = Principal(token_id="test", role="partner", subject="no-police")
+    query = {"dataset": DATASET, "statistic": "count", "epsilon": 0.1}
+    with pytest.raises(BoundsChanged):
+        instance_a.exchange.run(partner, query)
+    assert instance_a.ledger.all_spent() == {}
+    assert not [e for e in instance_a.audit.entries() if e.action == "release.create"]
+    # Once reloaded, the instance answers under the bounds in force.
+    assert reload(instance_a).accepted
+    answer = instance_a.exchange.run(partner, query)
+    assert answer.document["policy_version"] == instance_b.exchange.policies.version
