@@ -220,3 +220,26 @@ def test_a_query_planned_under_narrower_bounds_than_those_in_force_is_refused_un
     assert reload(instance_a).accepted
     answer = instance_a.exchange.run(partner, query)
     assert answer.document["policy_version"] == instance_b.exchange.policies.version
+
+
+def test_a_synopsis_build_under_narrower_bounds_than_those_in_force_is_refused_uncharged(
+    settings: Settings,
+) -> None:
+    path = settings.policy_dir / "datasets" / f"{DATASET}.yaml"
+    path.write_text(
+        path.read_text()
+        + "synopsis:\n  marginals:\n    - [month, channel]\n  budget: {epsilon: 0.5}\n"
+    )
+    instance_a, instance_b = Components.open(settings), Components.open(settings)
+    try:
+        path.write_text(path.read_text().replace(WIDE, "max_contacts_per_person: 12"))
+        assert reload(instance_b).accepted
+        store(instance_b)
+        with pytest.raises(BoundsChanged):
+            instance_a.synopses.build(DATASET, actor="admin:test")
+        assert instance_a.ledger.all_spent() == {}
+        instance_b.synopses.build(DATASET, actor="admin:test")
+        assert instance_b.ledger.all_spent() != {}
+    finally:
+        instance_a.database.dispose()
+        instance_b.database.dispose()
