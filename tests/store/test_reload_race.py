@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -27,6 +28,7 @@ from service.policy.reload import ReloadOutcome, reload_policies
 from service.store.errors import BoundsChanged
 from service.store.ingest import parse_batch
 from tests.conftest import BOTH_BACKENDS, bearer
+from tests.live_server import serve, settings_variables
 
 pytestmark = BOTH_BACKENDS
 
@@ -243,3 +245,40 @@ def test_a_synopsis_build_under_narrower_bounds_than_those_in_force_is_refused_u
     finally:
         instance_a.database.dispose()
         instance_b.database.dispose()
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_on_the_old_set_refuse_uploads_until_the_master_reloads(
+    settings: Settings,
+) -> None:
+    served = Components.open(settings)
+    owner = bearer(served.tokens.issue("owner", DATASET).token)
+    served.database.dispose()
+
+    def upload(url: str) -> requests.Response:
+        return requests.post(
+            f"{url}/v1/datasets/{DATASET}/batches?form=cells",
+            data=CELLS.encode(),
+            headers={**owner, "Content-Type": "text/csv"},
+            timeout=30,
+        )
+
+    with serve(
+        settings_variables(settings), workers=2, log_path=settings.data_dir / "gunicorn.log"
+    ) as server:
+        # Another instance starts with narrower policies while these workers hold the old.
+        narrow(settings.policy_dir)
+        other = Components.open(settings)
+        try:
+            for _ in range(4):
+                response = upload(server.url)
+                assert response.status_code == 409
+                assert response.headers["Content-Type"].startswith("application/problem+json")
+            assert stored_batches(other) == 0
+            server.hang_up()
+            server.wait_for_log("policies reloaded")
+            server.wait_for_log("Booting worker", times=4)
+            assert upload(server.url).status_code == 201
+            assert stored_batches(other) == 1
+        finally:
+            other.database.dispose()
