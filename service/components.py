@@ -21,7 +21,7 @@ from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.private_files import make_private
 from service.store.batches import BatchStore
-from service.store.bounds import check_stored_bounds
+from service.store.bounds import check_stored_bounds, put_in_force
 from service.store.synopses import SynopsisStore
 from service.synopses import Synopses
 
@@ -40,9 +40,14 @@ class Components:
     synopses: Synopses
 
     @classmethod
-    def open(cls, settings: Settings) -> Components:
+    def open(cls, settings: Settings, *, serving: bool = True) -> Components:
         """Load the keyring and policies and connect to the database; raise if any fails,
         or (``PolicySetError``) if the policies shrink bounds that stored batches hold.
+
+        When ``serving``, their bounds then become the ones in force (``store.bounds``), as
+        at a reload; a one-off command only checks them, so that running it with a policy
+        directory edited but not yet reloaded leaves the service's uploads alone (its own
+        uploads are refused while its bounds differ from those in force).
 
         First the data directory and everything created from now on becomes private (0700
         and 0600): this runs at the start of the service and of every ``dpx`` command.
@@ -51,14 +56,20 @@ class Components:
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)
-        shrunk = check_stored_bounds(database, policies)
-        if shrunk:
-            # A start refuses the set as a reload would: stored data was bounded by more.
-            database.dispose()
-            raise PolicySetError(shrunk)
         audit = AuditLog(
             database, keyring, settings.audit_checkpoint_path, settings.audit_checkpoint_every
         )
+        # A start refuses the set as a reload would (stored data was bounded by more), and
+        # otherwise puts its bounds in force as a reload does, under the audit head.
+        if serving:
+            with database.write() as conn:
+                audit.hold_head(conn)
+                shrunk = put_in_force(conn, policies)
+        else:
+            shrunk = check_stored_bounds(database, policies)
+        if shrunk:
+            database.dispose()
+            raise PolicySetError(shrunk)
         store = BatchStore(database, keyring, audit)
         ledger = Ledger(database)
         releases = ReleaseStore(database)

@@ -59,7 +59,7 @@ from service.policy.errors import PolicySetError, PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
-from service.store.bounds import check_stored_bounds
+from service.store.bounds import check_in_force, put_in_force, recorded_bounds
 from service.store.ingest import parse_batch
 from service.store.uploads import AlreadyStored, Upload
 
@@ -128,25 +128,29 @@ class Exchange:
         with every budget it changes (so budgets can be shown as they were at any time).
 
         Raises ``PolicySetError`` (and keeps the set in force) when the new set shrinks a
-        bound below what stored batches were stored under.
+        bound below what stored batches were stored under. The check, the audit entry and
+        the record of the bounds in force are one transaction holding the audit head, so an
+        upload truncated under the previous bounds commits before it (and is checked) or
+        after it (and is refused), in every worker and instance.
         """
-        shrunk = check_stored_bounds(self.database, policies)
-        if shrunk:
-            raise PolicySetError(shrunk)
         with self._policy_lock:
             previous = self._policies
+            with self.database.write() as conn:
+                self.audit.append(
+                    conn,
+                    actor=actor,
+                    action="policy.reload",
+                    details={
+                        "from": previous.version,
+                        "to": policies.version,
+                        "budgets": budget_changes(previous, policies),
+                    },
+                )
+                shrunk = put_in_force(conn, policies)
+                if shrunk:
+                    # Raising rolls the entry back; the caller audits the refusal.
+                    raise PolicySetError(shrunk)
             self._policies = policies
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="policy.reload",
-                details={
-                    "from": previous.version,
-                    "to": policies.version,
-                    "budgets": budget_changes(previous, policies),
-                },
-            )
 
     def refuse_policies(self, defects: Sequence[str], *, actor: str = "admin:reload") -> None:
         """Record in the audit log that a proposed policy set was refused, and why."""
@@ -413,6 +417,10 @@ class Exchange:
                     "cells": len(document["rows"]),
                 },
             )
+            # Under the audit head, which uploads and reloads take too: the plan's sensitivity
+            # assumes this worker's bounds, so they must still be the ones in force, or the
+            # release is discarded unseen and nothing is charged.
+            check_in_force(conn, dataset.id, recorded_bounds(dataset))
         return remaining
 
     def _charge(

@@ -45,6 +45,8 @@ from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
+from service.store.bounds import check_in_force, recorded_bounds, still_in_force
+from service.store.errors import BoundsChanged
 from service.store.synopses import StoredSynopsis, SynopsisStore
 
 SYNOPSIS_ACCOUNT = "@synopsis"
@@ -125,6 +127,8 @@ class Synopses:
                         "marginals": [list(m) for m in priced.marginals],
                     },
                 )
+                # As for a query: the noise is calibrated to this set's bounds.
+                check_in_force(conn, dataset.id, recorded_bounds(dataset))
         except BudgetExhausted as exhausted:
             raise SynopsisRefused(
                 f"the synopsis of {dataset.id} costs {unit} {amount_text(priced.cost)} but the "
@@ -137,6 +141,8 @@ class Synopses:
         # synopsis look stale, never hide that it is.
         included = self.store.batch_ids(dataset.id)
         cells = exchange.store.cells(dataset)
+        if not still_in_force(exchange.database, dataset):
+            raise BoundsChanged(dataset.id)
         counts = [true_aggregates(cells, plan.query, dataset).counts for plan in priced.plans]
         measured = measure(priced, counts)
         _step(on_step, f"measured {len(measured)} marginals with OpenDP", 2, steps)

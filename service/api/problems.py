@@ -24,7 +24,7 @@ from service.dp.synopsis import NotInSynopsis
 from service.exchange import Conflict, Forbidden, NotFound
 from service.ledger.budgets import BudgetExhausted
 from service.policy.errors import PolicyViolation
-from service.store.errors import DuplicateBatch, InvalidBatch, UploadConflict
+from service.store.errors import BoundsChanged, DuplicateBatch, InvalidBatch, UploadConflict
 from service.synopses import NoSynopsis
 
 log = logging.getLogger("dpx.api")
@@ -157,6 +157,7 @@ HANDLERS: dict[type[Exception], Handler] = {
     NotInSynopsis: lambda e: problem(400, "not_in_synopsis", str(e), marginals=e.marginals),
     NoSynopsis: lambda e: problem(409, "no_synopsis", str(e)),
     UploadConflict: lambda e: problem(409, "conflict", str(e)),
+    BoundsChanged: lambda e: problem(409, "conflict", str(e)),
     DuplicateBatch: lambda e: problem(409, "duplicate_batch", str(e), batch_id=e.batch_id),
     IntegrityError: lambda e: _integrity(e),
 }

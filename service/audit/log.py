@@ -41,6 +41,8 @@ _ADVANCE_HEAD = (
     .values(seq=audit_head.c.seq + 1)
     .returning(audit_head.c.seq, audit_head.c.mac)
 )
+# A no-op write: the row lock on PostgreSQL, the write lock on SQLite, and nothing changes.
+_HOLD_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq)
 _SET_HEAD_MAC = update(audit_head).where(audit_head.c.id == 1).values(mac=bindparam("head_mac"))
 # PostgreSQL takes both writes in one statement (one round trip less inside every charging
 # transaction); SQLite has no data-modifying WITH, and runs the two in-process anyway.
@@ -147,6 +149,11 @@ class AuditLog:
         if seq % self.checkpoint_every == 0 and "after_commit" in conn.info:
             conn.info["after_commit"].append(lambda: self._checkpoint(seq, mac))
         return seq
+
+    def hold_head(self, conn: Connection) -> None:
+        """Take the chain head inside ``conn``'s transaction without appending: the caller
+        is then serialised with every appender (every upload) until it commits."""
+        conn.execute(_HOLD_HEAD)
 
     def entries(
         self, *, after: int = 0, limit: int | None = None, since: datetime | None = None

@@ -17,6 +17,7 @@ from service.components import Components
 from service.config import Settings, SettingsError
 from service.crypto.errors import CryptoError
 from service.policy.errors import PolicySetError
+from service.store.errors import BoundsChanged
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +33,7 @@ def friendly(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (SettingsError, CryptoError, LookupError, ValueError) as error:
+        except (SettingsError, CryptoError, LookupError, ValueError, BoundsChanged) as error:
             fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
         except PolicySetError as error:
             fail(f"policies refused: {error}")
@@ -48,7 +49,7 @@ def settings() -> Settings:
 @contextmanager
 def deployment() -> Iterator[Components]:
     """The deployment's services for one command; database connections closed afterwards."""
-    built = Components.open(settings())
+    built = Components.open(settings(), serving=False)
     try:
         yield built
     finally:

@@ -64,6 +64,18 @@ dataset_documents = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# The bounds of each dataset's policy in force (``recorded_bounds``), replaced by a start or
+# reload in the transaction that checks them against stored batches. An upload compares the
+# bounds it was truncated under with this row, under the audit head, so a worker still
+# holding an older policy set cannot store data wider than the set in force.
+dataset_bounds = Table(
+    "dataset_bounds",
+    metadata,
+    Column("dataset", String(100), primary_key=True),
+    Column("bounds", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 tokens = Table(
     "tokens",
     metadata,

@@ -39,7 +39,7 @@ from service.database.engine import Database
 from service.database.schema import batches
 from service.dp.mechanisms import ENGINE_INTEGER_MAX
 from service.policy.model import CONTACTS_COLUMN, PERSON_COLUMN, DatasetPolicy
-from service.store.bounds import recorded_bounds
+from service.store.bounds import check_in_force, recorded_bounds
 from service.store.cells import (
     CellFormatError,
     decode_cells,
@@ -209,9 +209,11 @@ class BatchStore:
                     # a KEK retirement take too. Checking the keyring file only now means
                     # that nothing commits under a KEK retired before it committed; checking
                     # the documents only now means no other upload committed since they
-                    # were read.
+                    # were read; checking the bounds only now means no start or reload put
+                    # narrower ones in force since this batch was truncated.
                     if upload is not None:
                         check_upload(conn, upload)
+                    check_in_force(conn, dataset.id, bounds)
                     sealed = self._seal_current(dataset.id, plaintexts, sealed)
                     current = document_versions(conn, dataset.id)
                     if any(

@@ -9,7 +9,20 @@ shrinks any of them below what a stored batch recorded is refused: by ``dpx chec
 at start and at reload. Raising a bound or widening a domain stays allowed.
 
 The check reads the database, not the policies a process holds, so it sees the batches
-every worker and instance stored.
+every worker and instance stored. A worker may still hold the previous set while another
+process puts a narrower one in force (gunicorn's old workers finish their requests after a
+reload), so the database also records the bounds in force per dataset (``dataset_bounds``):
+a start or reload checks the stored batches and replaces that record in one transaction
+holding the audit head (``put_in_force``), and an upload, holding the same head, stores
+only if the bounds it was truncated under are still the ones in force (``check_in_force``).
+Whichever commits first, the other sees it: a batch that commits first makes the narrower
+set fail its check, and a set that commits first makes the upload fail with
+``BoundsChanged`` (nothing stored; sending it again truncates under the new bounds).
+
+Queries are the mirror image: a worker still holding the previous set would add noise
+calibrated to its bounds to cells stored under wider ones in force since. A query checks
+the bounds in force when it is charged (``check_in_force``, under the same head: a refused
+query is not charged) and again once it has read the cells (``still_in_force``).
 """
 
 from __future__ import annotations
@@ -17,14 +30,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, delete, select
 
 from service.database.engine import Database
-from service.database.schema import batches
+from service.database.schema import batches, dataset_bounds
 from service.policy.errors import PolicyError
 from service.policy.model import DatasetPolicy, PolicySet
+from service.store.errors import BoundsChanged
 
 
 def recorded_bounds(dataset: DatasetPolicy) -> str:
@@ -71,11 +86,13 @@ def stored_bounds(database: Database) -> dict[str, StoredBounds]:
     """The widest recorded bounds per dataset with stored batches (batches stored before
     bounds were recorded do not count)."""
     with database.read() as conn:
-        rows = conn.execute(
-            select(batches.c.dataset, batches.c.bounds)
-            .where(batches.c.bounds.is_not(None))
-            .distinct()
-        ).all()
+        return _stored_bounds(conn)
+
+
+def _stored_bounds(conn: Connection) -> dict[str, StoredBounds]:
+    rows = conn.execute(
+        select(batches.c.dataset, batches.c.bounds).where(batches.c.bounds.is_not(None)).distinct()
+    ).all()
     widest: dict[str, StoredBounds] = {}
     for row in rows:
         recorded = json.loads(row.bounds)
@@ -168,3 +185,57 @@ def _shrunk(dataset: DatasetPolicy, stored: StoredBounds) -> Iterator[PolicyErro
 def check_stored_bounds(database: Database, policies: PolicySet) -> list[PolicyError]:
     """The defects of ``policies`` against the batches ``database`` holds."""
     return shrunk_bounds(policies, stored_bounds(database))
+
+
+def put_in_force(conn: Connection, policies: PolicySet) -> list[PolicyError]:
+    """Check ``policies`` against the stored batches and, if nothing shrinks, record their
+    bounds as the ones in force; return the defects (and record nothing) otherwise.
+
+    The caller holds the audit head in ``conn``'s transaction, so no upload commits between
+    the check and the record.
+    """
+    defects = shrunk_bounds(policies, _stored_bounds(conn))
+    if defects:
+        return defects
+    in_force = dict(conn.execute(select(dataset_bounds.c.dataset, dataset_bounds.c.bounds)).all())
+    for dataset in policies.datasets.values():
+        bounds = recorded_bounds(dataset)
+        if in_force.get(dataset.id) != bounds:
+            conn.execute(delete(dataset_bounds).where(dataset_bounds.c.dataset == dataset.id))
+            _record(conn, dataset.id, bounds)
+    return []
+
+
+def check_in_force(conn: Connection, dataset: str, bounds: str) -> None:
+    """Raise ``BoundsChanged`` unless ``bounds`` are those in force for ``dataset``; with no
+    record yet (a database older than the record), ``bounds`` become the ones in force.
+
+    The caller holds the audit head in ``conn``'s transaction, so no start or reload puts
+    other bounds in force before it commits.
+    """
+    in_force = conn.execute(
+        select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == dataset)
+    ).scalar_one_or_none()
+    if in_force is None:
+        _record(conn, dataset, bounds)
+    elif in_force != bounds:
+        raise BoundsChanged(dataset)
+
+
+def _record(conn: Connection, dataset: str, bounds: str) -> None:
+    conn.execute(
+        dataset_bounds.insert().values(dataset=dataset, bounds=bounds, updated_at=datetime.now(UTC))
+    )
+
+
+def still_in_force(database: Database, dataset: DatasetPolicy) -> bool:
+    """True when the bounds of ``dataset`` are those in force (or none are recorded).
+
+    Read after a query read the cells: bounds change before any batch is stored under them,
+    so if ``dataset``'s are still in force now, every cell read was stored under them.
+    """
+    with database.read() as conn:
+        in_force = conn.execute(
+            select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == dataset.id)
+        ).scalar_one_or_none()
+    return in_force is None or in_force == recorded_bounds(dataset)

@@ -86,3 +86,17 @@ class UploadConflict(Exception):
             f"this Idempotency-Key was already used for another upload to {dataset}; "
             "use a new key for new content"
         )
+
+
+class BoundsChanged(Exception):
+    """The dataset's bounds changed (a policy reload or a start with other policies) after
+    this upload was truncated under the previous ones; nothing was stored, and sending it
+    again truncates it under the bounds in force."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+        super().__init__(
+            f"the bounds in force for {dataset} are not the ones this upload was truncated "
+            "under (policies were reloaded, or this process runs others); nothing was stored, "
+            "send it again"
+        )

@@ -106,8 +106,9 @@ def test_a_bound_shrunk_under_stored_data_is_refused_by_check_start_and_reload(
         assert f"{SOURCE}:{field}: " in result.stderr
 
         before = service.exchange.policies.version
-        outcome = reload_policies(service.exchange, settings.policy_dir, service.ledger.all_spent())
-        assert not outcome.accepted
+        assert not reload_policies(
+            service.exchange, settings.policy_dir, service.ledger.all_spent()
+        ).accepted
         assert service.exchange.policies.version == before
         assert not [e for e in service.audit.entries() if e.action == "policy.reload"]
 
@@ -127,8 +128,9 @@ def test_raising_a_bound_or_widening_a_domain_stays_allowed(
     try:
         edit(settings.policy_dir, *change)
         assert check_policies(settings).exit_code == 0
-        outcome = reload_policies(service.exchange, settings.policy_dir, service.ledger.all_spent())
-        assert outcome.accepted
+        assert reload_policies(
+            service.exchange, settings.policy_dir, service.ledger.all_spent()
+        ).accepted
         # Once data is stored under the raised bound, going back is a shrink.
         store_a_batch(settings)
         edit(settings.policy_dir, change[1], change[0])
