@@ -68,6 +68,24 @@ def settings_variables(settings: Settings) -> dict[str, str]:
     }
 
 
+def instance_dir(root: Path, index: int) -> Path:
+    """A data directory of its own for the ``index``-th instance of a deployment (0: the
+    deployment's own): instances share the database and keyring, not their pidfile,
+    checkpoints or metric files, as on separate machines."""
+    directory = root / f"instance-{index}"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+def instance_variables(settings: Settings, root: Path, index: int) -> dict[str, str]:
+    """``settings_variables`` for the ``index``-th instance: the first keeps the deployment's
+    data directory, every other gets its own (``instance_dir``)."""
+    variables = settings_variables(settings)
+    if index > 0:
+        variables["DPX_DATA_DIR"] = str(instance_dir(root, index))
+    return variables
+
+
 def environment(variables: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its ``DPX_*`` and ``PROMETHEUS_*`` variables, plus
     ``variables``: a server or ``dpx`` command started with it is configured by those alone."""

@@ -20,7 +20,7 @@ from service.app import create_app
 from service.config import Settings
 from service.crypto.tokens import new_token
 from tests.conftest import BOTH_BACKENDS, DEMO_POLICIES, bearer
-from tests.live_server import deploy, serve, settings_variables
+from tests.live_server import deploy, instance_dir, serve, settings_variables
 
 REDIS_URL = "redis://127.0.0.1:6379"
 ESTIMATE = {"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 0.1}
@@ -156,7 +156,11 @@ def test_two_gunicorn_instances_share_one_redis(tmp_path: Path) -> None:
     try:
         with (
             serve(variables, log_path=tmp_path / "a.log", workers=2) as a,
-            serve(variables, log_path=tmp_path / "b.log", workers=2) as b,
+            serve(
+                {**variables, "DPX_DATA_DIR": str(instance_dir(tmp_path, 1))},
+                log_path=tmp_path / "b.log",
+                workers=2,
+            ) as b,
         ):
             statuses = [
                 requests.get(

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from service.components import Components
 from service.config import Settings
 from service.database.engine import Database
-from tests.live_server import serve, settings_variables
+from tests.live_server import instance_variables, serve
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Dep
         urls = [
             servers.enter_context(
                 serve(
-                    settings_variables(settings),
+                    instance_variables(settings, tmp_path, index),
                     workers=workers,
                     log_path=tmp_path / f"gunicorn-{index}.log",
                 )

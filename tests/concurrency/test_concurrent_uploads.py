@@ -21,7 +21,7 @@ from sqlalchemy import text
 from service.components import Components
 from service.config import Settings
 from tests.conftest import BOTH_BACKENDS
-from tests.live_server import serve, settings_variables
+from tests.live_server import instance_variables, serve
 
 pytestmark = [pytest.mark.slow, BOTH_BACKENDS]
 
@@ -70,7 +70,7 @@ def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Dep
         urls = [
             servers.enter_context(
                 serve(
-                    settings_variables(settings),
+                    instance_variables(settings, tmp_path, index),
                     workers=workers,
                     log_path=tmp_path / f"gunicorn-{index}.log",
                 )
