@@ -66,6 +66,12 @@ def on_starting(server: Any) -> None:
         stale.unlink()
 
 
+def when_ready(server: Any) -> None:
+    """Make the pidfile private like every other file in the data directory: gunicorn
+    writes it 0644 whatever the umask."""
+    os.chmod(pidfile, 0o600)
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """Drop database connections inherited from the master; never share them across processes."""
     _app(server).extensions["dpx.database"].engine.dispose(close=False)
