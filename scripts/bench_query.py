@@ -554,8 +554,19 @@ def measure_postgres(
             DPX_DATABASE_URL=scoped.render_as_string(hide_password=False),
         )
         partner, _owner = prepare(env, args.contacts)
+        # Each instance has its own data directory (pidfile, metric files), as on its own
+        # machine; the database and the keyring are shared.
+        keyring = Settings.from_env(env).keyring_path
         servers = [
-            start_server(env, args.pg_workers, work / f"gunicorn-pg-{index}.log")
+            start_server(
+                env
+                if index == 0
+                else dict(
+                    env, DPX_DATA_DIR=str(work / f"var-pg-{index}"), DPX_KEYRING=str(keyring)
+                ),
+                args.pg_workers,
+                work / f"gunicorn-pg-{index}.log",
+            )
             for index in range(2)
         ]
         costs = distinct_costs()
