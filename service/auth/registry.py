@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from service.audit.log import AuditLog
 from service.crypto.tokens import looks_like_token, new_token, token_hash, token_prefix
@@ -138,6 +138,13 @@ class TokenRegistry:
         self.revoke(token_id, actor=actor, at=_now() + grace)
         return issued
 
+    # Run on every request: built once, since building a statement costs more than running it.
+    _LIVE_TOKEN = select(tokens).where(
+        tokens.c.token_hash == bindparam("token_hash"),
+        or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > bindparam("now")),
+        or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")),
+    )
+
     def authenticate(self, presented: str | None) -> Principal:
         """The principal for a presented token, or ``Unauthenticated``."""
         if not presented or not looks_like_token(presented):
@@ -145,11 +152,7 @@ class TokenRegistry:
         now = _now()
         with self.database.read() as conn:
             row = conn.execute(
-                select(tokens).where(
-                    tokens.c.token_hash == token_hash(presented),
-                    or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > now),
-                    or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
-                )
+                self._LIVE_TOKEN, {"token_hash": token_hash(presented), "now": now}
             ).first()
         if row is None:
             raise Unauthenticated()

@@ -10,14 +10,15 @@ fit into the last unit of budget. Integer nano-units make sums exact: ten charge
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, case, select
+from sqlalchemy import BigInteger, Connection, Table, bindparam, case, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningInsert
 
 from service.database.engine import Database
 from service.database.schema import budget_accounts, charges
@@ -25,6 +26,49 @@ from service.database.timestamps import as_utc
 from service.dp.accounting import from_nano, remaining_budget, to_nano
 
 GLOBAL = "*"
+
+# The statements of every charge, built once: constructing a SQLAlchemy statement costs
+# several times more than executing it, and these run on every release.
+_ACCOUNTS = select(budget_accounts.c.partner, budget_accounts.c.spent_nano).where(
+    budget_accounts.c.dataset == bindparam("dataset"),
+    budget_accounts.c.partner.in_([bindparam("partner"), GLOBAL]),
+)
+_RECORD = charges.insert()
+
+
+def _upsert(dialect: Callable[[Table], sqlite.Insert | postgresql.Insert]) -> ReturningInsert[Any]:
+    """Open both accounts at ``cost``, or add ``cost`` to each one whose limit it fits.
+
+    A new account starts at 0, so the insert branch (which checks nothing) may only run when
+    the cost alone fits both limits: the caller checks that first.
+    """
+    account = budget_accounts.c
+    limit = case(
+        (account.partner == GLOBAL, bindparam("global_limit")), else_=bindparam("partner_limit")
+    )
+    cost = bindparam("cost", type_=BigInteger)
+    return (
+        dialect(budget_accounts)
+        .values(
+            [
+                {
+                    "dataset": bindparam("dataset"),
+                    "partner": bindparam("partner"),
+                    "spent_nano": cost,
+                },
+                {"dataset": bindparam("dataset"), "partner": GLOBAL, "spent_nano": cost},
+            ]
+        )
+        .on_conflict_do_update(
+            index_elements=[account.dataset, account.partner],
+            set_={"spent_nano": account.spent_nano + cost},
+            where=account.spent_nano + cost <= limit,
+        )
+        .returning(account.partner, account.spent_nano)
+    )
+
+
+_UPSERT = {"sqlite": _upsert(sqlite.insert), "postgresql": _upsert(postgresql.insert)}
 
 
 @dataclass(frozen=True)
@@ -65,12 +109,7 @@ class Ledger:
     @staticmethod
     def _accounts(conn: Connection, dataset: str, partner: str) -> dict[str, int]:
         """Spend of the partner's account and of the global one (absent: never charged)."""
-        rows = conn.execute(
-            select(budget_accounts.c.partner, budget_accounts.c.spent_nano).where(
-                budget_accounts.c.dataset == dataset,
-                budget_accounts.c.partner.in_((partner, GLOBAL)),
-            )
-        ).all()
+        rows = conn.execute(_ACCOUNTS, {"dataset": dataset, "partner": partner}).all()
         return {row.partner: int(row.spent_nano) for row in rows}
 
     def charge(
@@ -95,29 +134,16 @@ class Ledger:
         cost = to_nano(amount)
         partner_limit, global_limit = to_nano(partner_budget), to_nano(global_budget)
         charged: dict[str, int] = {}
-        # A new account starts at 0, so it is opened with the cost only if the cost alone
-        # fits its limit: checked here, since the insert branch of the upsert checks nothing.
         if cost <= partner_limit and cost <= global_limit:
-            insert = (sqlite.insert if self.database.is_sqlite else postgresql.insert)(
-                budget_accounts
-            )
-            account = budget_accounts.c
-            limit = case((account.partner == GLOBAL, global_limit), else_=partner_limit)
-            upsert = (
-                insert.values(
-                    [
-                        {"dataset": dataset, "partner": partner, "spent_nano": cost},
-                        {"dataset": dataset, "partner": GLOBAL, "spent_nano": cost},
-                    ]
-                )
-                .on_conflict_do_update(
-                    index_elements=[account.dataset, account.partner],
-                    set_={"spent_nano": account.spent_nano + cost},
-                    where=account.spent_nano + cost <= limit,
-                )
-                .returning(account.partner, account.spent_nano)
-            )
-            charged = {row.partner: int(row.spent_nano) for row in conn.execute(upsert)}
+            upsert = _UPSERT["sqlite" if self.database.is_sqlite else "postgresql"]
+            parameters = {
+                "dataset": dataset,
+                "partner": partner,
+                "cost": cost,
+                "partner_limit": partner_limit,
+                "global_limit": global_limit,
+            }
+            charged = {row.partner: int(row.spent_nano) for row in conn.execute(upsert, parameters)}
         if len(charged) == 2:
             return Remaining(
                 partner=remaining_budget(partner_budget, from_nano(charged[partner])),
@@ -176,14 +202,15 @@ class Ledger:
     ) -> None:
         """The ledger line of one charge, written in the charge's transaction."""
         conn.execute(
-            charges.insert().values(
-                dataset=dataset,
-                partner=partner,
-                release_id=release_id,
-                definition=definition,
-                amount_nano=to_nano(amount),
-                created_at=datetime.now(UTC),
-            )
+            _RECORD,
+            {
+                "dataset": dataset,
+                "partner": partner,
+                "release_id": release_id,
+                "definition": definition,
+                "amount_nano": to_nano(amount),
+                "created_at": datetime.now(UTC),
+            },
         )
 
     def remaining(

@@ -15,12 +15,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from service.database.engine import Database
 from service.database.schema import releases
 from service.database.timestamps import as_utc
+
+# The statements of every query, built once (building one costs more than running it).
+_OLDEST = (releases.c.created_at.asc(), releases.c.id.asc())
+_SAME_QUERY = (
+    releases.c.dataset == bindparam("dataset"),
+    releases.c.query_key == bindparam("query_key"),
+)
+_FIND_ANY = select(releases).where(*_SAME_QUERY).order_by(*_OLDEST)
+_FIND_OWN = (
+    select(releases)
+    .where(*_SAME_QUERY, releases.c.partner == bindparam("partner"))
+    .order_by(*_OLDEST)
+)
+_FIND_IDEMPOTENT = select(releases).where(
+    releases.c.partner == bindparam("partner"), releases.c.idempotency_key == bindparam("key")
+)
+_GET = select(releases).where(releases.c.id == bindparam("release_id"))
+_INSERT = releases.insert()
 
 
 class ReleaseConflict(Exception):
@@ -70,28 +88,19 @@ class ReleaseStore:
     def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
         """The release of this exact query by ``partner`` (the oldest of any partner when
         ``None``)."""
-        query = select(releases).where(
-            releases.c.dataset == dataset, releases.c.query_key == query_key
-        )
-        if partner is not None:
-            query = query.where(releases.c.partner == partner)
-        query = query.order_by(releases.c.created_at.asc(), releases.c.id.asc())
+        parameters = {"dataset": dataset, "query_key": query_key, "partner": partner}
         with self.database.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_FIND_ANY if partner is None else _FIND_OWN, parameters).first()
         return _stored(row) if row else None
 
     def find_idempotent(self, partner: str, key: str) -> StoredRelease | None:
         with self.database.read() as conn:
-            row = conn.execute(
-                select(releases).where(
-                    releases.c.partner == partner, releases.c.idempotency_key == key
-                )
-            ).first()
+            row = conn.execute(_FIND_IDEMPOTENT, {"partner": partner, "key": key}).first()
         return _stored(row) if row else None
 
     def get(self, release_id: str) -> StoredRelease | None:
         with self.database.read() as conn:
-            row = conn.execute(select(releases).where(releases.c.id == release_id)).first()
+            row = conn.execute(_GET, {"release_id": release_id}).first()
         return _stored(row) if row else None
 
     def list(
@@ -145,18 +154,19 @@ class ReleaseStore:
         """
         try:
             conn.execute(
-                releases.insert().values(
-                    id=release_id,
-                    dataset=dataset,
-                    partner=partner,
-                    query_key=query_key,
-                    idempotency_key=idempotency_key,
-                    request_hash=request_hash,
-                    document=json.dumps(document, sort_keys=True, separators=(",", ":")),
-                    measurement=measurement,
-                    policy_version=policy_version,
-                    created_at=datetime.now(UTC),
-                )
+                _INSERT,
+                {
+                    "id": release_id,
+                    "dataset": dataset,
+                    "partner": partner,
+                    "query_key": query_key,
+                    "idempotency_key": idempotency_key,
+                    "request_hash": request_hash,
+                    "document": json.dumps(document, sort_keys=True, separators=(",", ":")),
+                    "measurement": measurement,
+                    "policy_version": policy_version,
+                    "created_at": datetime.now(UTC),
+                },
             )
         except IntegrityError as conflict:
             raise ReleaseConflict(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 
 from service.database.engine import Database
 from service.database.schema import batches, dataset_bounds
@@ -206,6 +206,10 @@ def put_in_force(conn: Connection, policies: PolicySet) -> list[PolicyError]:
     return []
 
 
+# Read in every charging transaction: built once.
+_IN_FORCE = select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == bindparam("dataset"))
+
+
 def check_in_force(conn: Connection, dataset: str, bounds: str) -> None:
     """Raise ``BoundsChanged`` unless ``bounds`` are those in force for ``dataset``; with no
     record yet (a database older than the record), ``bounds`` become the ones in force.
@@ -213,9 +217,7 @@ def check_in_force(conn: Connection, dataset: str, bounds: str) -> None:
     The caller holds the audit head in ``conn``'s transaction, so no start or reload puts
     other bounds in force before it commits.
     """
-    in_force = conn.execute(
-        select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == dataset)
-    ).scalar_one_or_none()
+    in_force = conn.execute(_IN_FORCE, {"dataset": dataset}).scalar_one_or_none()
     if in_force is None:
         _record(conn, dataset, bounds)
     elif in_force != bounds:
@@ -235,7 +237,5 @@ def still_in_force(database: Database, dataset: DatasetPolicy) -> bool:
     so if ``dataset``'s are still in force now, every cell read was stored under them.
     """
     with database.read() as conn:
-        in_force = conn.execute(
-            select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == dataset.id)
-        ).scalar_one_or_none()
+        in_force = conn.execute(_IN_FORCE, {"dataset": dataset.id}).scalar_one_or_none()
     return in_force is None or in_force == recorded_bounds(dataset)

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import polars as pl
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.exc import IntegrityError as RowConflict
 
 from service.crypto.envelope import Sealed, open_sealed
@@ -89,13 +89,16 @@ def document_versions(conn: Connection, dataset: str) -> dict[str, int]:
     return {str(row.kind): int(row.version) for row in rows}
 
 
+# Read before every release (is the decrypted copy in memory current?): built once.
+_VERSION = select(dataset_documents.c.version).where(
+    dataset_documents.c.dataset == bindparam("dataset"),
+    dataset_documents.c.kind == bindparam("kind"),
+)
+
+
 def document_version(conn: Connection, dataset: str, kind: str) -> int | None:
     """The version of one document, or None when it is not stored."""
-    version = conn.execute(
-        select(dataset_documents.c.version).where(
-            dataset_documents.c.dataset == dataset, dataset_documents.c.kind == kind
-        )
-    ).scalar()
+    version = conn.execute(_VERSION, {"dataset": dataset, "kind": kind}).scalar()
     return None if version is None else int(version)
 
 
