@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
+from service import access
+from service.access import Forbidden as Forbidden  # refusals of the exchange, for api/
+from service.access import NotFound as NotFound  # refusals of the exchange, for api/
 from service.audit.log import AuditLog
 from service.audit.refusals import Refusal, RefusalLog
 from service.auth.registry import Principal
@@ -65,14 +68,6 @@ from service.store.uploads import AlreadyStored, Upload
 
 if TYPE_CHECKING:
     from service.synopses import Synopses
-
-
-class NotFound(LookupError):
-    """No such thing, or not one the caller may see (the two look alike on purpose)."""
-
-
-class Forbidden(PermissionError):
-    """The caller's role may not do this."""
 
 
 class Conflict(Exception):
@@ -163,34 +158,19 @@ class Exchange:
             )
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:
-        dataset = self.policies.datasets.get(dataset_id)
-        if dataset is None:
-            raise NotFound(f"no dataset {dataset_id!r}")
-        return dataset
+        return access.dataset(self.policies, dataset_id)
 
     def partner(self, principal: Principal) -> PartnerPolicy:
-        partner = self.policies.partners.get(principal.subject or "")
-        if principal.role != "partner" or partner is None:
-            raise Forbidden("this needs a partner token whose partner has a policy")
-        return partner
+        return access.partner(self.policies, principal)
 
     def visible_datasets(self, principal: Principal) -> list[tuple[DatasetPolicy, Grant | None]]:
         """Datasets the caller may see, with the partner's grant on each (None otherwise)."""
-        datasets = sorted(self.policies.datasets.values(), key=lambda d: d.id)
-        if principal.role == "dpo":
-            return [(d, None) for d in datasets]
-        if principal.role == "owner":
-            return [(d, None) for d in datasets if d.id == principal.subject]
-        partner = self.partner(principal)
-        return [(d, g) for d in datasets if (g := partner.grant_for(d.id)) is not None]
+        return access.visible_datasets(self.policies, principal)
 
     def visible_dataset(
         self, principal: Principal, dataset_id: str
     ) -> tuple[DatasetPolicy, Grant | None]:
-        for dataset, grant in self.visible_datasets(principal):
-            if dataset.id == dataset_id:
-                return dataset, grant
-        raise NotFound(f"no dataset {dataset_id!r}")
+        return access.visible_dataset(self.policies, principal, dataset_id)
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -210,10 +190,7 @@ class Exchange:
         A retry with the same Idempotency-Key and body gets the first batch; a body that a
         stored batch already holds is refused unless ``allow_duplicate``.
         """
-        if principal.role != "owner" or principal.subject != dataset_id:
-            # Another helpline's dataset looks exactly like one that does not exist.
-            raise NotFound(f"no dataset {dataset_id!r}")
-        dataset = self.dataset(dataset_id)
+        dataset = access.owned_dataset(self.policies, principal, dataset_id)
         upload = Upload.of(
             self.keyring,
             dataset.id,
@@ -589,7 +566,8 @@ class Exchange:
     ) -> tuple[list[dict[str, Any]], Position | None]:
         """One page of the caller's releases (all partners' for a DPO), newest first, and
         the position to continue from (None on the last page)."""
-        partners = None if principal.role == "dpo" else [self.partner(principal).id]
+        own = access.seen_partner(self.policies, principal)
+        partners = None if own is None else [own]
         stored = self.releases.list(partners=partners, limit=limit + 1, after=after)
         more = len(stored) > limit
         return [dict(s.document or {}) for s in stored[:limit]], (
@@ -598,50 +576,13 @@ class Exchange:
 
     def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
         stored = self.releases.get(release_id)
-        if stored is None or not self._may_read(principal, stored):
+        if stored is None or not access.may_read(self.policies, principal, stored):
             raise NotFound(f"no release {release_id!r}")
         return dict(stored.document)
 
-    def _may_read(self, principal: Principal, stored: StoredRelease) -> bool:
-        if principal.role == "dpo":
-            return True
-        if principal.role != "partner":
-            return False
-        if stored.partner == principal.subject:
-            return True
-        # A shared release is readable by another partner only if that partner could have
-        # asked the same question now: the grant rules of a query, max_per_query included
-        # (at the release's own cost), though reading it charges nothing.
-        dataset = self.policies.datasets.get(stored.dataset)
-        partner = self.policies.partners.get(principal.subject or "")
-        if not (dataset and dataset.share_releases and partner):
-            return False
-        query = stored.document.get("query", {})
-        dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
-        cost = stored.document.get("privacy", {}).get("cost", {}).get(dataset.budget_unit)
-        if not isinstance(cost, str):
-            return False
-        try:
-            check_grant(
-                partner,
-                dataset,
-                statistic=str(query.get("statistic")),
-                dimensions=dimensions,
-                cost=Fraction(cost),
-                today=date.today(),
-            )
-        except PolicyViolation:
-            return False
-        return True
-
     def budgets(self, principal: Principal) -> list[dict[str, Any]]:
         """Granted, spent and remaining per grant, with each dataset's global budget."""
-        if principal.role == "dpo":
-            partners = sorted(self.policies.partners.values(), key=lambda p: p.id)
-        elif principal.role == "partner":
-            partners = [self.partner(principal)]
-        else:
-            raise Forbidden("budgets are for partners and DPOs")
+        partners = access.budget_partners(self.policies, principal)
         spent = self.ledger.all_spent()
         rows = []
         for partner in partners:
