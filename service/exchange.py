@@ -29,7 +29,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -40,10 +39,10 @@ from service.access import NotFound as NotFound  # refusals of the exchange, for
 from service.audit.log import AuditLog
 from service.audit.refusals import Refusal, RefusalLog
 from service.auth.registry import Principal
+from service.budget_reports import BudgetReports, Spend, budget_view
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
 from service.database.engine import Database
-from service.dp.accounting import remaining_budget
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import (
     PlanCache,
@@ -53,7 +52,7 @@ from service.dp.engine import (
     release_values,
 )
 from service.dp.query import Query, build_query, canonical, query_key
-from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
+from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
 from service.policy.amounts import amount_text
@@ -105,6 +104,7 @@ class Exchange:
         self._policy_lock = threading.Lock()
         self.store = store
         self.ledger = ledger
+        self.reports = BudgetReports(ledger)
         self.releases = releases
         self.audit = audit
         self.max_cells = max_cells
@@ -256,7 +256,6 @@ class Exchange:
         # question is not the estimate's to tell.
         own = self.releases.find(dataset=dataset.id, query_key=query_key(query), partner=partner.id)
         cached = own is not None
-        remaining = self._remaining(dataset, grant, partner.id)
         summary = plan_summary(plan)
         return {
             "dataset": dataset.id,
@@ -266,7 +265,7 @@ class Exchange:
             "privacy": _free(summary["privacy"]) if cached else summary["privacy"],
             "mechanism": summary["mechanism"],
             "accuracy": summary["accuracy"],
-            "budget": self._budget_view(dataset, remaining),
+            "budget": self.reports.answer_budget(dataset, grant, partner.id),
             "source": "direct",
         }
 
@@ -339,7 +338,7 @@ class Exchange:
             return self._answer_from_winner(
                 partner.id, dataset, grant, key, request_hash, idempotency_key
             )
-        return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
+        return Answer(dict(document, budget=budget_view(dataset, remaining)), cached=False)
 
     def _compute(
         self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query, plan: QueryPlan
@@ -529,23 +528,8 @@ class Exchange:
     ) -> dict[str, Any]:
         """The stored, signed document plus the caller's current budget (not signed)."""
         document = dict(stored.document)
-        document["budget"] = self._budget_view(dataset, self._remaining(dataset, grant, partner))
+        document["budget"] = self.reports.answer_budget(dataset, grant, partner)
         return document
-
-    def _budget_view(self, dataset: DatasetPolicy, remaining: Remaining) -> dict[str, Any]:
-        unit = dataset.budget_unit
-        return {
-            "partner_remaining": {unit: float(remaining.partner)},
-            "dataset_remaining": {unit: float(remaining.dataset)},
-        }
-
-    def _remaining(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Remaining:
-        return self.ledger.remaining(
-            dataset=dataset.id,
-            partner=partner,
-            partner_budget=grant.budget,
-            global_budget=dataset.global_budget,
-        )
 
     def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
         own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
@@ -582,31 +566,20 @@ class Exchange:
 
     def budgets(self, principal: Principal) -> list[dict[str, Any]]:
         """Granted, spent and remaining per grant, with each dataset's global budget."""
-        partners = access.budget_partners(self.policies, principal)
-        spent = self.ledger.all_spent()
-        rows = []
-        for partner in partners:
-            for grant in partner.grants:
-                dataset = self.policies.datasets.get(grant.dataset)
-                if dataset is None:
-                    continue
-                own = spent.get((dataset.id, partner.id), Fraction(0))
-                total = spent.get((dataset.id, GLOBAL), Fraction(0))
-                rows.append(
-                    {
-                        "partner": partner.id,
-                        "dataset": dataset.id,
-                        "unit": dataset.budget_unit,
-                        "granted": float(grant.budget),
-                        "spent": float(own),
-                        "remaining": float(remaining_budget(grant.budget, own)),
-                        "expires": grant.expires.isoformat() if grant.expires else None,
-                        "dataset_global": float(dataset.global_budget),
-                        "dataset_spent": float(total),
-                        "dataset_remaining": float(remaining_budget(dataset.global_budget, total)),
-                    }
-                )
-        return rows
+        policies = self.policies
+        return self.reports.grants(policies, access.budget_partners(policies, principal))
+
+    def dataset_spend(self, dataset: DatasetPolicy) -> Spend:
+        """The dataset's spend of its global budget."""
+        return self.reports.dataset_spend(dataset)
+
+    def grant_spend(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Spend:
+        """A partner's spend of its grant on the dataset."""
+        return self.reports.grant_spend(dataset, grant, partner)
+
+    def charges(self, principal: Principal) -> list[ChargeLine]:
+        """The charges the caller may see (every partner's for a DPO), oldest first."""
+        return self.reports.charges(access.seen_partner(self.policies, principal))
 
 
 def _free(privacy: Mapping[str, Any]) -> dict[str, Any]:
