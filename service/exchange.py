@@ -215,10 +215,10 @@ class Exchange:
     # -- queries --------------------------------------------------------------------------
 
     def _prepare(
-        self, principal: Principal, raw: Mapping[str, Any]
+        self, policies: PolicySet, principal: Principal, raw: Mapping[str, Any]
     ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
-        partner = self.partner(principal)
-        dataset = self.dataset(str(raw.get("dataset", "")))
+        partner = access.partner(policies, principal)
+        dataset = access.dataset(policies, str(raw.get("dataset", "")))
         if partner.grant_for(dataset.id) is None:
             # Before validation or pricing: without a grant, a dataset looks exactly like
             # one that does not exist, and no message may reveal anything of its schema.
@@ -230,7 +230,7 @@ class Exchange:
             )
             raise NotFound(f"no dataset {dataset.id!r}")
         query = build_query(raw, dataset, max_cells=self.max_cells)
-        plan = self._plans.plan(self.policies.version, query, dataset)
+        plan = self._plans.plan(policies.version, query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
         try:
             grant = check_grant(
@@ -251,7 +251,7 @@ class Exchange:
         free = self.synopses.estimate(principal, raw) if self.synopses is not None else None
         if free is not None:
             return free
-        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        partner, dataset, grant, query, plan = self._prepare(self.policies, principal, raw)
         # Only the partner's own release counts: that another partner asked the same
         # question is not the estimate's to tell.
         own = self.releases.find(dataset=dataset.id, query_key=query_key(query), partner=partner.id)
@@ -278,7 +278,10 @@ class Exchange:
             free = self.synopses.answer(principal, raw, idempotency_key=idempotency_key)
             if free is not None:
                 return free
-        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        # One snapshot of the live policies for the whole request: a reload meanwhile must
+        # not give the release a version other than the one it was planned and priced under.
+        policies = self.policies
+        partner, dataset, grant, query, plan = self._prepare(policies, principal, raw)
         key = query_key(query)
         request_hash = hashlib.sha256(
             json.dumps(dict(raw), sort_keys=True, default=str).encode()
@@ -310,7 +313,7 @@ class Exchange:
             raise
         release_id = "rel_" + secrets.token_hex(10)
         try:
-            document = self._compute(release_id, dataset, partner.id, query, plan)
+            document = self._compute(release_id, dataset, partner.id, query, plan, policies.version)
         except Exception as failure:
             # The data was read and may have caused the failure: pay for it as for a
             # release, so that no outcome that depends on the data is free.
@@ -341,12 +344,18 @@ class Exchange:
         return Answer(dict(document, budget=budget_view(dataset, remaining)), cached=False)
 
     def _compute(
-        self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query, plan: QueryPlan
+        self,
+        release_id: str,
+        dataset: DatasetPolicy,
+        partner: str,
+        query: Query,
+        plan: QueryPlan,
+        policy_version: str,
     ) -> dict[str, Any]:
         """The signed release document: cells read, noise drawn, nothing stored or sent."""
         aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
         values = release_values(plan, aggregates)
-        document = self._document(release_id, dataset, partner, query, plan, values)
+        document = self._document(release_id, dataset, partner, query, plan, values, policy_version)
         document["signature"] = sign_document(self.keyring, document)
         return document
 
@@ -502,6 +511,7 @@ class Exchange:
         query: Query,
         plan: QueryPlan,
         values: list[Any],
+        policy_version: str,
     ) -> dict[str, Any]:
         summary = plan_summary(plan)
         rows = []
@@ -519,7 +529,7 @@ class Exchange:
             "privacy": summary["privacy"],
             "mechanism": summary["mechanism"],
             "accuracy": summary["accuracy"],
-            "policy_version": self.policies.version,
+            "policy_version": policy_version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
 
