@@ -18,6 +18,13 @@ lost after it was sent. If 7 fails (the budget was spent meanwhile, or an identi
 committed first and the partner gets that release instead) the computed output is
 discarded unseen. Whether the charge succeeds depends on budgets and stored releases only,
 never on the data; a computation that fails after reading data is charged like a release.
+
+Each request reads the live policy set once (``service.live_policies``) and asks every
+question of that snapshot: who may see what (``service.access``), and what budget is shown
+(``service.budget_reports``); the views' doors to those are one-line methods here. The
+module stays above 500 lines because the steps above and their failure paths (a failed
+computation charged, a concurrent winner answering, an idempotent replay) are one
+transaction's story, which reads right only in one place.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -55,13 +61,13 @@ from service.dp.query import Query, build_query, canonical, query_key
 from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
+from service.live_policies import LivePolicies
 from service.policy.amounts import amount_text
-from service.policy.changes import budget_changes
-from service.policy.errors import PolicySetError, PolicyViolation
+from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
-from service.store.bounds import check_in_force, put_in_force, recorded_bounds
+from service.store.bounds import check_in_force, recorded_bounds
 from service.store.ingest import parse_batch
 from service.store.uploads import AlreadyStored, Upload
 
@@ -100,8 +106,7 @@ class Exchange:
     ) -> None:
         self.database = database
         self.keyring = keyring
-        self._policies = policies
-        self._policy_lock = threading.Lock()
+        self.live = LivePolicies(database, audit, policies)
         self.store = store
         self.ledger = ledger
         self.reports = BudgetReports(ledger)
@@ -116,46 +121,16 @@ class Exchange:
 
     @property
     def policies(self) -> PolicySet:
-        return self._policies
+        """The set in force now: a request reads it once and keeps that snapshot."""
+        return self.live.policies
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
-        """Swap in a validated policy set (all or nothing) and record it in the audit log,
-        with every budget it changes (so budgets can be shown as they were at any time).
-
-        Raises ``PolicySetError`` (and keeps the set in force) when the new set shrinks a
-        bound below what stored batches were stored under. The check, the audit entry and
-        the record of the bounds in force are one transaction holding the audit head, so an
-        upload truncated under the previous bounds commits before it (and is checked) or
-        after it (and is refused), in every worker and instance.
-        """
-        with self._policy_lock:
-            previous = self._policies
-            with self.database.write() as conn:
-                self.audit.append(
-                    conn,
-                    actor=actor,
-                    action="policy.reload",
-                    details={
-                        "from": previous.version,
-                        "to": policies.version,
-                        "budgets": budget_changes(previous, policies),
-                    },
-                )
-                shrunk = put_in_force(conn, policies)
-                if shrunk:
-                    # Raising rolls the entry back; the caller audits the refusal.
-                    raise PolicySetError(shrunk)
-            self._policies = policies
+        """Put ``policies`` in force, or raise ``PolicySetError`` and keep the current set."""
+        self.live.replace_policies(policies, actor=actor)
 
     def refuse_policies(self, defects: Sequence[str], *, actor: str = "admin:reload") -> None:
         """Record in the audit log that a proposed policy set was refused, and why."""
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="policy.reload_refused",
-                details={"kept": self._policies.version, "defects": list(defects)},
-            )
+        self.live.refuse_policies(defects, actor=actor)
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:
         return access.dataset(self.policies, dataset_id)
