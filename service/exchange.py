@@ -18,6 +18,13 @@ lost after it was sent. If 7 fails (the budget was spent meanwhile, or an identi
 committed first and the partner gets that release instead) the computed output is
 discarded unseen. Whether the charge succeeds depends on budgets and stored releases only,
 never on the data; a computation that fails after reading data is charged like a release.
+
+Each request reads the live policy set once (``service.live_policies``) and asks every
+question of that snapshot: who may see what (``service.access``), and what budget is shown
+(``service.budget_reports``); the views' doors to those are one-line methods here. The
+module stays above 500 lines because the steps above and their failure paths (a failed
+computation charged, a concurrent winner answering, an idempotent replay) are one
+transaction's story, which reads right only in one place.
 """
 
 from __future__ import annotations
@@ -25,22 +32,23 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
+from service import access
+from service.access import Forbidden as Forbidden  # refusals of the exchange, for api/
+from service.access import NotFound as NotFound  # refusals of the exchange, for api/
 from service.audit.log import AuditLog
 from service.audit.refusals import Refusal, RefusalLog
 from service.auth.registry import Principal
+from service.budget_reports import BudgetReports, Spend, budget_view
 from service.crypto.keyring import Keyring
 from service.crypto.signing import sign_document
 from service.database.engine import Database
-from service.dp.accounting import remaining_budget
 from service.dp.aggregate import true_aggregates
 from service.dp.engine import (
     PlanCache,
@@ -50,29 +58,21 @@ from service.dp.engine import (
     release_values,
 )
 from service.dp.query import Query, build_query, canonical, query_key
-from service.ledger.budgets import GLOBAL, BudgetExhausted, Ledger, Remaining
+from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
+from service.live_policies import LivePolicies
 from service.policy.amounts import amount_text
-from service.policy.changes import budget_changes
-from service.policy.errors import PolicySetError, PolicyViolation
+from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
 from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.batches import BatchStore, StoredBatch
-from service.store.bounds import check_in_force, put_in_force, recorded_bounds
+from service.store.bounds import check_in_force, recorded_bounds
 from service.store.ingest import parse_batch
 from service.store.uploads import AlreadyStored, Upload
 
 if TYPE_CHECKING:
     from service.synopses import Synopses
-
-
-class NotFound(LookupError):
-    """No such thing, or not one the caller may see (the two look alike on purpose)."""
-
-
-class Forbidden(PermissionError):
-    """The caller's role may not do this."""
 
 
 class Conflict(Exception):
@@ -106,10 +106,10 @@ class Exchange:
     ) -> None:
         self.database = database
         self.keyring = keyring
-        self._policies = policies
-        self._policy_lock = threading.Lock()
+        self.live = LivePolicies(database, audit, policies)
         self.store = store
         self.ledger = ledger
+        self.reports = BudgetReports(ledger)
         self.releases = releases
         self.audit = audit
         self.max_cells = max_cells
@@ -121,76 +121,31 @@ class Exchange:
 
     @property
     def policies(self) -> PolicySet:
-        return self._policies
+        """The set in force now: a request reads it once and keeps that snapshot."""
+        return self.live.policies
 
     def replace_policies(self, policies: PolicySet, *, actor: str = "admin:reload") -> None:
-        """Swap in a validated policy set (all or nothing) and record it in the audit log,
-        with every budget it changes (so budgets can be shown as they were at any time).
-
-        Raises ``PolicySetError`` (and keeps the set in force) when the new set shrinks a
-        bound below what stored batches were stored under. The check, the audit entry and
-        the record of the bounds in force are one transaction holding the audit head, so an
-        upload truncated under the previous bounds commits before it (and is checked) or
-        after it (and is refused), in every worker and instance.
-        """
-        with self._policy_lock:
-            previous = self._policies
-            with self.database.write() as conn:
-                self.audit.append(
-                    conn,
-                    actor=actor,
-                    action="policy.reload",
-                    details={
-                        "from": previous.version,
-                        "to": policies.version,
-                        "budgets": budget_changes(previous, policies),
-                    },
-                )
-                shrunk = put_in_force(conn, policies)
-                if shrunk:
-                    # Raising rolls the entry back; the caller audits the refusal.
-                    raise PolicySetError(shrunk)
-            self._policies = policies
+        """Put ``policies`` in force, or raise ``PolicySetError`` and keep the current set."""
+        self.live.replace_policies(policies, actor=actor)
 
     def refuse_policies(self, defects: Sequence[str], *, actor: str = "admin:reload") -> None:
         """Record in the audit log that a proposed policy set was refused, and why."""
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="policy.reload_refused",
-                details={"kept": self._policies.version, "defects": list(defects)},
-            )
+        self.live.refuse_policies(defects, actor=actor)
 
     def dataset(self, dataset_id: str) -> DatasetPolicy:
-        dataset = self.policies.datasets.get(dataset_id)
-        if dataset is None:
-            raise NotFound(f"no dataset {dataset_id!r}")
-        return dataset
+        return access.dataset(self.policies, dataset_id)
 
     def partner(self, principal: Principal) -> PartnerPolicy:
-        partner = self.policies.partners.get(principal.subject or "")
-        if principal.role != "partner" or partner is None:
-            raise Forbidden("this needs a partner token whose partner has a policy")
-        return partner
+        return access.partner(self.policies, principal)
 
     def visible_datasets(self, principal: Principal) -> list[tuple[DatasetPolicy, Grant | None]]:
         """Datasets the caller may see, with the partner's grant on each (None otherwise)."""
-        datasets = sorted(self.policies.datasets.values(), key=lambda d: d.id)
-        if principal.role == "dpo":
-            return [(d, None) for d in datasets]
-        if principal.role == "owner":
-            return [(d, None) for d in datasets if d.id == principal.subject]
-        partner = self.partner(principal)
-        return [(d, g) for d in datasets if (g := partner.grant_for(d.id)) is not None]
+        return access.visible_datasets(self.policies, principal)
 
     def visible_dataset(
         self, principal: Principal, dataset_id: str
     ) -> tuple[DatasetPolicy, Grant | None]:
-        for dataset, grant in self.visible_datasets(principal):
-            if dataset.id == dataset_id:
-                return dataset, grant
-        raise NotFound(f"no dataset {dataset_id!r}")
+        return access.visible_dataset(self.policies, principal, dataset_id)
 
     # -- uploads --------------------------------------------------------------------------
 
@@ -210,10 +165,7 @@ class Exchange:
         A retry with the same Idempotency-Key and body gets the first batch; a body that a
         stored batch already holds is refused unless ``allow_duplicate``.
         """
-        if principal.role != "owner" or principal.subject != dataset_id:
-            # Another helpline's dataset looks exactly like one that does not exist.
-            raise NotFound(f"no dataset {dataset_id!r}")
-        dataset = self.dataset(dataset_id)
+        dataset = access.owned_dataset(self.policies, principal, dataset_id)
         upload = Upload.of(
             self.keyring,
             dataset.id,
@@ -238,10 +190,10 @@ class Exchange:
     # -- queries --------------------------------------------------------------------------
 
     def _prepare(
-        self, principal: Principal, raw: Mapping[str, Any]
+        self, policies: PolicySet, principal: Principal, raw: Mapping[str, Any]
     ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
-        partner = self.partner(principal)
-        dataset = self.dataset(str(raw.get("dataset", "")))
+        partner = access.partner(policies, principal)
+        dataset = access.dataset(policies, str(raw.get("dataset", "")))
         if partner.grant_for(dataset.id) is None:
             # Before validation or pricing: without a grant, a dataset looks exactly like
             # one that does not exist, and no message may reveal anything of its schema.
@@ -253,7 +205,7 @@ class Exchange:
             )
             raise NotFound(f"no dataset {dataset.id!r}")
         query = build_query(raw, dataset, max_cells=self.max_cells)
-        plan = self._plans.plan(self.policies.version, query, dataset)
+        plan = self._plans.plan(policies.version, query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}
         try:
             grant = check_grant(
@@ -274,12 +226,11 @@ class Exchange:
         free = self.synopses.estimate(principal, raw) if self.synopses is not None else None
         if free is not None:
             return free
-        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        partner, dataset, grant, query, plan = self._prepare(self.policies, principal, raw)
         # Only the partner's own release counts: that another partner asked the same
         # question is not the estimate's to tell.
         own = self.releases.find(dataset=dataset.id, query_key=query_key(query), partner=partner.id)
         cached = own is not None
-        remaining = self._remaining(dataset, grant, partner.id)
         summary = plan_summary(plan)
         return {
             "dataset": dataset.id,
@@ -289,7 +240,7 @@ class Exchange:
             "privacy": _free(summary["privacy"]) if cached else summary["privacy"],
             "mechanism": summary["mechanism"],
             "accuracy": summary["accuracy"],
-            "budget": self._budget_view(dataset, remaining),
+            "budget": self.reports.answer_budget(dataset, grant, partner.id),
             "source": "direct",
         }
 
@@ -302,7 +253,10 @@ class Exchange:
             free = self.synopses.answer(principal, raw, idempotency_key=idempotency_key)
             if free is not None:
                 return free
-        partner, dataset, grant, query, plan = self._prepare(principal, raw)
+        # One snapshot of the live policies for the whole request: a reload meanwhile must
+        # not give the release a version other than the one it was planned and priced under.
+        policies = self.policies
+        partner, dataset, grant, query, plan = self._prepare(policies, principal, raw)
         key = query_key(query)
         request_hash = hashlib.sha256(
             json.dumps(dict(raw), sort_keys=True, default=str).encode()
@@ -334,7 +288,7 @@ class Exchange:
             raise
         release_id = "rel_" + secrets.token_hex(10)
         try:
-            document = self._compute(release_id, dataset, partner.id, query, plan)
+            document = self._compute(release_id, dataset, partner.id, query, plan, policies.version)
         except Exception as failure:
             # The data was read and may have caused the failure: pay for it as for a
             # release, so that no outcome that depends on the data is free.
@@ -362,15 +316,21 @@ class Exchange:
             return self._answer_from_winner(
                 partner.id, dataset, grant, key, request_hash, idempotency_key
             )
-        return Answer(dict(document, budget=self._budget_view(dataset, remaining)), cached=False)
+        return Answer(dict(document, budget=budget_view(dataset, remaining)), cached=False)
 
     def _compute(
-        self, release_id: str, dataset: DatasetPolicy, partner: str, query: Query, plan: QueryPlan
+        self,
+        release_id: str,
+        dataset: DatasetPolicy,
+        partner: str,
+        query: Query,
+        plan: QueryPlan,
+        policy_version: str,
     ) -> dict[str, Any]:
         """The signed release document: cells read, noise drawn, nothing stored or sent."""
         aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
         values = release_values(plan, aggregates)
-        document = self._document(release_id, dataset, partner, query, plan, values)
+        document = self._document(release_id, dataset, partner, query, plan, values, policy_version)
         document["signature"] = sign_document(self.keyring, document)
         return document
 
@@ -526,6 +486,7 @@ class Exchange:
         query: Query,
         plan: QueryPlan,
         values: list[Any],
+        policy_version: str,
     ) -> dict[str, Any]:
         summary = plan_summary(plan)
         rows = []
@@ -543,7 +504,7 @@ class Exchange:
             "privacy": summary["privacy"],
             "mechanism": summary["mechanism"],
             "accuracy": summary["accuracy"],
-            "policy_version": self.policies.version,
+            "policy_version": policy_version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
 
@@ -552,23 +513,8 @@ class Exchange:
     ) -> dict[str, Any]:
         """The stored, signed document plus the caller's current budget (not signed)."""
         document = dict(stored.document)
-        document["budget"] = self._budget_view(dataset, self._remaining(dataset, grant, partner))
+        document["budget"] = self.reports.answer_budget(dataset, grant, partner)
         return document
-
-    def _budget_view(self, dataset: DatasetPolicy, remaining: Remaining) -> dict[str, Any]:
-        unit = dataset.budget_unit
-        return {
-            "partner_remaining": {unit: float(remaining.partner)},
-            "dataset_remaining": {unit: float(remaining.dataset)},
-        }
-
-    def _remaining(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Remaining:
-        return self.ledger.remaining(
-            dataset=dataset.id,
-            partner=partner,
-            partner_budget=grant.budget,
-            global_budget=dataset.global_budget,
-        )
 
     def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
         own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
@@ -589,7 +535,8 @@ class Exchange:
     ) -> tuple[list[dict[str, Any]], Position | None]:
         """One page of the caller's releases (all partners' for a DPO), newest first, and
         the position to continue from (None on the last page)."""
-        partners = None if principal.role == "dpo" else [self.partner(principal).id]
+        own = access.seen_partner(self.policies, principal)
+        partners = None if own is None else [own]
         stored = self.releases.list(partners=partners, limit=limit + 1, after=after)
         more = len(stored) > limit
         return [dict(s.document or {}) for s in stored[:limit]], (
@@ -598,74 +545,26 @@ class Exchange:
 
     def get_release(self, principal: Principal, release_id: str) -> dict[str, Any]:
         stored = self.releases.get(release_id)
-        if stored is None or not self._may_read(principal, stored):
+        if stored is None or not access.may_read(self.policies, principal, stored):
             raise NotFound(f"no release {release_id!r}")
         return dict(stored.document)
 
-    def _may_read(self, principal: Principal, stored: StoredRelease) -> bool:
-        if principal.role == "dpo":
-            return True
-        if principal.role != "partner":
-            return False
-        if stored.partner == principal.subject:
-            return True
-        # A shared release is readable by another partner only if that partner could have
-        # asked the same question now: the grant rules of a query, max_per_query included
-        # (at the release's own cost), though reading it charges nothing.
-        dataset = self.policies.datasets.get(stored.dataset)
-        partner = self.policies.partners.get(principal.subject or "")
-        if not (dataset and dataset.share_releases and partner):
-            return False
-        query = stored.document.get("query", {})
-        dimensions = set(query.get("group_by", [])) | set(query.get("filters", {}))
-        cost = stored.document.get("privacy", {}).get("cost", {}).get(dataset.budget_unit)
-        if not isinstance(cost, str):
-            return False
-        try:
-            check_grant(
-                partner,
-                dataset,
-                statistic=str(query.get("statistic")),
-                dimensions=dimensions,
-                cost=Fraction(cost),
-                today=date.today(),
-            )
-        except PolicyViolation:
-            return False
-        return True
-
     def budgets(self, principal: Principal) -> list[dict[str, Any]]:
         """Granted, spent and remaining per grant, with each dataset's global budget."""
-        if principal.role == "dpo":
-            partners = sorted(self.policies.partners.values(), key=lambda p: p.id)
-        elif principal.role == "partner":
-            partners = [self.partner(principal)]
-        else:
-            raise Forbidden("budgets are for partners and DPOs")
-        spent = self.ledger.all_spent()
-        rows = []
-        for partner in partners:
-            for grant in partner.grants:
-                dataset = self.policies.datasets.get(grant.dataset)
-                if dataset is None:
-                    continue
-                own = spent.get((dataset.id, partner.id), Fraction(0))
-                total = spent.get((dataset.id, GLOBAL), Fraction(0))
-                rows.append(
-                    {
-                        "partner": partner.id,
-                        "dataset": dataset.id,
-                        "unit": dataset.budget_unit,
-                        "granted": float(grant.budget),
-                        "spent": float(own),
-                        "remaining": float(remaining_budget(grant.budget, own)),
-                        "expires": grant.expires.isoformat() if grant.expires else None,
-                        "dataset_global": float(dataset.global_budget),
-                        "dataset_spent": float(total),
-                        "dataset_remaining": float(remaining_budget(dataset.global_budget, total)),
-                    }
-                )
-        return rows
+        policies = self.policies
+        return self.reports.grants(policies, access.budget_partners(policies, principal))
+
+    def dataset_spend(self, dataset: DatasetPolicy) -> Spend:
+        """The dataset's spend of its global budget."""
+        return self.reports.dataset_spend(dataset)
+
+    def grant_spend(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Spend:
+        """A partner's spend of its grant on the dataset."""
+        return self.reports.grant_spend(dataset, grant, partner)
+
+    def charges(self, principal: Principal) -> list[ChargeLine]:
+        """The charges the caller may see (every partner's for a DPO), oldest first."""
+        return self.reports.charges(access.seen_partner(self.policies, principal))
 
 
 def _free(privacy: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Over the Flask client against a real keyring and a real database (SQLite and PostgreSQL):
 a request that cannot be paid reads no cell and draws no noise; a computation that fails
-after reading data is charged; one Idempotency-Key raced with several bodies answers each
+after reading data is charged; a release answers under one policy version even when a
+reload lands while it is computed; one Idempotency-Key raced with several bodies answers each
 body with its own release or 409; a shared release read by id obeys the reader's
 ``max_per_query``; an estimate never reveals another partner's release.
 """
@@ -23,6 +24,8 @@ from sqlalchemy import text
 from service.crypto.keyring import Keyring
 from service.dp.mechanisms import noise_draws
 from service.exchange import Exchange
+from service.policy.loader import load_policies
+from service.policy.model import DatasetPolicy, PolicySet
 from service.store.batches import BatchStore
 from tests.conftest import BOTH_BACKENDS, bearer
 
@@ -262,3 +265,46 @@ def test_an_estimate_does_not_reveal_that_another_partner_asked_the_same_questio
     assert theirs.json["cached"] is False and never_asked.json["cached"] is False
     assert theirs.json["privacy"]["epsilon"] == 0.05
     assert own.json["cached"] is True and own.json["privacy"]["epsilon"] == 0.0
+
+
+# -- one request, one policy set ---------------------------------------------------------------
+
+
+class ReloadingStore(BatchStore):
+    """The exchange's real store, under which a policy reload lands while a query reads its
+    cells: after the query was planned and priced, before its release document is written.
+    Timing a reload from another thread into that moment would be luck; this is exact."""
+
+    def __init__(self, exchange: Exchange, reload_to: PolicySet) -> None:
+        super().__init__(exchange.database, exchange.keyring, exchange.audit)
+        self.exchange, self.reload_to = exchange, reload_to
+
+    def cells(self, dataset: DatasetPolicy) -> Any:
+        self.exchange.replace_policies(self.reload_to)
+        return super().cells(dataset)
+
+
+def test_a_reload_during_a_query_leaves_its_release_under_the_policies_it_began_with(
+    app: Flask, client: FlaskClient, policy_dir: Path
+) -> None:
+    upload(client, app, UK, uk_records())
+    exchange: Exchange = app.extensions["dpx.exchange"]
+    before = exchange.policies.version
+    # The reload quadruples thrifty's grant on UK and changes no bound.
+    grant = policy_dir / "partners" / "thrifty.yaml"
+    grant.write_text(grant.read_text().replace("{epsilon: 0.5}", "{epsilon: 2.0}", 1))
+    reloaded = load_policies(policy_dir)
+    assert reloaded.version != before
+    exchange.store = ReloadingStore(exchange, reloaded)
+    thrifty = token(app, "partner", "thrifty")
+
+    released = client.post("/v1/queries", json=count(UK, 0.3), headers=thrifty)
+
+    assert released.status_code == 201, released.json
+    assert exchange.policies.version == reloaded.version  # the reload did land meanwhile
+    # The version, the plan and the charge all come from the set the request began with:
+    # the grant charged is the old one (0.5 - 0.3 left), and the release says so.
+    assert released.json["policy_version"] == before
+    assert released.json["budget"]["partner_remaining"] == {"epsilon": pytest.approx(0.2)}
+    stored = client.get(f"/v1/releases/{released.json['release_id']}", headers=thrifty)
+    assert stored.json["policy_version"] == before

@@ -225,7 +225,7 @@ def overview() -> str:
     exchange = _exchange()
     budgets = exchange.budgets(caller)
     now = datetime.now(UTC)
-    history = exchange.ledger.history(partner=None if caller.role == "dpo" else caller.subject)
+    history = exchange.charges(caller)
     context: dict[str, Any] = {
         "budgets": budgets,
         "burndowns": burndown_charts(

@@ -19,9 +19,7 @@ from service.api.schemas import (
     DatasetSchema,
     UploadArgsSchema,
 )
-from service.dp.accounting import remaining_budget
 from service.exchange import Exchange
-from service.ledger.budgets import GLOBAL
 from service.policy.model import DatasetPolicy, Grant
 
 blp = Blueprint(
@@ -40,7 +38,7 @@ def _exchange() -> Exchange:
 def render_dataset(
     exchange: Exchange, dataset: DatasetPolicy, grant: Grant | None, partner: str | None
 ) -> dict[str, Any]:
-    global_spent = exchange.ledger.spent(dataset.id, GLOBAL)
+    global_spend = exchange.dataset_spend(dataset)
     view: dict[str, Any] = {
         "id": dataset.id,
         "title": dataset.title,
@@ -53,7 +51,7 @@ def render_dataset(
             "delta": float(dataset.delta) if dataset.delta is not None else None,
             "budget_unit": dataset.budget_unit,
             "global_budget": float(dataset.global_budget),
-            "global_remaining": float(remaining_budget(dataset.global_budget, global_spent)),
+            "global_remaining": float(global_spend.remaining),
             "share_releases": dataset.share_releases,
         },
         "dimensions": [asdict(d) for d in dataset.dimensions],
@@ -62,15 +60,15 @@ def render_dataset(
         "synopsis": exchange.synopses.describe(dataset) if exchange.synopses else None,
     }
     if grant is not None and partner is not None:
-        spent = exchange.ledger.spent(dataset.id, partner)
+        spend = exchange.grant_spend(dataset, grant, partner)
         view["grant"] = {
             "budget": float(grant.budget),
             "max_per_query": float(grant.max_per_query) if grant.max_per_query else None,
             "statistics": sorted(grant.statistics),
             "dimensions": sorted(grant.dimensions),
             "expires": grant.expires,
-            "spent": float(spent),
-            "remaining": float(remaining_budget(grant.budget, spent)),
+            "spent": float(spend.spent),
+            "remaining": float(spend.remaining),
         }
     return view
 
