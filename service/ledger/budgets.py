@@ -10,15 +10,13 @@ fit into the last unit of budget. Integer nano-units make sums exact: ten charge
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from sqlalchemy import BigInteger, Connection, Table, bindparam, case, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy import Connection, bindparam, select, text
 
 from service.database.engine import Database
 from service.database.schema import budget_accounts, charges
@@ -36,39 +34,20 @@ _ACCOUNTS = select(budget_accounts.c.partner, budget_accounts.c.spent_nano).wher
 _RECORD = charges.insert()
 
 
-def _upsert(dialect: Callable[[Table], sqlite.Insert | postgresql.Insert]) -> ReturningInsert[Any]:
-    """Open both accounts at ``cost``, or add ``cost`` to each one whose limit it fits.
-
-    A new account starts at 0, so the insert branch (which checks nothing) may only run when
-    the cost alone fits both limits: the caller checks that first.
-    """
-    account = budget_accounts.c
-    limit = case(
-        (account.partner == GLOBAL, bindparam("global_limit")), else_=bindparam("partner_limit")
-    )
-    cost = bindparam("cost", type_=BigInteger)
-    return (
-        dialect(budget_accounts)
-        .values(
-            [
-                {
-                    "dataset": bindparam("dataset"),
-                    "partner": bindparam("partner"),
-                    "spent_nano": cost,
-                },
-                {"dataset": bindparam("dataset"), "partner": GLOBAL, "spent_nano": cost},
-            ]
-        )
-        .on_conflict_do_update(
-            index_elements=[account.dataset, account.partner],
-            set_={"spent_nano": account.spent_nano + cost},
-            where=account.spent_nano + cost <= limit,
-        )
-        .returning(account.partner, account.spent_nano)
-    )
-
-
-_UPSERT = {"sqlite": _upsert(sqlite.insert), "postgresql": _upsert(postgresql.insert)}
+# Opens both accounts at ``cost``, or adds ``cost`` to each one whose limit it fits. A new
+# account starts at 0, so the insert branch (which checks nothing) may only run when the cost
+# alone fits both limits: the caller checks that first. Written as SQL because SQLAlchemy
+# compiles a multi-row upsert anew on every execution (its form is not cached); this text is
+# the same on SQLite and PostgreSQL.
+_UPSERT = text(
+    "INSERT INTO budget_accounts (dataset, partner, spent_nano) "
+    "VALUES (:dataset, :partner, :cost), (:dataset, :global_account, :cost) "
+    "ON CONFLICT (dataset, partner) DO UPDATE "
+    "SET spent_nano = budget_accounts.spent_nano + :cost "
+    "WHERE budget_accounts.spent_nano + :cost <= CASE "
+    "WHEN budget_accounts.partner = :global_account THEN :global_limit ELSE :partner_limit END "
+    "RETURNING partner, spent_nano"
+).bindparams(bindparam("global_account", GLOBAL))
 
 
 @dataclass(frozen=True)
@@ -135,7 +114,6 @@ class Ledger:
         partner_limit, global_limit = to_nano(partner_budget), to_nano(global_budget)
         charged: dict[str, int] = {}
         if cost <= partner_limit and cost <= global_limit:
-            upsert = _UPSERT["sqlite" if self.database.is_sqlite else "postgresql"]
             parameters = {
                 "dataset": dataset,
                 "partner": partner,
@@ -143,7 +121,9 @@ class Ledger:
                 "partner_limit": partner_limit,
                 "global_limit": global_limit,
             }
-            charged = {row.partner: int(row.spent_nano) for row in conn.execute(upsert, parameters)}
+            charged = {
+                row.partner: int(row.spent_nano) for row in conn.execute(_UPSERT, parameters)
+            }
         if len(charged) == 2:
             return Remaining(
                 partner=remaining_budget(partner_budget, from_nano(charged[partner])),
