@@ -265,7 +265,35 @@ class Exchange:
             earlier = self.releases.find_idempotent(partner.id, idempotency_key)
             if earlier is not None:
                 return self._replay(earlier, request_hash, dataset, grant, partner.id)
-        stored = self._cached(dataset, partner.id, key)
+        # One read transaction for all that is looked at before the charge: a stored answer,
+        # then what the budget has left, then the cells. Only the charge decides whether the
+        # release may leave; these reads merely avoid work.
+        with self.database.read() as snapshot:
+            stored = self._cached(dataset, partner.id, key, within=snapshot)
+            if stored is None:
+                try:
+                    self.ledger.check(
+                        dataset=dataset.id,
+                        partner=partner.id,
+                        unit=dataset.budget_unit,
+                        amount=plan.cost,
+                        partner_budget=grant.budget,
+                        global_budget=dataset.global_budget,
+                        within=snapshot,
+                    )
+                except BudgetExhausted as exhausted:
+                    self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
+                    raise
+                release_id = "rel_" + secrets.token_hex(10)
+                try:
+                    document = self._compute(
+                        release_id, dataset, partner.id, query, plan, policies.version, snapshot
+                    )
+                except Exception as failure:
+                    # The data was read and may have caused the failure: pay for it as for a
+                    # release, so that no outcome that depends on the data is free.
+                    self._charge_failure(principal, partner, dataset, grant, plan, key, failure)
+                    raise
         if stored is not None:
             if idempotency_key is not None:
                 # A concurrent request under the same key may have released this very query
@@ -274,26 +302,6 @@ class Exchange:
                 if earlier is not None:
                     return self._replay(earlier, request_hash, dataset, grant, partner.id)
             return Answer(self._respond(stored, dataset, grant, partner.id), cached=True)
-        try:
-            self.ledger.check(
-                dataset=dataset.id,
-                partner=partner.id,
-                unit=dataset.budget_unit,
-                amount=plan.cost,
-                partner_budget=grant.budget,
-                global_budget=dataset.global_budget,
-            )
-        except BudgetExhausted as exhausted:
-            self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
-            raise
-        release_id = "rel_" + secrets.token_hex(10)
-        try:
-            document = self._compute(release_id, dataset, partner.id, query, plan, policies.version)
-        except Exception as failure:
-            # The data was read and may have caused the failure: pay for it as for a
-            # release, so that no outcome that depends on the data is free.
-            self._charge_failure(principal, partner, dataset, grant, plan, key, failure)
-            raise
         try:
             remaining = self._commit(
                 principal,
@@ -326,9 +334,10 @@ class Exchange:
         query: Query,
         plan: QueryPlan,
         policy_version: str,
+        within: Connection | None = None,
     ) -> dict[str, Any]:
         """The signed release document: cells read, noise drawn, nothing stored or sent."""
-        aggregates = true_aggregates(self.store.cells(dataset), query, dataset)
+        aggregates = true_aggregates(self.store.cells(dataset, within), query, dataset)
         values = release_values(plan, aggregates)
         document = self._document(release_id, dataset, partner, query, plan, values, policy_version)
         document["signature"] = sign_document(self.keyring, document)
@@ -516,11 +525,17 @@ class Exchange:
         document["budget"] = self.reports.answer_budget(dataset, grant, partner)
         return document
 
-    def _cached(self, dataset: DatasetPolicy, partner: str, key: str) -> StoredRelease | None:
-        own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner)
+    def _cached(
+        self,
+        dataset: DatasetPolicy,
+        partner: str,
+        key: str,
+        within: Connection | None = None,
+    ) -> StoredRelease | None:
+        own = self.releases.find(dataset=dataset.id, query_key=key, partner=partner, within=within)
         if own is not None or not dataset.share_releases:
             return own
-        return self.releases.find(dataset=dataset.id, query_key=key, partner=None)
+        return self.releases.find(dataset=dataset.id, query_key=key, partner=None, within=within)
 
     def _record_refusal(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         self.refusals.record(Refusal(principal.actor, dataset, reason, detail))

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from service.crypto.keyring import Keyring
 from service.dp.mechanisms import noise_draws
@@ -279,9 +279,9 @@ class ReloadingStore(BatchStore):
         super().__init__(exchange.database, exchange.keyring, exchange.audit)
         self.exchange, self.reload_to = exchange, reload_to
 
-    def cells(self, dataset: DatasetPolicy) -> Any:
+    def cells(self, dataset: DatasetPolicy, within: Connection | None = None) -> Any:
         self.exchange.replace_policies(self.reload_to)
-        return super().cells(dataset)
+        return super().cells(dataset, within)
 
 
 def test_a_reload_during_a_query_leaves_its_release_under_the_policies_it_began_with(

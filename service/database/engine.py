@@ -45,8 +45,15 @@ class Database:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A transaction for reading; it sees one consistent snapshot."""
+    def read(self, within: Connection | None = None) -> Iterator[Connection]:
+        """A transaction for reading; it sees one consistent snapshot.
+
+        With ``within``, the reads join that open transaction instead, so that several
+        stores' reads of one request cost one transaction.
+        """
+        if within is not None:
+            yield within
+            return
         with self.engine.connect() as conn, conn.begin():
             yield conn
 

@@ -151,6 +151,7 @@ class Ledger:
         amount: Fraction,
         partner_budget: Fraction,
         global_budget: Fraction,
+        within: Connection | None = None,
     ) -> Remaining:
         """What is left, or ``BudgetExhausted`` if ``amount`` does not fit now; writes nothing.
 
@@ -163,6 +164,7 @@ class Ledger:
             partner=partner,
             partner_budget=partner_budget,
             global_budget=global_budget,
+            within=within,
         )
         if amount > remaining.partner:
             raise BudgetExhausted(unit, remaining, "partner")
@@ -194,10 +196,16 @@ class Ledger:
         )
 
     def remaining(
-        self, *, dataset: str, partner: str, partner_budget: Fraction, global_budget: Fraction
+        self,
+        *,
+        dataset: str,
+        partner: str,
+        partner_budget: Fraction,
+        global_budget: Fraction,
+        within: Connection | None = None,
     ) -> Remaining:
         """What is left of a grant and of the dataset's global budget, read together."""
-        with self.database.read() as conn:
+        with self.database.read(within) as conn:
             spent = self._accounts(conn, dataset, partner)
         return Remaining(
             partner=remaining_budget(partner_budget, from_nano(spent.get(partner, 0))),

@@ -85,11 +85,18 @@ class ReleaseStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def find(self, *, dataset: str, query_key: str, partner: str | None) -> StoredRelease | None:
+    def find(
+        self,
+        *,
+        dataset: str,
+        query_key: str,
+        partner: str | None,
+        within: Connection | None = None,
+    ) -> StoredRelease | None:
         """The release of this exact query by ``partner`` (the oldest of any partner when
         ``None``)."""
         parameters = {"dataset": dataset, "query_key": query_key, "partner": partner}
-        with self.database.read() as conn:
+        with self.database.read(within) as conn:
             row = conn.execute(_FIND_ANY if partner is None else _FIND_OWN, parameters).first()
         return _stored(row) if row else None
 

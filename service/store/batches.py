@@ -365,7 +365,7 @@ class BatchStore:
             created_at=created_at,
         )
 
-    def cells(self, dataset: DatasetPolicy) -> pl.DataFrame:
+    def cells(self, dataset: DatasetPolicy, within: Connection | None = None) -> pl.DataFrame:
         """All cells of ``dataset``, one row per cell summed over every batch, decrypted and
         checked.
 
@@ -374,12 +374,14 @@ class BatchStore:
         once per change. Without merged cells (batches stored by an older dpx, before
         ``dpx cells rebuild``) the batches are summed.
         """
-        version = self.documents.version(dataset.id, CELLS)
+        version = self.documents.version(dataset.id, CELLS, within)
         if version is None:
             return merge_cells(self._batch_frames(dataset), dataset)
-        return self._document(dataset, CELLS, version)
+        return self._document(dataset, CELLS, version, within)
 
-    def _document(self, dataset: DatasetPolicy, kind: str, version: int) -> pl.DataFrame:
+    def _document(
+        self, dataset: DatasetPolicy, kind: str, version: int, within: Connection | None = None
+    ) -> pl.DataFrame:
         """The merged cells or the contributions of ``dataset`` at ``version``, decrypted."""
         return self.documents.opened(
             dataset.id,
@@ -390,6 +392,7 @@ class BatchStore:
                 if kind == CELLS
                 else decode_contributions(plain, dataset)
             ),
+            within,
         )
 
     def _batch_frames(self, dataset: DatasetPolicy) -> list[pl.DataFrame]:

@@ -154,8 +154,8 @@ class DocumentStore:
         with self.database.read() as conn:
             return document_versions(conn, dataset)
 
-    def version(self, dataset: str, kind: str) -> int | None:
-        with self.database.read() as conn:
+    def version(self, dataset: str, kind: str, within: Connection | None = None) -> int | None:
+        with self.database.read(within) as conn:
             return document_version(conn, dataset, kind)
 
     def blob(self, dataset: str, kind: str) -> bytes | None:
@@ -164,14 +164,19 @@ class DocumentStore:
         return None if stored is None else stored.blob
 
     def opened(
-        self, dataset: str, kind: str, version: int, decode: Callable[[bytes], pl.DataFrame]
+        self,
+        dataset: str,
+        kind: str,
+        version: int,
+        decode: Callable[[bytes], pl.DataFrame],
+        within: Connection | None = None,
     ) -> pl.DataFrame:
         """Document ``kind`` of ``dataset`` decrypted and decoded, from memory when this
         process already holds ``version``; `IntegrityError` if it does not open or decode."""
         held = self._opened.get((dataset, kind))
         if held is not None and held[0] == version:
             return held[1]
-        with self.database.read() as conn:
+        with self.database.read(within) as conn:
             stored = read_documents(conn, dataset, [kind]).get(kind)
         if stored is None:
             raise IntegrityError(f"the {kind} of dataset {dataset} disappeared")
