@@ -50,7 +50,6 @@ RESUME = "key.rotate.resume"
 REWRAP = "key.rewrap"
 FINISH = "key.rotate.finish"
 RETIRE = "key.retire"
-SIGNING_ROTATE = "signing_key.rotate"
 
 DEFAULT_BATCH_SIZE = 200
 
@@ -459,24 +458,6 @@ class KeyRotation:
                 )
             self.keyring.remove_kek(kek_id)
             self.keyring.save()
-
-    # -- signing keys --------------------------------------------------------------------
-
-    def rotate_signing_key(self) -> tuple[str, str]:
-        """Make a fresh Ed25519 key current; the former one is retired but still published,
-        so releases and audit checkpoints it signed keep verifying. Returns (new, retired)."""
-        self.keyring.refresh()
-        retired = self.keyring.signing_key_id
-        current = self.keyring.rotate_signing_key()
-        self.keyring.save()
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=self.actor,
-                action=SIGNING_ROTATE,
-                details={"key_id": current, "retired": retired},
-            )
-        return current, retired
 
 
 def _count_not_under(conn: Connection, kek_id: str) -> int:
