@@ -11,6 +11,11 @@ A build follows the order of a charged query (see ``service.exchange``):
 A build killed between 2 and 3 loses its budget, never privacy: no synopsis row exists
 until the whole table is stored. Answers are post-processing of the stored table, so
 they cost nothing; they are still stored, signed releases, under the partner's grant.
+
+The module is long because it is one service with two halves that must agree: the build
+that stores a synopsis, and the free answers that read it, each of which still takes every
+step of a charged query but the charge (grant check, audited refusal, replay of an earlier
+release, signed and stored release).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 subprocess, as scripts/run and the container start it, on a free loopback port.
 
 ``serve`` starts one, waits until ``/readyz`` answers (failing with the server's log if it
-exits or never gets ready) and stops it afterwards. A server is configured by the variables
+exits or never gets ready) and stops it afterwards; ``serve_deployment`` starts the
+instances of a deployment over the test database. A server is configured by the variables
 it is given alone: this process's dpx and Prometheus settings are never passed on.
 """
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,28 @@ def serve(
         yield server
     finally:
         _stop(process, stop_signal)
+
+
+@contextmanager
+def serve_deployment(settings: Settings, root: Path, backend: str) -> Iterator[list[str]]:
+    """The URLs of a deployment's ready instances over ``settings``, stopped on exit.
+
+    SQLite allows one host: one gunicorn with 4 workers. PostgreSQL is shared state, so
+    two gunicorns with 2 workers each, as on two machines (``instance_variables``). Each
+    logs to ``root/gunicorn-<index>.log``.
+    """
+    layout = [4] if backend == "sqlite" else [2, 2]
+    with ExitStack() as servers:
+        yield [
+            servers.enter_context(
+                serve(
+                    instance_variables(settings, root, index),
+                    workers=workers,
+                    log_path=root / f"gunicorn-{index}.log",
+                )
+            ).url
+            for index, workers in enumerate(layout)
+        ]
 
 
 def _wait_ready(server: LiveServer) -> None:

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from service import signing_keys
 from service.cli import deployment, fail, friendly, main
 from service.store.rotation import DEFAULT_BATCH_SIZE, KeyRotation, OnProgress
 
@@ -157,6 +158,6 @@ def list_keys() -> None:
 def rotate_signing_key() -> None:
     """Make a fresh Ed25519 release-signing key current; the old one is retired but stays
     published at /v1/signing-keys, so releases it signed still verify."""
-    with _rotation() as rotation:
-        current, retired = rotation.rotate_signing_key()
+    with deployment() as c:
+        current, retired = signing_keys.rotate_signing_key(c.database, c.keyring, c.audit)
     click.echo(f"signing key {current} is current; {retired} is retired and still published")

@@ -23,6 +23,10 @@ estimator: for a query ``q`` in the row space of the measurements, ``Var(q x) = 
 with ``M = sum_i A_i' A_i / v_i``. Marginals of one product table share an eigenbasis
 (each dimension's constant vector and its complement), so ``M+`` and the budget split's
 objective are computed exactly from a handful of eigenvalues, never by inverting a matrix.
+
+The module is long because design, fit and answer share that eigenbasis arithmetic: the
+budget split minimises the very variance that the answers' intervals report, so the two
+must come from one piece of code.
 """
 
 from __future__ import annotations

@@ -19,13 +19,9 @@ import yaml
 from marshmallow import ValidationError
 
 from service.policy.errors import PolicyError, PolicySetError
+from service.policy.fields import describe
 from service.policy.model import BUDGET_UNITS, DatasetPolicy, PartnerPolicy, PolicySet
-from service.policy.schemas import (
-    DatasetSchema,
-    PartnerFile,
-    PartnerSchema,
-    describe,
-)
+from service.policy.schemas import DatasetSchema, PartnerFile, PartnerSchema
 
 POLICY_KINDS = ("datasets", "partners")
 

@@ -17,6 +17,11 @@ Key rotation (``service.store.rotation``) runs in another process while the serv
 answering: a batch or document rewrapped under a KEK this process has not loaded yet is read
 after reloading the keyring file, and an upload is sealed under the primary KEK of the
 keyring file as it stands when the upload commits.
+
+The module is long because it is one concept: a batch and the documents derived from it
+are written in one transaction, and storing, reading, rebuilding and checking them share
+the same sealing, the same retry after a concurrent upload and the same reload after a
+rotation; split apart, each half would need the other's private steps.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ domains and measure bounds of the dataset policy. A batch with any bad row is re
 with the offending rows listed. A good batch is reduced to cells (one row per combination of
 dimension values present, a ``contacts`` count and the clamped measure sums): only these
 aggregates are ever stored, and the ``person`` column never leaves this module.
+
+The module is long because it is one pipeline, bytes to cells, in the order a batch passes
+through it (reading, columns, rows, aggregation), and each row check keeps its error
+message beside its Polars expression so that the two cannot drift apart.
 """
 
 from __future__ import annotations

@@ -50,12 +50,41 @@ RESUME = "key.rotate.resume"
 REWRAP = "key.rewrap"
 FINISH = "key.rotate.finish"
 RETIRE = "key.retire"
-SIGNING_ROTATE = "signing_key.rotate"
 
 DEFAULT_BATCH_SIZE = 200
 
 # Every table of sealed blobs (id, dataset, kek_id, blob) that a rotation moves.
 SEALED: tuple[Table, ...] = (batches, synopses)
+
+
+@dataclass(frozen=True)
+class _SealedRows:
+    """How a rotation writes back the rows of one table of sealed blobs."""
+
+    table: Table
+    # Columns that name a row, and any that must not have changed since it was read; the
+    # compare-and-set also requires the KEK it was read under.
+    match: tuple[str, ...]
+    # The envelope's batch_id of a row: what its blob's associated data was sealed with.
+    label: Callable[[Any], str]
+    # What the audit entry of a moved chunk counts.
+    counted: str
+
+
+def _row_id(row: Any) -> str:
+    return str(row.id)
+
+
+def _document_label(row: Any) -> str:
+    return sealed_label(row.kind)
+
+
+# Synopses are counted as batches, in the audit entries as in the progress.
+_BATCH_LIKE = tuple(_SealedRows(table, ("id",), _row_id, "batches") for table in SEALED)
+# A document is compared on its version too: an upload may replace it while the rotation runs.
+_DOCUMENTS = _SealedRows(
+    dataset_documents, ("dataset", "kind", "version"), _document_label, "documents"
+)
 
 OnProgress = Callable[[int, int], None]
 """Called after every committed transaction with (batches moved so far, batches to move)."""
@@ -278,7 +307,8 @@ class KeyRotation:
         on_progress: OnProgress | None,
     ) -> int:
         done = 0
-        for table in SEALED:
+        for kind in _BATCH_LIKE:
+            table = kind.table
             while True:
                 with self.database.read() as conn:
                     rows = conn.execute(
@@ -289,7 +319,7 @@ class KeyRotation:
                     ).all()
                 if not rows:
                     break
-                done += self._move(plan, rows, table)
+                done += self._move(plan, rows, kind)
                 if on_progress is not None:
                     on_progress(moved + done, max(total, moved + done))
         while True:
@@ -303,83 +333,39 @@ class KeyRotation:
             if not documents:
                 return done
             # Documents are not counted in the progress: it reports batches, the bulk.
-            self._move_documents(plan, documents)
+            self._move(plan, documents, _DOCUMENTS)
 
-    def _move(self, plan: RotationPlan, rows: Sequence[Any], table: Table = batches) -> int:
-        """Rewrap (or re-encrypt) one chunk and compare-and-set it in one transaction."""
+    def _move(self, plan: RotationPlan, rows: Sequence[Any], kind: _SealedRows) -> int:
+        """Rewrap (or re-encrypt) one chunk of ``kind``'s rows and compare-and-set it in one
+        transaction: a row is written only if it still holds the KEK (and, for a document,
+        the version) it was read with, so a row another process moved or replaced meanwhile
+        is left alone (it is already under the primary KEK, or is moved on the next pass)."""
         transform = reencrypt if plan.reencrypt else rewrap
         # The cryptography happens before the transaction opens, so the write lock is
         # held only for the updates themselves.
         sealed = [
-            (row, transform(self.keyring, row.blob, dataset=row.dataset, batch_id=row.id))
+            (row, transform(self.keyring, row.blob, dataset=row.dataset, batch_id=kind.label(row)))
             for row in rows
         ]
+        table = kind.table
+        # Bound names differ from the column names: the SET clause reserves those.
         compare_and_set = (
             update(table)
-            .where(table.c.id == bindparam("batch_id"), table.c.kek_id == bindparam("old"))
-            .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
-        )
-        with self.database.write() as conn:
-            # One executemany; its rowcount is the number of batches actually moved (both
-            # SQLite and psycopg sum it), which excludes any batch another process moved.
-            moved = conn.execute(
-                compare_and_set,
-                [
-                    {
-                        "batch_id": row.id,
-                        "old": row.kek_id,
-                        "new_blob": new.blob,
-                        "new_kek": new.kek_id,
-                    }
-                    for row, new in sealed
-                ],
-            ).rowcount
-            self.audit.append(
-                conn,
-                actor=self.actor,
-                action=REWRAP,
-                details={
-                    "kek_id": plan.kek_id,
-                    "from": sorted({str(row.kek_id) for row in rows}),
-                    "batches": moved,
-                    "mode": "reencrypt" if plan.reencrypt else "rewrap",
-                },
-            )
-        return moved
-
-    def _move_documents(self, plan: RotationPlan, rows: Sequence[Any]) -> int:
-        """Rewrap (or re-encrypt) sealed documents, compare-and-set on KEK and version: a
-        document an upload replaced meanwhile is left alone (it is already under the
-        primary KEK, or is moved on the next pass)."""
-        transform = reencrypt if plan.reencrypt else rewrap
-        sealed = [
-            (
-                row,
-                transform(
-                    self.keyring, row.blob, dataset=row.dataset, batch_id=sealed_label(row.kind)
-                ),
-            )
-            for row in rows
-        ]
-        compare_and_set = (
-            update(dataset_documents)
             .where(
-                dataset_documents.c.dataset == bindparam("d_dataset"),
-                dataset_documents.c.kind == bindparam("d_kind"),
-                dataset_documents.c.kek_id == bindparam("old"),
-                dataset_documents.c.version == bindparam("d_version"),
+                *(table.c[column] == bindparam(f"read_{column}") for column in kind.match),
+                table.c.kek_id == bindparam("read_kek_id"),
             )
             .values(blob=bindparam("new_blob"), kek_id=bindparam("new_kek"))
         )
         with self.database.write() as conn:
+            # One executemany; its rowcount is the number of rows actually moved (both
+            # SQLite and psycopg sum it), which excludes any row another process moved.
             moved = conn.execute(
                 compare_and_set,
                 [
                     {
-                        "d_dataset": row.dataset,
-                        "d_kind": row.kind,
-                        "old": row.kek_id,
-                        "d_version": row.version,
+                        **{f"read_{column}": getattr(row, column) for column in kind.match},
+                        "read_kek_id": row.kek_id,
                         "new_blob": new.blob,
                         "new_kek": new.kek_id,
                     }
@@ -393,7 +379,7 @@ class KeyRotation:
                 details={
                     "kek_id": plan.kek_id,
                     "from": sorted({str(row.kek_id) for row in rows}),
-                    "documents": moved,
+                    kind.counted: moved,
                     "mode": "reencrypt" if plan.reencrypt else "rewrap",
                 },
             )
@@ -459,24 +445,6 @@ class KeyRotation:
                 )
             self.keyring.remove_kek(kek_id)
             self.keyring.save()
-
-    # -- signing keys --------------------------------------------------------------------
-
-    def rotate_signing_key(self) -> tuple[str, str]:
-        """Make a fresh Ed25519 key current; the former one is retired but still published,
-        so releases and audit checkpoints it signed keep verifying. Returns (new, retired)."""
-        self.keyring.refresh()
-        retired = self.keyring.signing_key_id
-        current = self.keyring.rotate_signing_key()
-        self.keyring.save()
-        with self.database.write() as conn:
-            self.audit.append(
-                conn,
-                actor=self.actor,
-                action=SIGNING_ROTATE,
-                details={"key_id": current, "retired": retired},
-            )
-        return current, retired
 
 
 def _count_not_under(conn: Connection, kek_id: str) -> int:

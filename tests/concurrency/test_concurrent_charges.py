@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from sqlalchemy import text
 from service.components import Components
 from service.config import Settings
 from service.database.engine import Database
-from tests.live_server import instance_variables, serve
+from tests.live_server import serve_deployment
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +67,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Deployment]:
-    """SQLite: one gunicorn with 4 workers. PostgreSQL: two gunicorns with 2 workers each."""
+    """The instances of ``serve_deployment``, the partners' tokens, and one uploaded batch."""
     for partner, grant in PARTNERS.items():
         (settings.policy_dir / "partners" / f"{partner}.yaml").write_text(
             _partner_policy(partner, grant), encoding="utf-8"
@@ -76,40 +75,31 @@ def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Dep
     components = Components.open(settings)
     tokens = {partner: components.tokens.issue("partner", partner).token for partner in PARTNERS}
     owner = components.tokens.issue("owner", DATASET).token
-    layout = [4] if backend == "sqlite" else [2, 2]
-    with ExitStack() as servers:
-        servers.callback(components.database.dispose)
-        urls = [
-            servers.enter_context(
-                serve(
-                    instance_variables(settings, tmp_path, index),
-                    workers=workers,
-                    log_path=tmp_path / f"gunicorn-{index}.log",
-                )
-            ).url
-            for index, workers in enumerate(layout)
-        ]
-        records = [
-            {
-                "month": month,
-                "country": "GB",
-                "channel": channel,
-                "caller_type": "other",
-                "referral_source": "other",
-                "minutes": 10,
-            }
-            for month in MONTHS
-            for channel in ("phone", "chat")
-            for _ in range(3)
-        ]
-        upload = requests.post(
-            f"{urls[0]}/v1/datasets/{DATASET}/batches",
-            data=json.dumps(records),
-            timeout=60,
-            headers={"Authorization": f"Bearer {owner}", "Content-Type": "application/json"},
-        )
-        assert upload.status_code == 201, upload.text
-        yield Deployment(urls=urls, components=components, tokens=tokens)
+    records = [
+        {
+            "month": month,
+            "country": "GB",
+            "channel": channel,
+            "caller_type": "other",
+            "referral_source": "other",
+            "minutes": 10,
+        }
+        for month in MONTHS
+        for channel in ("phone", "chat")
+        for _ in range(3)
+    ]
+    try:
+        with serve_deployment(settings, tmp_path, backend) as urls:
+            upload = requests.post(
+                f"{urls[0]}/v1/datasets/{DATASET}/batches",
+                data=json.dumps(records),
+                timeout=60,
+                headers={"Authorization": f"Bearer {owner}", "Content-Type": "application/json"},
+            )
+            assert upload.status_code == 201, upload.text
+            yield Deployment(urls=urls, components=components, tokens=tokens)
+    finally:
+        components.database.dispose()
 
 
 def _distinct_queries(n: int) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sqlalchemy import text
 from service.components import Components
 from service.config import Settings
 from tests.conftest import BOTH_BACKENDS
-from tests.live_server import instance_variables, serve
+from tests.live_server import serve_deployment
 
 pytestmark = [pytest.mark.slow, BOTH_BACKENDS]
 
@@ -64,20 +63,11 @@ class Deployment:
 def deployment(backend: str, tmp_path: Path, settings: Settings) -> Iterator[Deployment]:
     components = Components.open(settings)
     owner = components.tokens.issue("owner", DATASET).token
-    layout = [4] if backend == "sqlite" else [2, 2]
-    with ExitStack() as servers:
-        servers.callback(components.database.dispose)
-        urls = [
-            servers.enter_context(
-                serve(
-                    instance_variables(settings, tmp_path, index),
-                    workers=workers,
-                    log_path=tmp_path / f"gunicorn-{index}.log",
-                )
-            ).url
-            for index, workers in enumerate(layout)
-        ]
-        yield Deployment(urls=urls, components=components, owner=owner)
+    try:
+        with serve_deployment(settings, tmp_path, backend) as urls:
+            yield Deployment(urls=urls, components=components, owner=owner)
+    finally:
+        components.database.dispose()
 
 
 def _body(month: int, minutes: int = 10) -> bytes:
