@@ -8,6 +8,7 @@ from marshmallow import INCLUDE, Schema, fields, post_dump, validate
 
 from service.api.cursors import MAX_SEQ, AuditCursor, ReleaseCursor
 from service.policy.model import STATISTICS
+from service.policy.schemas import DEFINITIONS
 
 
 class ProblemSchema(Schema):
@@ -270,7 +271,7 @@ class ResultRowSchema(Schema):
 class ReleasePrivacySchema(Schema):
     """What the answer cost: numbers for people, ``cost`` exactly for accounting."""
 
-    definition = fields.String(validate=validate.OneOf(["pure", "zcdp"]))
+    definition = fields.String(validate=validate.OneOf(DEFINITIONS))
     epsilon = fields.Float(metadata={"description": "for zcdp: the epsilon at the dataset's delta"})
     delta = fields.Float()
     rho = fields.Float(metadata={"description": "zcdp only"})
