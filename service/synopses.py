@@ -34,7 +34,7 @@ from service.auth.registry import Principal
 from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
 from service.dp.errors import InvalidQuery
-from service.dp.query import Query, build_query, canonical
+from service.dp.query import Query, build_query, canonical, content_key
 from service.dp.synopsis import (
     NotInSynopsis,
     SynopsisValue,
@@ -236,13 +236,7 @@ class Synopses:
                     raise Conflict("this Idempotency-Key was already used for another request")
                 return Answer(self._respond(first, dataset, grant, partner.id), cached=False)
         asked = _asked(query, dataset)
-        key = hashlib.sha256(
-            json.dumps(
-                {"query": asked, "synopsis": stored.synopsis_id},
-                sort_keys=True,
-                separators=(",", ":"),
-            ).encode()
-        ).hexdigest()
+        key = content_key({"query": asked, "synopsis": stored.synopsis_id})
         for _attempt in range(3):
             earlier = self.exchange.releases.find(
                 dataset=dataset.id, query_key=key, partner=partner.id

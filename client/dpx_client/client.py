@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 from urllib.parse import quote
 
 import requests
@@ -223,6 +223,47 @@ def _drop_none(**fields: Any) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+class Question(TypedDict, total=False):
+    """The members of a query, as :meth:`DpxClient.estimate` and :meth:`DpxClient.query`
+    take them: ``dataset`` and a cost (``epsilon``, ``rho`` or an ``accuracy`` target),
+    unless ``source="synopsis"`` answers it free. ``statistic`` is ``count`` unless given."""
+
+    dataset: Required[str]
+    statistic: str
+    measure: str | None
+    group_by: Sequence[str]
+    filters: Mapping[str, Any] | None
+    epsilon: float | None
+    rho: float | None
+    accuracy: Mapping[str, float] | None
+    alpha: float | None
+    source: str | None
+
+
+def _query_body(question: Question) -> dict[str, Any]:
+    """The JSON body of ``question``, as both query routes take it."""
+    # Keywords are not checked by Python here, so a misspelt one fails as it would in a
+    # signature of its own, instead of being dropped and asking another question.
+    unknown = sorted(set(question) - Question.__required_keys__ - Question.__optional_keys__)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    if "dataset" not in question:
+        raise TypeError("missing required keyword argument: dataset")
+    accuracy = question.get("accuracy")
+    return _drop_none(
+        dataset=question["dataset"],
+        statistic=question.get("statistic", "count"),
+        measure=question.get("measure"),
+        group_by=list(question.get("group_by", ())),
+        filters=dict(question.get("filters") or {}),
+        epsilon=question.get("epsilon"),
+        rho=question.get("rho"),
+        accuracy=dict(accuracy) if accuracy else None,
+        alpha=question.get("alpha"),
+        source=question.get("source"),
+    )
+
+
 class DpxClient:
     """A partner's (or DPO's) connection to one dpx service."""
 
@@ -267,73 +308,26 @@ class DpxClient:
         dataset: dict[str, Any] = self._call("GET", f"/v1/datasets/{_segment(dataset_id)}")
         return dataset
 
-    def estimate(
-        self,
-        *,
-        dataset: str,
-        statistic: str = "count",
-        measure: str | None = None,
-        group_by: Sequence[str] = (),
-        filters: Mapping[str, Any] | None = None,
-        epsilon: float | None = None,
-        rho: float | None = None,
-        accuracy: Mapping[str, float] | None = None,
-        alpha: float | None = None,
-        source: str | None = None,
-    ) -> dict[str, Any]:
+    def estimate(self, **question: Unpack[Question]) -> dict[str, Any]:
         """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing.
 
-        ``source="synopsis"`` asks about an answer from the dataset's synopsis (free)."""
-        body = _drop_none(
-            dataset=dataset,
-            statistic=statistic,
-            measure=measure,
-            group_by=list(group_by),
-            filters=dict(filters or {}),
-            epsilon=epsilon,
-            rho=rho,
-            accuracy=dict(accuracy) if accuracy else None,
-            alpha=alpha,
-            source=source,
-        )
+        Takes the members of a :class:`Question` as keywords. ``source="synopsis"`` asks
+        about an answer from the dataset's synopsis (free)."""
+        body = _query_body(question)
         estimate: dict[str, Any] = self._call("POST", "/v1/queries/estimate", json_body=body)
         return estimate
 
-    def query(
-        self,
-        *,
-        dataset: str,
-        statistic: str = "count",
-        measure: str | None = None,
-        group_by: Sequence[str] = (),
-        filters: Mapping[str, Any] | None = None,
-        epsilon: float | None = None,
-        rho: float | None = None,
-        accuracy: Mapping[str, float] | None = None,
-        alpha: float | None = None,
-        idempotency_key: str | None = None,
-        source: str | None = None,
-    ) -> Release:
+    def query(self, *, idempotency_key: str | None = None, **question: Unpack[Question]) -> Release:
         """Run a query and return its signed release; spends budget unless ``cached``.
 
-        ``source="synopsis"`` (and no cost) answers from the dataset's newest synopsis, free;
-        :class:`DpxError` with code ``not_in_synopsis`` or ``no_synopsis`` when it cannot.
+        Takes the members of a :class:`Question` as keywords. ``source="synopsis"`` (and no
+        cost) answers from the dataset's newest synopsis, free; :class:`DpxError` with code
+        ``not_in_synopsis`` or ``no_synopsis`` when it cannot.
 
         Every attempt of this call carries the same ``Idempotency-Key`` (a fresh one unless
         given), so a retry after a lost response never charges twice.
         """
-        body = _drop_none(
-            dataset=dataset,
-            statistic=statistic,
-            measure=measure,
-            group_by=list(group_by),
-            filters=dict(filters or {}),
-            epsilon=epsilon,
-            rho=rho,
-            accuracy=dict(accuracy) if accuracy else None,
-            alpha=alpha,
-            source=source,
-        )
+        body = _query_body(question)
         key = idempotency_key or "idem_" + secrets.token_urlsafe(18)
         return Release(
             self._call("POST", "/v1/queries", json_body=body, headers={"Idempotency-Key": key})

@@ -26,6 +26,9 @@ BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 PUBLIC: list[dict[str, list[str]]] = []
 """The ``security`` of an operation that anyone may call."""
 
+OPENAPI_JSON_ENDPOINT = "api-docs.openapi_json"
+"""The endpoint that serves the OpenAPI document (flask-smorest's docs blueprint)."""
+
 ASSETS = Path(__file__).resolve().parent / "static" / "docs"
 
 blp = Blueprint(
@@ -98,7 +101,7 @@ class Docs(MethodView):
             css=html.escape(url_for("docs.static", filename="swagger-ui.css")),
             bundle=html.escape(url_for("docs.static", filename="swagger-ui-bundle.js")),
             start=html.escape(url_for("docs.static", filename="dpx-docs.js")),
-            spec=html.escape(url_for("api-docs.openapi_json")),
+            spec=html.escape(url_for(OPENAPI_JSON_ENDPOINT)),
         )
         response = Response(page, mimetype="text/html")
         response.headers.update(DOCS_SECURITY_HEADERS)

@@ -301,7 +301,8 @@ class ProblemApi(Api):  # type: ignore[misc]
 
     Every error response in the OpenAPI document is ``application/problem+json`` with
     ``ProblemSchema`` (flask-smorest's own error schema is never used), and the document
-    includes itself and the self-hosted docs page.
+    includes itself and the self-hosted docs page. Only flask-smorest's public hooks are
+    used: ``ERROR_SCHEMA``, ``handle_http_exception``, ``init_app`` and ``spec``.
     """
 
     ERROR_SCHEMA = ProblemSchema
@@ -309,23 +310,30 @@ class ProblemApi(Api):  # type: ignore[misc]
     def handle_http_exception(self, error: HTTPException) -> Response:
         return _http(error)
 
-    def _register_responses(self) -> None:
-        # Components are lazy: only the statuses that some operation names appear.
+    def init_app(self, app: Flask, *, spec_kwargs: dict[str, Any] | None = None) -> None:
+        super().init_app(app, spec_kwargs=spec_kwargs)
+        self._document_problems()
+        self._document_openapi_json(app)
+        self.register_blueprint(docs.blp)
+
+    def _document_problems(self) -> None:
+        # flask-smorest names an error response component after its status (a view's
+        # arguments refer to UNPROCESSABLE_ENTITY by itself) and registers each lazily,
+        # as application/json. Registering the same names lazily again replaces them
+        # before any view refers to one, so only the statuses some operation names appear.
         for status in HTTPStatus:
             if status >= 400:
-                response = _problem_response(status.phrase, status)
-            else:
-                response = {"description": status.phrase}
-            self.spec.components.response(status.name, response, lazy=True)
+                self.spec.components.response(
+                    status.name, _problem_response(status.phrase, status), lazy=True
+                )
         self.spec.components.response(
             self.DEFAULT_ERROR_RESPONSE_NAME,
             _problem_response("any other error, as problem+json", 500),
             lazy=True,
         )
 
-    def _register_doc_blueprint(self) -> None:
-        super()._register_doc_blueprint()
-        rule = next(self._app.url_map.iter_rules(f"{self._make_doc_blueprint_name()}.openapi_json"))
+    def _document_openapi_json(self, app: Flask) -> None:
+        rule = next(app.url_map.iter_rules(docs.OPENAPI_JSON_ENDPOINT))
         self.spec.path(
             rule=rule,
             operations={
@@ -343,7 +351,6 @@ class ProblemApi(Api):  # type: ignore[misc]
                 }
             },
         )
-        self.register_blueprint(docs.blp)
 
 
 def register_problem_handlers(app: Flask) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, fields, post_dump, validate
 
 from service.api.cursors import MAX_SEQ, AuditCursor, ReleaseCursor
 from service.policy.model import STATISTICS
+from service.policy.schemas import DEFINITIONS
 
 
 class ProblemSchema(Schema):
@@ -188,37 +191,197 @@ class QuerySchema(Schema):
     )
 
 
+class _AsComputed(Schema):
+    """A schema that documents a release-shaped answer and returns it as it was computed.
+
+    A release is signed: the partner verifies the very members and numbers the service
+    signed, so marshmallow must not render them again (a ``Float`` would turn a count of
+    412 into 412.0, and a missed member would vanish). Dumping keeps the members this
+    schema declares, each with its value as computed; the nested schemas only describe.
+    """
+
+    @post_dump(pass_original=True)
+    def _as_computed(self, data: dict[str, Any], original: Any, **_: Any) -> dict[str, Any]:
+        return {name: original[name] for name in data}
+
+
+_AMOUNT = {
+    "description": "in the dataset's budget unit (epsilon or rho), as an exact decimal",
+    "example": {"epsilon": "0.2"},
+}
+
+
+class AccuracyCapSchema(Schema):
+    max_error = fields.Float(metadata={"example": 50})
+
+
+class QueryPrivacySchema(Schema):
+    """The cost a query asked for: exactly one member."""
+
+    epsilon = fields.String(metadata={"description": "exact decimal", "example": "0.2"})
+    rho = fields.String(metadata={"description": "exact decimal"})
+    accuracy = fields.Nested(
+        AccuracyCapSchema, metadata={"description": "the cheapest cost that keeps this accuracy"}
+    )
+    source = fields.String(
+        validate=validate.OneOf(["synopsis"]),
+        metadata={"description": "answered free from a synopsis"},
+    )
+
+
+class CanonicalQuerySchema(Schema):
+    """The question in canonical form: the same question always reads the same."""
+
+    dataset = fields.String(metadata={"example": "uk-helpline-2024"})
+    statistic = fields.String(validate=validate.OneOf(STATISTICS))
+    measure = fields.String(allow_none=True)
+    group_by = fields.List(fields.String(), metadata={"example": ["month"]})
+    filters = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "dimension -> the values kept, in policy order"},
+    )
+    privacy = fields.Nested(QueryPrivacySchema)
+    alpha = fields.Float(metadata={"example": 0.05})
+    source = fields.String(
+        validate=validate.OneOf(["synopsis"]),
+        metadata={"description": "present when answered free from a synopsis"},
+    )
+
+
+class ResultRowSchema(Schema):
+    """One cell of a release: its group-by values, the noisy value and its interval."""
+
+    class Meta:
+        # The group-by dimensions are members too, one string each, named by the query.
+        unknown = INCLUDE
+
+    value = fields.Float(metadata={"description": "the noisy value", "example": 412})
+    ci = fields.List(
+        fields.Float(),
+        validate=validate.Length(equal=2),
+        metadata={
+            "description": "[low, high]: the interval that holds the true value at "
+            "confidence 1 - alpha",
+            "example": [352, 472],
+        },
+    )
+
+
+class ReleasePrivacySchema(Schema):
+    """What the answer cost: numbers for people, ``cost`` exactly for accounting."""
+
+    definition = fields.String(validate=validate.OneOf(DEFINITIONS))
+    epsilon = fields.Float(metadata={"description": "for zcdp: the epsilon at the dataset's delta"})
+    delta = fields.Float()
+    rho = fields.Float(metadata={"description": "zcdp only"})
+    cost = fields.Dict(keys=fields.String(), values=fields.String(), metadata=_AMOUNT)
+
+
+class MechanismPartSchema(Schema):
+    """One of a mean's two measurements (its sum and its count)."""
+
+    scale = fields.Float()
+    sensitivity = fields.Float()
+    cost = fields.Dict(keys=fields.String(), values=fields.String(), metadata=_AMOUNT)
+
+
+class MechanismSchema(Schema):
+    """The noise: one mechanism, or for a synopsis answer the synopsis' measurements."""
+
+    name = fields.String(
+        metadata={
+            "description": "discrete_laplace, discrete_gaussian, or synopsis",
+            "example": "discrete_laplace",
+        }
+    )
+    scale = fields.Float(metadata={"description": "for a mean: the sum's"})
+    sensitivity = fields.Float(metadata={"description": "for a mean: the sum's"})
+    components = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(MechanismPartSchema),
+        metadata={"description": "a mean only: its sum and count measurements"},
+    )
+    measurements = fields.String(
+        metadata={"description": "synopsis only: the mechanism the synopsis was measured with"}
+    )
+    estimator = fields.String(
+        metadata={"description": "synopsis only: how the answer is read from the synopsis"}
+    )
+
+
+class AccuracyPartSchema(Schema):
+    alpha = fields.Float()
+    max_error = fields.Float()
+
+
+class AccuracySchema(Schema):
+    alpha = fields.Float(metadata={"example": 0.05})
+    max_error = fields.Float(
+        allow_none=True,
+        metadata={
+            "description": "the half-width of every value's interval; null for a mean, "
+            "whose interval is given per value"
+        },
+    )
+    components = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(AccuracyPartSchema),
+        metadata={"description": "a mean only: the accuracy of its sum and of its count"},
+    )
+
+
+_REMAINING = {"description": "budget unit -> what is left", "example": {"epsilon": 1.8}}
+
+
+class RemainingBudgetSchema(Schema):
+    """What the caller's grant and the dataset's global budget have left (not signed)."""
+
+    partner_remaining = fields.Dict(
+        keys=fields.String(), values=fields.Float(), metadata=_REMAINING
+    )
+    dataset_remaining = fields.Dict(
+        keys=fields.String(), values=fields.Float(), metadata=_REMAINING
+    )
+
+
+class ReleaseSourceSchema(Schema):
+    synopsis = fields.String(metadata={"description": "the synopsis id", "example": "syn_…"})
+
+
 class SignatureSchema(Schema):
+    """Ed25519 over the canonical JSON of the release less its unsigned members."""
+
     alg = fields.String(metadata={"example": "Ed25519"})
     key_id = fields.String()
     value = fields.String(metadata={"description": "base64 Ed25519 signature"})
 
 
-class ReleaseSchema(Schema):
+class ReleaseSchema(_AsComputed):
     release_id = fields.String(metadata={"example": "rel_…"})
     dataset = fields.String()
     partner = fields.String()
-    cached = fields.Boolean()
-    query = fields.Dict()
+    cached = fields.Boolean(metadata={"description": "not signed; only in the answer to a query"})
+    query = fields.Nested(CanonicalQuerySchema)
     rows = fields.List(
-        fields.Dict(), metadata={"example": [{"month": "2024-01", "value": 412, "ci": [352, 472]}]}
-    )
-    privacy = fields.Dict(
-        metadata={"example": {"definition": "pure", "epsilon": 0.5, "delta": 0.0}}
-    )
-    mechanism = fields.Dict(
-        metadata={"example": {"name": "discrete_laplace", "scale": 20.0, "sensitivity": 10}}
-    )
-    accuracy = fields.Dict(metadata={"example": {"alpha": 0.05, "max_error": 60}})
-    budget = fields.Dict()
-    source = fields.Dict(
+        fields.Nested(ResultRowSchema),
         metadata={
-            "description": "present when answered free from a synopsis",
-            "example": {"synopsis": "syn_…"},
-        }
+            "description": "one per cell of the whole domain: a string member per group_by "
+            "dimension, then value and ci",
+            "example": [{"month": "2024-01", "value": 412, "ci": [352, 472]}],
+        },
+    )
+    privacy = fields.Nested(ReleasePrivacySchema)
+    mechanism = fields.Nested(MechanismSchema)
+    accuracy = fields.Nested(AccuracySchema)
+    budget = fields.Nested(
+        RemainingBudgetSchema, metadata={"description": "not signed; only in the answer to a query"}
+    )
+    source = fields.Nested(
+        ReleaseSourceSchema, metadata={"description": "present when answered free from a synopsis"}
     )
     policy_version = fields.String()
-    created_at = fields.String()
+    created_at = fields.String(metadata={"example": "2026-03-02T10:15:00Z"})
     signature = fields.Nested(SignatureSchema)
 
 
@@ -240,9 +403,9 @@ class ReleaseListArgsSchema(Schema):
     )
 
 
-class EstimateSchema(Schema):
+class EstimateSchema(_AsComputed):
     dataset = fields.String()
-    query = fields.Dict()
+    query = fields.Nested(CanonicalQuerySchema)
     cached = fields.Boolean(
         metadata={
             "description": "true: an identical release exists, so "
@@ -250,16 +413,17 @@ class EstimateSchema(Schema):
             "(privacy then shows a zero cost)"
         }
     )
-    privacy = fields.Dict()
-    mechanism = fields.Dict()
-    accuracy = fields.Dict()
-    budget = fields.Dict()
+    privacy = fields.Nested(ReleasePrivacySchema)
+    mechanism = fields.Nested(MechanismSchema)
+    accuracy = fields.Nested(AccuracySchema)
+    budget = fields.Nested(RemainingBudgetSchema)
     source = fields.String(
+        validate=validate.OneOf(["synopsis", "direct"]),
         metadata={
             "description": "synopsis: answered free from the synopsis named under synopsis; "
             "direct: charged as a fresh release",
             "example": "direct",
-        }
+        },
     )
     synopsis = fields.String(metadata={"description": "the synopsis id, when source is synopsis"})
 

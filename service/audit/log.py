@@ -137,7 +137,7 @@ class AuditLog:
             "actor": actor,
             "action": action,
             "dataset": dataset,
-            "details": json.dumps(details, sort_keys=True, separators=(",", ":")),
+            "details": canonical_json(details).decode("utf-8"),
             "prev_mac": prev_mac,
             "mac": mac,
         }

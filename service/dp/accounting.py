@@ -16,10 +16,11 @@ import opendp.prelude as dp
 
 from service.dp.errors import InvalidQuery
 from service.policy.amounts import amount_text
+from service.policy.schemas import AMOUNT_DECIMALS
 
 dp.enable_features("contrib")
 
-NANO = 10**9
+NANO: int = 10**AMOUNT_DECIMALS
 """Nano-units per unit of epsilon or rho: the finest grain a cost may have."""
 
 MIN_COST = Fraction(1, 10**6)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
+from service.crypto.signing import canonical_json
 from service.dp.accounting import MIN_COST, epsilon_at_delta
 from service.dp.aggregate import TrueAggregates
 from service.dp.errors import InvalidQuery
@@ -261,7 +262,7 @@ def measurement_json(plan: QueryPlan) -> str:
     if plan.query.statistic != "mean":
         return serialized(plan.primary)
     parts = {name: json.loads(serialized(part)) for name, part in plan.plans.items()}
-    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return canonical_json(parts).decode("utf-8")
 
 
 def whole_width(accuracy: float) -> int:

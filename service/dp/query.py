@@ -129,9 +129,21 @@ def canonical(query: Query) -> dict[str, Any]:
 
 
 def query_key(query: Query) -> str:
-    """The sha256 hex digest of the canonical JSON (sorted keys, separators ``,`` and ``:``)."""
-    text = json.dumps(canonical(query), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The key that finds the stored release of ``query``: :func:`content_key` of its
+    canonical form."""
+    return content_key(canonical(query))
+
+
+def content_key(obj: object) -> str:
+    """The sha256 hex digest that names ``obj`` in storage: of its JSON with sorted keys,
+    separators ``,`` and ``:``, and non-ASCII escaped as ``\\uXXXX``.
+
+    Unlike the signed form (``canonical_json``, non-ASCII as UTF-8), the escapes stay:
+    stored releases are found by these keys, and a key that changed would answer a repeated
+    question with fresh noise and a second charge.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def group_cells(query: Query, dataset: DatasetPolicy) -> list[tuple[str, ...]]:

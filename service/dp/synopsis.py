@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize, nnls
 
+from service.crypto.signing import canonical_json
 from service.dp.accounting import NANO, to_nano
 from service.dp.engine import QueryPlan, plan_query
 from service.dp.mechanisms import noisy
@@ -278,7 +279,7 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
 
 def encode_estimate(estimate: Estimate) -> bytes:
     """The estimate as canonical JSON bytes (the plaintext a synopsis is sealed from)."""
-    return json.dumps(
+    return canonical_json(
         {
             "version": 1,
             "dimensions": list(estimate.dimensions),
@@ -287,10 +288,8 @@ def encode_estimate(estimate: Estimate) -> bytes:
             "variances": list(estimate.variances),
             "definition": estimate.definition,
             "table": list(estimate.table),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode("utf-8")
+        }
+    )
 
 
 def decode_estimate(plaintext: bytes) -> Estimate:

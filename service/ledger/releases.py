@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from service.crypto.signing import canonical_json
 from service.database.engine import Database
 from service.database.schema import releases
 from service.database.timestamps import as_utc
@@ -169,7 +170,7 @@ class ReleaseStore:
                     "query_key": query_key,
                     "idempotency_key": idempotency_key,
                     "request_hash": request_hash,
-                    "document": json.dumps(document, sort_keys=True, separators=(",", ":")),
+                    "document": canonical_json(document).decode("utf-8"),
                     "measurement": measurement,
                     "policy_version": policy_version,
                     "created_at": datetime.now(UTC),

@@ -203,3 +203,13 @@ def test_releases_follow_the_services_pages(client: DpxClient) -> None:
     assert [r.release_id for r in client.releases(limit=3, page_size=2)] == [
         r.release_id for r in everything[:3]
     ]
+
+
+@pytest.mark.parametrize("call", ["estimate", "query"])
+def test_a_misspelt_or_missing_query_member_fails_before_any_request(call: str) -> None:
+    # Nothing listens on this port: a request would fail with a connection error instead.
+    with DpxClient("http://127.0.0.1:9", "dpx_unused", retries=0) as offline:
+        with pytest.raises(TypeError, match="epsilom"):
+            getattr(offline, call)(dataset=UK, epsilom=0.1)
+        with pytest.raises(TypeError, match="dataset"):
+            getattr(offline, call)(statistic="count", epsilon=0.1)
