@@ -16,7 +16,7 @@ import opendp.prelude as dp
 
 from service.dp.errors import InvalidQuery
 from service.policy.amounts import amount_text
-from service.policy.schemas import AMOUNT_DECIMALS
+from service.policy.fields import AMOUNT_DECIMALS
 
 dp.enable_features("contrib")
 
