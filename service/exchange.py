@@ -268,6 +268,8 @@ class Exchange:
         # One read transaction for all that is looked at before the charge: a stored answer,
         # then what the budget has left, then the cells. Only the charge decides whether the
         # release may leave; these reads merely avoid work.
+        refused: BudgetExhausted | None = None
+        failed: Exception | None = None
         with self.database.read() as snapshot:
             stored = self._cached(dataset, partner.id, key, within=snapshot)
             if stored is None:
@@ -282,18 +284,25 @@ class Exchange:
                         within=snapshot,
                     )
                 except BudgetExhausted as exhausted:
-                    self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
-                    raise
-                release_id = "rel_" + secrets.token_hex(10)
-                try:
-                    document = self._compute(
-                        release_id, dataset, partner.id, query, plan, policies.version, snapshot
-                    )
-                except Exception as failure:
-                    # The data was read and may have caused the failure: pay for it as for a
-                    # release, so that no outcome that depends on the data is free.
-                    self._charge_failure(principal, partner, dataset, grant, plan, key, failure)
-                    raise
+                    refused = exhausted
+                else:
+                    release_id = "rel_" + secrets.token_hex(10)
+                    try:
+                        document = self._compute(
+                            release_id, dataset, partner.id, query, plan, policies.version, snapshot
+                        )
+                    except Exception as failure:
+                        failed = failure
+        # Written only once the snapshot's connection is back in the pool: a request never
+        # holds two, so a burst of requests cannot exhaust the pool waiting on itself.
+        if refused is not None:
+            self._record_refusal(principal, dataset.id, "budget_exhausted", str(refused))
+            raise refused
+        if failed is not None:
+            # The data was read and may have caused the failure: pay for it as for a
+            # release, so that no outcome that depends on the data is free.
+            self._charge_failure(principal, partner, dataset, grant, plan, key, failed)
+            raise failed
         if stored is not None:
             if idempotency_key is not None:
                 # A concurrent request under the same key may have released this very query

@@ -381,7 +381,7 @@ class BatchStore:
         """
         version = self.documents.version(dataset.id, CELLS, within)
         if version is None:
-            return merge_cells(self._batch_frames(dataset), dataset)
+            return merge_cells(self._batch_frames(dataset, within), dataset)
         return self._document(dataset, CELLS, version, within)
 
     def _document(
@@ -400,9 +400,11 @@ class BatchStore:
             within,
         )
 
-    def _batch_frames(self, dataset: DatasetPolicy) -> list[pl.DataFrame]:
+    def _batch_frames(
+        self, dataset: DatasetPolicy, within: Connection | None = None
+    ) -> list[pl.DataFrame]:
         """The decrypted cells of every batch of ``dataset``, in batch id order."""
-        with self.database.read() as conn:
+        with self.database.read(within) as conn:
             ids = [
                 row.id
                 for row in conn.execute(
@@ -413,7 +415,7 @@ class BatchStore:
             ]
         missing = [batch_id for batch_id in ids if batch_id not in self._cells]
         if missing:
-            with self.database.read() as conn:
+            with self.database.read(within) as conn:
                 rows = conn.execute(
                     select(batches.c.id, batches.c.blob).where(batches.c.id.in_(missing))
                 ).all()
