@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, fields, post_dump, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from service.api.cursors import MAX_SEQ, AuditCursor, ReleaseCursor
 from service.policy.model import STATISTICS
@@ -200,9 +200,12 @@ class _AsComputed(Schema):
     schema declares, each with its value as computed; the nested schemas only describe.
     """
 
-    @post_dump(pass_original=True)
-    def _as_computed(self, data: dict[str, Any], original: Any, **_: Any) -> dict[str, Any]:
-        return {name: original[name] for name in data}
+    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
+        # The members this schema declares, as computed: nothing is serialised again (which
+        # also spares every answer a walk over all its rows).
+        if self.many if many is None else many:
+            return [self.dump(item, many=False) for item in obj]
+        return {name: obj[name] for name in self.fields if name in obj}
 
 
 _AMOUNT = {
