@@ -8,7 +8,7 @@ locks taken by conditional ``UPDATE`` statements inside one transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import QueuePool
+
+from service.database.writers import WriterQueue
 
 _WRITE = "dpx_write"
 
@@ -27,9 +29,11 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.writers: WriterQueue | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self.writers = WriterQueue(Path(parsed.database))
             # A small pool per process: the PRAGMAs run once per connection, not once per
             # transaction. gunicorn's post_fork hook disposes of the pool a worker inherits.
             self.engine: Engine = create_engine(
@@ -65,7 +69,7 @@ class Database:
         (for example the audit checkpoint file, which must never name an entry that
         was rolled back).
         """
-        with self.engine.connect() as conn:
+        with self._turn(), self.engine.connect() as conn:
             conn = conn.execution_options(**{_WRITE: True})
             conn.info["after_commit"] = []
             with conn.begin():
@@ -73,6 +77,11 @@ class Database:
             hooks: list[Callable[[], None]] = conn.info.pop("after_commit")
         for hook in hooks:
             hook()
+
+    def _turn(self) -> AbstractContextManager[None]:
+        """This writer's turn on SQLite (see :mod:`service.database.writers`); PostgreSQL
+        locks rows, not the database, and needs none."""
+        return self.writers.turn() if self.writers is not None else nullcontext()
 
     def is_up(self) -> bool:
         """True when the database accepts a connection and answers a trivial query."""
