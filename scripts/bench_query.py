@@ -166,9 +166,13 @@ class Server:
             self.process.wait(timeout=10)
 
 
-def start_server(env: dict[str, str], workers: int, log: Path) -> Server:
+def start_server(
+    env: dict[str, str], workers: int, log: Path, threads: int | None = None
+) -> Server:
     port = free_port()
     server_env = dict(env, DPX_BIND=f"127.0.0.1:{port}", DPX_WORKERS=str(workers))
+    if threads is not None:
+        server_env["DPX_THREADS"] = str(threads)
     with log.open("wb") as out:
         # Access logs off: the bench measures the service, not line writes to a file.
         process = subprocess.Popen(
@@ -511,7 +515,7 @@ def measure_sqlite(
 ) -> Service:
     """One gunicorn instance over the prepared SQLite deployment."""
     partner, owner = tokens
-    server = start_server(env, args.workers, work / "gunicorn.log")
+    server = start_server(env, args.workers, work / "gunicorn.log", args.threads)
     costs = distinct_costs()
     try:
         print("measuring the service on SQLite over HTTP ...", flush=True)
@@ -531,7 +535,9 @@ def measure_sqlite(
         )
     finally:
         server.stop()
-    return Service("SQLite, gunicorn 1 instance", sequential, concurrent, after)
+    threads = args.threads or int(os.environ.get("DPX_THREADS", "4"))
+    label = f"SQLite, gunicorn 1 instance, {args.workers} workers x {threads} threads"
+    return Service(label, sequential, concurrent, after)
 
 
 def measure_postgres(
@@ -566,6 +572,7 @@ def measure_postgres(
                 ),
                 args.pg_workers,
                 work / f"gunicorn-pg-{index}.log",
+                args.threads,
             )
             for index in range(2)
         ]
@@ -617,6 +624,11 @@ def main() -> None:
     parser.add_argument(
         "--pg-workers", type=int, default=1, help="workers per instance on PostgreSQL"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="threads per gunicorn worker (default: the service's, DPX_THREADS or 4)",
+    )
     parser.add_argument("--floor-runs", type=int, default=200)
     parser.add_argument("--context-runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -631,7 +643,7 @@ def main() -> None:
         args.floor_runs,
         args.context_runs,
     )
-    if min(counts) < 1:
+    if min(counts) < 1 or (args.threads is not None and args.threads < 1):
         parser.error("every count must be at least 1")
 
     work = Path(tempfile.mkdtemp(prefix="dpx-bench-query-"))
