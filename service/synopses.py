@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime
 from fractions import Fraction
 from typing import Any
 
+from service import access
 from service.auth.registry import Principal
 from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
@@ -49,7 +50,7 @@ from service.ledger.releases import ReleaseConflict, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
-from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
+from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.bounds import check_in_force, recorded_bounds, still_in_force
 from service.store.errors import BoundsChanged
 from service.store.synopses import StoredSynopsis, SynopsisStore
@@ -94,7 +95,10 @@ class Synopses:
     def build(self, dataset_id: str, *, actor: str, on_step: OnStep | None = None) -> Built:
         """Charge, measure, fit and store the dataset's synopsis; see the module docstring."""
         exchange = self.exchange
-        dataset = exchange.dataset(dataset_id)
+        # One snapshot of the live policies for the whole build, as for a query: the stored
+        # synopsis names the version it was priced under, whatever a reload does meanwhile.
+        policies = exchange.policies
+        dataset = access.dataset(policies, dataset_id)
         if dataset.synopsis is None:
             raise NoSynopsis(f"dataset {dataset.id} declares no synopsis in its policy")
         began = time.monotonic()
@@ -162,7 +166,7 @@ class Synopses:
                 cost=priced.cost,
                 included=included,
                 build_seconds=time.monotonic() - began,
-                policy_version=exchange.policies.version,
+                policy_version=policies.version,
             )
             exchange.audit.append(
                 conn,
@@ -220,7 +224,10 @@ class Synopses:
         ``NotInSynopsis``). An accuracy-first query without a source is answered from the
         synopsis when every value's interval meets its target, else left to the charged path.
         """
-        found = self._resolve(principal, raw)
+        # One snapshot of the live policies for the whole request (see ``Exchange.run``): a
+        # reload meanwhile must not give the release a version other than its grant's.
+        policies = self.exchange.policies
+        found = self._resolve(policies, principal, raw)
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
@@ -246,7 +253,7 @@ class Synopses:
             try:
                 document = self._release(
                     principal, partner, dataset, asked, stored, values, query.alpha, key,
-                    request_hash, idempotency_key,
+                    request_hash, idempotency_key, policies.version,
                 )  # fmt: skip
             except ReleaseConflict:
                 # An identical answer (or one under the same Idempotency-Key) was stored
@@ -267,7 +274,7 @@ class Synopses:
     def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any] | None:
         """What :meth:`answer` would return, without storing anything; None for the charged
         path. The result says ``"source": "synopsis"`` and costs nothing."""
-        found = self._resolve(principal, raw)
+        found = self._resolve(self.exchange.policies, principal, raw)
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
@@ -284,7 +291,7 @@ class Synopses:
         }
 
     def _resolve(
-        self, principal: Principal, raw: Mapping[str, Any]
+        self, policies: PolicySet, principal: Principal, raw: Mapping[str, Any]
     ) -> (
         tuple[
             PartnerPolicy,
@@ -302,8 +309,8 @@ class Synopses:
         if source is None and raw.get("accuracy") is None:
             return None
         exchange = self.exchange
-        partner = exchange.partner(principal)
-        dataset = exchange.dataset(str(raw.get("dataset", "")))
+        partner = access.partner(policies, principal)
+        dataset = access.dataset(policies, str(raw.get("dataset", "")))
         if source is None and dataset.synopsis is None:
             return None
         query = (
@@ -361,6 +368,7 @@ class Synopses:
         key: str,
         request_hash: str,
         idempotency_key: str | None,
+        policy_version: str,
     ) -> dict[str, Any]:
         exchange = self.exchange
         release_id = "rel_" + secrets.token_hex(10)
@@ -380,7 +388,7 @@ class Synopses:
             "privacy": _free_privacy(dataset),
             "mechanism": _mechanism(dataset),
             "accuracy": {"alpha": alpha, "max_error": _widest(values)},
-            "policy_version": exchange.policies.version,
+            "policy_version": policy_version,
             "created_at": _stamp(datetime.now(UTC)),
         }
         document["signature"] = sign_document(exchange.keyring, document)
@@ -395,7 +403,7 @@ class Synopses:
                 query_key=key,
                 request_hash=request_hash,
                 idempotency_key=idempotency_key,
-                policy_version=exchange.policies.version,
+                policy_version=policy_version,
                 document=document,
                 measurement="",
             )
