@@ -35,6 +35,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -585,6 +586,10 @@ class Exchange:
     def grant_spend(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Spend:
         """A partner's spend of its grant on the dataset."""
         return self.reports.grant_spend(dataset, grant, partner)
+
+    def all_spent(self) -> Mapping[tuple[str, str], Fraction]:
+        """Spend of every account, keyed by (dataset, partner), for reloads and metrics."""
+        return self.reports.all_spent()
 
     def charges(self, principal: Principal) -> list[ChargeLine]:
         """The charges the caller may see (every partner's for a DPO), oldest first."""

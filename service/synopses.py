@@ -266,7 +266,9 @@ class Synopses:
                         )
                 continue
             return Answer(
-                dict(document, budget=self._budget_view(dataset, grant, partner.id)),
+                dict(
+                    document, budget=self.exchange.reports.answer_budget(dataset, grant, partner.id)
+                ),
                 cached=False,
             )
         raise InvalidQuery("source", "an identical synopsis answer is being stored; retry")
@@ -287,7 +289,7 @@ class Synopses:
             "privacy": _free_privacy(dataset),
             "mechanism": _mechanism(dataset),
             "accuracy": {"alpha": query.alpha, "max_error": _widest(values)},
-            "budget": self._budget_view(dataset, grant, partner.id),
+            "budget": self.exchange.reports.answer_budget(dataset, grant, partner.id),
         }
 
     def _resolve(
@@ -425,21 +427,8 @@ class Synopses:
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
     ) -> dict[str, Any]:
         document = dict(stored.document or {})
-        document["budget"] = self._budget_view(dataset, grant, partner)
+        document["budget"] = self.exchange.reports.answer_budget(dataset, grant, partner)
         return document
-
-    def _budget_view(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> dict[str, Any]:
-        remaining = self.exchange.ledger.remaining(
-            dataset=dataset.id,
-            partner=partner,
-            partner_budget=grant.budget,
-            global_budget=dataset.global_budget,
-        )
-        unit = dataset.budget_unit
-        return {
-            "partner_remaining": {unit: float(remaining.partner)},
-            "dataset_remaining": {unit: float(remaining.dataset)},
-        }
 
     def _refuse(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         with self.exchange.database.write() as conn:
