@@ -29,8 +29,6 @@ transaction's story, which reads right only in one place.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ from service.dp.engine import (
     plan_summary,
     release_values,
 )
-from service.dp.query import Query, build_query, canonical, query_key
+from service.dp.query import Query, build_query, canonical, hash_request, query_key
 from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
@@ -259,9 +257,7 @@ class Exchange:
         policies = self.policies
         partner, dataset, grant, query, plan = self._prepare(policies, principal, raw)
         key = query_key(query)
-        request_hash = hashlib.sha256(
-            json.dumps(dict(raw), sort_keys=True, default=str).encode()
-        ).hexdigest()
+        request_hash = hash_request(raw)
         if idempotency_key is not None:
             earlier = self.releases.find_idempotent(partner.id, idempotency_key)
             if earlier is not None:

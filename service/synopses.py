@@ -20,8 +20,6 @@ release, signed and stored release).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +33,7 @@ from service.auth.registry import Principal
 from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
 from service.dp.errors import InvalidQuery
-from service.dp.query import Query, build_query, canonical, content_key
+from service.dp.query import Query, build_query, canonical, content_key, hash_request
 from service.dp.synopsis import (
     NotInSynopsis,
     SynopsisValue,
@@ -231,11 +229,7 @@ class Synopses:
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
-        # The same request hash as the exchange's, so one Idempotency-Key means one request
-        # whichever path answered it.
-        request_hash = hashlib.sha256(
-            json.dumps(dict(raw), sort_keys=True, default=str).encode()
-        ).hexdigest()
+        request_hash = hash_request(raw)
         if idempotency_key is not None:
             first = self.exchange.releases.find_idempotent(partner.id, idempotency_key)
             if first is not None:
