@@ -57,6 +57,7 @@ from service.dp.engine import (
     release_values,
 )
 from service.dp.query import Query, build_query, canonical, hash_request, query_key
+from service.dp.release import AnsweredRelease, ReleaseDocument, UnsignedRelease
 from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
@@ -82,7 +83,7 @@ class Conflict(Exception):
 class Answer:
     """A release document as one caller receives it."""
 
-    document: dict[str, Any]
+    document: AnsweredRelease
     cached: bool
 
 
@@ -330,7 +331,8 @@ class Exchange:
             return self._answer_from_winner(
                 partner.id, dataset, grant, key, request_hash, idempotency_key
             )
-        return Answer(dict(document, budget=budget_view(dataset, remaining)), cached=False)
+        answered: AnsweredRelease = {**document, "budget": budget_view(dataset, remaining)}
+        return Answer(answered, cached=False)
 
     def _compute(
         self,
@@ -341,13 +343,12 @@ class Exchange:
         plan: QueryPlan,
         policy_version: str,
         within: Connection | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReleaseDocument:
         """The signed release document: cells read, noise drawn, nothing stored or sent."""
         aggregates = true_aggregates(self.store.cells(dataset, within), query, dataset)
         values = release_values(plan, aggregates)
-        document = self._document(release_id, dataset, partner, query, plan, values, policy_version)
-        document["signature"] = sign_document(self.keyring, document)
-        return document
+        unsigned = self._document(release_id, dataset, partner, query, plan, values, policy_version)
+        return {**unsigned, "signature": sign_document(self.keyring, unsigned)}
 
     def _commit(
         self,
@@ -359,10 +360,10 @@ class Exchange:
         key: str,
         request_hash: str,
         idempotency_key: str | None,
-        document: Mapping[str, Any],
+        document: ReleaseDocument,
     ) -> Remaining:
         """Store a computed release with its charge, ledger line and audit entry, atomically."""
-        release_id = str(document["release_id"])
+        release_id = document["release_id"]
         with self.database.write() as conn:
             # The release row first: a conflict with a concurrent identical query is found
             # before any budget row is locked.
@@ -374,7 +375,7 @@ class Exchange:
                 query_key=key,
                 request_hash=request_hash,
                 idempotency_key=idempotency_key,
-                policy_version=str(document["policy_version"]),
+                policy_version=document["policy_version"],
                 document=document,
                 measurement=measurement_json(plan),
             )
@@ -502,7 +503,7 @@ class Exchange:
         plan: QueryPlan,
         values: list[Any],
         policy_version: str,
-    ) -> dict[str, Any]:
+    ) -> UnsignedRelease:
         summary = plan_summary(plan)
         rows = []
         for noisy in values:
@@ -525,11 +526,9 @@ class Exchange:
 
     def _respond(
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
-    ) -> dict[str, Any]:
+    ) -> AnsweredRelease:
         """The stored, signed document plus the caller's current budget (not signed)."""
-        document = dict(stored.document)
-        document["budget"] = self.reports.answer_budget(dataset, grant, partner)
-        return document
+        return {**stored.document, "budget": self.reports.answer_budget(dataset, grant, partner)}
 
     def _cached(
         self,

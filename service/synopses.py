@@ -34,6 +34,7 @@ from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
 from service.dp.errors import InvalidQuery
 from service.dp.query import Query, build_query, canonical, content_key, hash_request
+from service.dp.release import AnsweredRelease, ReleaseDocument, UnsignedRelease
 from service.dp.synopsis import (
     NotInSynopsis,
     SynopsisValue,
@@ -259,12 +260,8 @@ class Synopses:
                             self._respond(first, dataset, grant, partner.id), cached=False
                         )
                 continue
-            return Answer(
-                dict(
-                    document, budget=self.exchange.reports.answer_budget(dataset, grant, partner.id)
-                ),
-                cached=False,
-            )
+            budget = self.exchange.reports.answer_budget(dataset, grant, partner.id)
+            return Answer({**document, "budget": budget}, cached=False)
         raise InvalidQuery("source", "an identical synopsis answer is being stored; retry")
 
     def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -365,7 +362,7 @@ class Synopses:
         request_hash: str,
         idempotency_key: str | None,
         policy_version: str,
-    ) -> dict[str, Any]:
+    ) -> ReleaseDocument:
         exchange = self.exchange
         release_id = "rel_" + secrets.token_hex(10)
         rows = []
@@ -374,7 +371,7 @@ class Synopses:
             row["value"] = value.value
             row["ci"] = [value.ci[0], value.ci[1]]
             rows.append(row)
-        document: dict[str, Any] = {
+        unsigned: UnsignedRelease = {
             "release_id": release_id,
             "dataset": dataset.id,
             "partner": partner.id,
@@ -387,7 +384,10 @@ class Synopses:
             "policy_version": policy_version,
             "created_at": _stamp(datetime.now(UTC)),
         }
-        document["signature"] = sign_document(exchange.keyring, document)
+        document: ReleaseDocument = {
+            **unsigned,
+            "signature": sign_document(exchange.keyring, unsigned),
+        }
         # No charge: the answer is post-processing of a synopsis that was paid for. Stored
         # and completed in one transaction, so it is never seen half-made.
         with exchange.database.write() as conn:
@@ -419,10 +419,9 @@ class Synopses:
 
     def _respond(
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
-    ) -> dict[str, Any]:
-        document = dict(stored.document or {})
-        document["budget"] = self.exchange.reports.answer_budget(dataset, grant, partner)
-        return document
+    ) -> AnsweredRelease:
+        budget = self.exchange.reports.answer_budget(dataset, grant, partner)
+        return {**stored.document, "budget": budget}
 
     def _refuse(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         with self.exchange.database.write() as conn:
