@@ -85,7 +85,7 @@ def on_reload(server: Any) -> None:
     settings = app.config["DPX_SETTINGS"]
     try:
         exchange = app.extensions["dpx.exchange"]
-        outcome = reload_policies(exchange, settings.policy_dir, exchange.ledger.all_spent())
+        outcome = reload_policies(exchange, settings.policy_dir, exchange.all_spent())
         outcome.write(settings.reload_status_file)
     except Exception:  # an exception here would stop the master, and with it the service
         log.exception("policy reload failed; keeping the policies in force")

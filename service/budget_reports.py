@@ -8,7 +8,7 @@ here are the numbers of ``GET /v1/budgets``, ``dpx budget-report`` and the dashb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -91,6 +91,11 @@ class BudgetReports:
                     }
                 )
         return rows
+
+    def all_spent(self) -> Mapping[tuple[str, str], Fraction]:
+        """Spend of every account, keyed by (dataset, partner); partner ``GLOBAL`` is the
+        dataset's global account."""
+        return self.ledger.all_spent()
 
     def charges(self, partner: str | None) -> list[ChargeLine]:
         """Every charge of one partner (of all, for None), oldest first."""

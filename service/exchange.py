@@ -29,12 +29,11 @@ transaction's story, which reads right only in one place.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -57,7 +56,8 @@ from service.dp.engine import (
     plan_summary,
     release_values,
 )
-from service.dp.query import Query, build_query, canonical, query_key
+from service.dp.query import Query, build_query, canonical, hash_request, query_key
+from service.dp.release import AnsweredRelease, ReleaseDocument, UnsignedRelease
 from service.ledger.budgets import BudgetExhausted, ChargeLine, Ledger, Remaining
 from service.ledger.releases import Position as Position  # where a page ends, for api/
 from service.ledger.releases import ReleaseConflict, ReleaseStore, StoredRelease
@@ -83,7 +83,7 @@ class Conflict(Exception):
 class Answer:
     """A release document as one caller receives it."""
 
-    document: dict[str, Any]
+    document: AnsweredRelease
     cached: bool
 
 
@@ -258,9 +258,7 @@ class Exchange:
         policies = self.policies
         partner, dataset, grant, query, plan = self._prepare(policies, principal, raw)
         key = query_key(query)
-        request_hash = hashlib.sha256(
-            json.dumps(dict(raw), sort_keys=True, default=str).encode()
-        ).hexdigest()
+        request_hash = hash_request(raw)
         if idempotency_key is not None:
             earlier = self.releases.find_idempotent(partner.id, idempotency_key)
             if earlier is not None:
@@ -333,7 +331,8 @@ class Exchange:
             return self._answer_from_winner(
                 partner.id, dataset, grant, key, request_hash, idempotency_key
             )
-        return Answer(dict(document, budget=budget_view(dataset, remaining)), cached=False)
+        answered: AnsweredRelease = {**document, "budget": budget_view(dataset, remaining)}
+        return Answer(answered, cached=False)
 
     def _compute(
         self,
@@ -344,13 +343,12 @@ class Exchange:
         plan: QueryPlan,
         policy_version: str,
         within: Connection | None = None,
-    ) -> dict[str, Any]:
+    ) -> ReleaseDocument:
         """The signed release document: cells read, noise drawn, nothing stored or sent."""
         aggregates = true_aggregates(self.store.cells(dataset, within), query, dataset)
         values = release_values(plan, aggregates)
-        document = self._document(release_id, dataset, partner, query, plan, values, policy_version)
-        document["signature"] = sign_document(self.keyring, document)
-        return document
+        unsigned = self._document(release_id, dataset, partner, query, plan, values, policy_version)
+        return {**unsigned, "signature": sign_document(self.keyring, unsigned)}
 
     def _commit(
         self,
@@ -362,10 +360,10 @@ class Exchange:
         key: str,
         request_hash: str,
         idempotency_key: str | None,
-        document: Mapping[str, Any],
+        document: ReleaseDocument,
     ) -> Remaining:
         """Store a computed release with its charge, ledger line and audit entry, atomically."""
-        release_id = str(document["release_id"])
+        release_id = document["release_id"]
         with self.database.write() as conn:
             # The release row first: a conflict with a concurrent identical query is found
             # before any budget row is locked.
@@ -377,7 +375,7 @@ class Exchange:
                 query_key=key,
                 request_hash=request_hash,
                 idempotency_key=idempotency_key,
-                policy_version=str(document["policy_version"]),
+                policy_version=document["policy_version"],
                 document=document,
                 measurement=measurement_json(plan),
             )
@@ -505,7 +503,7 @@ class Exchange:
         plan: QueryPlan,
         values: list[Any],
         policy_version: str,
-    ) -> dict[str, Any]:
+    ) -> UnsignedRelease:
         summary = plan_summary(plan)
         rows = []
         for noisy in values:
@@ -528,11 +526,9 @@ class Exchange:
 
     def _respond(
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
-    ) -> dict[str, Any]:
+    ) -> AnsweredRelease:
         """The stored, signed document plus the caller's current budget (not signed)."""
-        document = dict(stored.document)
-        document["budget"] = self.reports.answer_budget(dataset, grant, partner)
-        return document
+        return {**stored.document, "budget": self.reports.answer_budget(dataset, grant, partner)}
 
     def _cached(
         self,
@@ -585,6 +581,10 @@ class Exchange:
     def grant_spend(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> Spend:
         """A partner's spend of its grant on the dataset."""
         return self.reports.grant_spend(dataset, grant, partner)
+
+    def all_spent(self) -> Mapping[tuple[str, str], Fraction]:
+        """Spend of every account, keyed by (dataset, partner), for reloads and metrics."""
+        return self.reports.all_spent()
 
     def charges(self, principal: Principal) -> list[ChargeLine]:
         """The charges the caller may see (every partner's for a DPO), oldest first."""

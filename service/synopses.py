@@ -20,8 +20,6 @@ release, signed and stored release).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -30,11 +28,13 @@ from datetime import UTC, date, datetime
 from fractions import Fraction
 from typing import Any
 
+from service import access
 from service.auth.registry import Principal
 from service.crypto.signing import sign_document
 from service.dp.aggregate import true_aggregates
 from service.dp.errors import InvalidQuery
-from service.dp.query import Query, build_query, canonical, content_key
+from service.dp.query import Query, build_query, canonical, content_key, hash_request
+from service.dp.release import AnsweredRelease, ReleaseDocument, UnsignedRelease
 from service.dp.synopsis import (
     NotInSynopsis,
     SynopsisValue,
@@ -49,7 +49,7 @@ from service.ledger.releases import ReleaseConflict, StoredRelease
 from service.policy.amounts import amount_text
 from service.policy.errors import PolicyViolation
 from service.policy.grants import check_grant
-from service.policy.model import DatasetPolicy, Grant, PartnerPolicy
+from service.policy.model import DatasetPolicy, Grant, PartnerPolicy, PolicySet
 from service.store.bounds import check_in_force, recorded_bounds, still_in_force
 from service.store.errors import BoundsChanged
 from service.store.synopses import StoredSynopsis, SynopsisStore
@@ -94,7 +94,10 @@ class Synopses:
     def build(self, dataset_id: str, *, actor: str, on_step: OnStep | None = None) -> Built:
         """Charge, measure, fit and store the dataset's synopsis; see the module docstring."""
         exchange = self.exchange
-        dataset = exchange.dataset(dataset_id)
+        # One snapshot of the live policies for the whole build, as for a query: the stored
+        # synopsis names the version it was priced under, whatever a reload does meanwhile.
+        policies = exchange.policies
+        dataset = access.dataset(policies, dataset_id)
         if dataset.synopsis is None:
             raise NoSynopsis(f"dataset {dataset.id} declares no synopsis in its policy")
         began = time.monotonic()
@@ -162,7 +165,7 @@ class Synopses:
                 cost=priced.cost,
                 included=included,
                 build_seconds=time.monotonic() - began,
-                policy_version=exchange.policies.version,
+                policy_version=policies.version,
             )
             exchange.audit.append(
                 conn,
@@ -220,15 +223,14 @@ class Synopses:
         ``NotInSynopsis``). An accuracy-first query without a source is answered from the
         synopsis when every value's interval meets its target, else left to the charged path.
         """
-        found = self._resolve(principal, raw)
+        # One snapshot of the live policies for the whole request (see ``Exchange.run``): a
+        # reload meanwhile must not give the release a version other than its grant's.
+        policies = self.exchange.policies
+        found = self._resolve(policies, principal, raw)
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
-        # The same request hash as the exchange's, so one Idempotency-Key means one request
-        # whichever path answered it.
-        request_hash = hashlib.sha256(
-            json.dumps(dict(raw), sort_keys=True, default=str).encode()
-        ).hexdigest()
+        request_hash = hash_request(raw)
         if idempotency_key is not None:
             first = self.exchange.releases.find_idempotent(partner.id, idempotency_key)
             if first is not None:
@@ -246,7 +248,7 @@ class Synopses:
             try:
                 document = self._release(
                     principal, partner, dataset, asked, stored, values, query.alpha, key,
-                    request_hash, idempotency_key,
+                    request_hash, idempotency_key, policies.version,
                 )  # fmt: skip
             except ReleaseConflict:
                 # An identical answer (or one under the same Idempotency-Key) was stored
@@ -258,16 +260,14 @@ class Synopses:
                             self._respond(first, dataset, grant, partner.id), cached=False
                         )
                 continue
-            return Answer(
-                dict(document, budget=self._budget_view(dataset, grant, partner.id)),
-                cached=False,
-            )
+            budget = self.exchange.reports.answer_budget(dataset, grant, partner.id)
+            return Answer({**document, "budget": budget}, cached=False)
         raise InvalidQuery("source", "an identical synopsis answer is being stored; retry")
 
     def estimate(self, principal: Principal, raw: Mapping[str, Any]) -> dict[str, Any] | None:
         """What :meth:`answer` would return, without storing anything; None for the charged
         path. The result says ``"source": "synopsis"`` and costs nothing."""
-        found = self._resolve(principal, raw)
+        found = self._resolve(self.exchange.policies, principal, raw)
         if found is None:
             return None
         partner, dataset, grant, query, stored, values = found
@@ -280,11 +280,11 @@ class Synopses:
             "privacy": _free_privacy(dataset),
             "mechanism": _mechanism(dataset),
             "accuracy": {"alpha": query.alpha, "max_error": _widest(values)},
-            "budget": self._budget_view(dataset, grant, partner.id),
+            "budget": self.exchange.reports.answer_budget(dataset, grant, partner.id),
         }
 
     def _resolve(
-        self, principal: Principal, raw: Mapping[str, Any]
+        self, policies: PolicySet, principal: Principal, raw: Mapping[str, Any]
     ) -> (
         tuple[
             PartnerPolicy,
@@ -302,8 +302,8 @@ class Synopses:
         if source is None and raw.get("accuracy") is None:
             return None
         exchange = self.exchange
-        partner = exchange.partner(principal)
-        dataset = exchange.dataset(str(raw.get("dataset", "")))
+        partner = access.partner(policies, principal)
+        dataset = access.dataset(policies, str(raw.get("dataset", "")))
         if source is None and dataset.synopsis is None:
             return None
         query = (
@@ -361,7 +361,8 @@ class Synopses:
         key: str,
         request_hash: str,
         idempotency_key: str | None,
-    ) -> dict[str, Any]:
+        policy_version: str,
+    ) -> ReleaseDocument:
         exchange = self.exchange
         release_id = "rel_" + secrets.token_hex(10)
         rows = []
@@ -370,7 +371,7 @@ class Synopses:
             row["value"] = value.value
             row["ci"] = [value.ci[0], value.ci[1]]
             rows.append(row)
-        document: dict[str, Any] = {
+        unsigned: UnsignedRelease = {
             "release_id": release_id,
             "dataset": dataset.id,
             "partner": partner.id,
@@ -380,10 +381,13 @@ class Synopses:
             "privacy": _free_privacy(dataset),
             "mechanism": _mechanism(dataset),
             "accuracy": {"alpha": alpha, "max_error": _widest(values)},
-            "policy_version": exchange.policies.version,
+            "policy_version": policy_version,
             "created_at": _stamp(datetime.now(UTC)),
         }
-        document["signature"] = sign_document(exchange.keyring, document)
+        document: ReleaseDocument = {
+            **unsigned,
+            "signature": sign_document(exchange.keyring, unsigned),
+        }
         # No charge: the answer is post-processing of a synopsis that was paid for. Stored
         # and completed in one transaction, so it is never seen half-made.
         with exchange.database.write() as conn:
@@ -395,7 +399,7 @@ class Synopses:
                 query_key=key,
                 request_hash=request_hash,
                 idempotency_key=idempotency_key,
-                policy_version=exchange.policies.version,
+                policy_version=policy_version,
                 document=document,
                 measurement="",
             )
@@ -415,23 +419,9 @@ class Synopses:
 
     def _respond(
         self, stored: StoredRelease, dataset: DatasetPolicy, grant: Grant, partner: str
-    ) -> dict[str, Any]:
-        document = dict(stored.document or {})
-        document["budget"] = self._budget_view(dataset, grant, partner)
-        return document
-
-    def _budget_view(self, dataset: DatasetPolicy, grant: Grant, partner: str) -> dict[str, Any]:
-        remaining = self.exchange.ledger.remaining(
-            dataset=dataset.id,
-            partner=partner,
-            partner_budget=grant.budget,
-            global_budget=dataset.global_budget,
-        )
-        unit = dataset.budget_unit
-        return {
-            "partner_remaining": {unit: float(remaining.partner)},
-            "dataset_remaining": {unit: float(remaining.dataset)},
-        }
+    ) -> AnsweredRelease:
+        budget = self.exchange.reports.answer_budget(dataset, grant, partner)
+        return {**stored.document, "budget": budget}
 
     def _refuse(self, principal: Principal, dataset: str, reason: str, detail: str) -> None:
         with self.exchange.database.write() as conn:

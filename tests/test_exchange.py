@@ -23,16 +23,19 @@ from sqlalchemy import Connection, text
 
 from service.crypto.keyring import Keyring
 from service.dp.mechanisms import noise_draws
+from service.dp.synopsis import Estimate
 from service.exchange import Exchange
 from service.policy.loader import load_policies
 from service.policy.model import DatasetPolicy, PolicySet
 from service.store.batches import BatchStore
+from service.store.synopses import StoredSynopsis, SynopsisStore
 from tests.conftest import BOTH_BACKENDS, bearer
 
 pytestmark = BOTH_BACKENDS
 
 UK = "uk-helpline-2024"
 BE = "be-helpline-2024"
+NL = "nl-helpline-2024"
 
 PARTNERS = {
     # A grant that fits one query of epsilon 0.3 and not two.
@@ -307,4 +310,45 @@ def test_a_reload_during_a_query_leaves_its_release_under_the_policies_it_began_
     assert released.json["policy_version"] == before
     assert released.json["budget"]["partner_remaining"] == {"epsilon": pytest.approx(0.2)}
     stored = client.get(f"/v1/releases/{released.json['release_id']}", headers=thrifty)
+    assert stored.json["policy_version"] == before
+
+
+class ReloadingSynopses(SynopsisStore):
+    """The synopses' real store, under which a policy reload lands while an answer opens the
+    synopsis: after the grant was checked, before the release document is written."""
+
+    def __init__(self, exchange: Exchange, reload_to: PolicySet) -> None:
+        super().__init__(exchange.database, exchange.keyring)
+        self.exchange, self.reload_to = exchange, reload_to
+
+    def open(self, stored: StoredSynopsis) -> Estimate:
+        self.exchange.replace_policies(self.reload_to)
+        return super().open(stored)
+
+
+def test_a_reload_during_a_synopsis_answer_leaves_its_release_under_the_policies_it_began_with(
+    app: Flask, client: FlaskClient, policy_dir: Path
+) -> None:
+    exchange: Exchange = app.extensions["dpx.exchange"]
+    assert exchange.synopses is not None
+    exchange.synopses.build(NL, actor="admin:test")
+    before = exchange.policies.version
+    # The reload quadruples no-police's grant on NL and changes no bound.
+    grant = policy_dir / "partners" / "no-police.yaml"
+    grant.write_text(grant.read_text().replace("{rho: 0.5}", "{rho: 2.0}", 1))
+    reloaded = load_policies(policy_dir)
+    assert reloaded.version != before
+    exchange.synopses.store = ReloadingSynopses(exchange, reloaded)
+    partner = token(app, "partner", "no-police")
+    body = {"dataset": NL, "statistic": "count", "group_by": ["month"], "source": "synopsis"}
+
+    released = client.post("/v1/queries", json=body, headers=partner)
+
+    assert released.status_code == 201, released.json
+    assert exchange.policies.version == reloaded.version  # the reload did land meanwhile
+    # The version and the budget shown both come from the set the request began with: the
+    # answer is free, so the grant shown is the old one, whole.
+    assert released.json["policy_version"] == before
+    assert released.json["budget"]["partner_remaining"] == {"rho": pytest.approx(0.5)}
+    stored = client.get(f"/v1/releases/{released.json['release_id']}", headers=partner)
     assert stored.json["policy_version"] == before

@@ -7,8 +7,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, fields, validate
 
 from service.api.cursors import MAX_SEQ, AuditCursor, ReleaseCursor
-from service.policy.model import STATISTICS
-from service.policy.schemas import DEFINITIONS
+from service.policy.model import DEFINITIONS, STATISTICS
 
 
 class ProblemSchema(Schema):

@@ -146,6 +146,18 @@ def content_key(obj: object) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def hash_request(raw: Mapping[str, Any]) -> str:
+    """The sha256 hex digest of a query request's body as sent, before validation: what an
+    Idempotency-Key is bound to. Both the charged and the synopsis path compute it here, so
+    one key means one request whichever path answers it.
+
+    Unlike :func:`query_key`, a reworded body hashes differently: a retry must repeat its
+    request, not merely its question. The bytes must never change, or a retry after an
+    upgrade would be refused as another request.
+    """
+    return hashlib.sha256(json.dumps(dict(raw), sort_keys=True, default=str).encode()).hexdigest()
+
+
 def group_cells(query: Query, dataset: DatasetPolicy) -> list[tuple[str, ...]]:
     """Every output cell: the full cross product of the group-by domains, in domain order.
 

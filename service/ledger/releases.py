@@ -10,7 +10,6 @@ its transaction (and charge) rolls back, and it is answered from the first.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from service.crypto.signing import canonical_json
 from service.database.engine import Database
 from service.database.schema import releases
 from service.database.timestamps import as_utc
+from service.dp.release import ReleaseDocument
 
 # The statements of every query, built once (building one costs more than running it).
 _OLDEST = (releases.c.created_at.asc(), releases.c.id.asc())
@@ -53,7 +53,7 @@ class StoredRelease:
     partner: str
     query_key: str
     request_hash: str
-    document: Mapping[str, Any]
+    document: ReleaseDocument
     created_at: datetime
 
 
@@ -152,7 +152,7 @@ class ReleaseStore:
         request_hash: str,
         idempotency_key: str | None,
         policy_version: str,
-        document: Mapping[str, Any],
+        document: ReleaseDocument,
         measurement: str,
     ) -> None:
         """Store a finished release in ``conn``'s transaction, or raise ``ReleaseConflict``.

@@ -128,7 +128,7 @@ class BudgetCollector:
             "Global privacy budget of a dataset, from its policy",
             labels=["dataset", "unit"],
         )
-        accounts = self.exchange.ledger.all_spent()
+        accounts = self.exchange.all_spent()
         for dataset in sorted(self.exchange.policies.datasets.values(), key=lambda d: d.id):
             labels = [dataset.id, dataset.budget_unit]
             spent.add_metric(labels, float(accounts.get((dataset.id, GLOBAL), 0)))

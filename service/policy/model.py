@@ -19,6 +19,8 @@ from types import MappingProxyType
 from typing import Literal, get_args
 
 Definition = Literal["pure", "zcdp"]
+DEFINITIONS: tuple[Definition, ...] = get_args(Definition)
+"""Every privacy definition a dataset may declare."""
 BudgetUnit = Literal["epsilon", "rho"]
 BUDGET_UNITS: Mapping[Definition, BudgetUnit] = MappingProxyType({"pure": "epsilon", "zcdp": "rho"})
 """The quantity that budgets, costs and charges are counted in under each privacy definition."""

@@ -38,6 +38,7 @@ from service.policy.fields import (
 )
 from service.policy.model import (
     BUDGET_UNITS,
+    DEFINITIONS,
     STATISTICS,
     DatasetPolicy,
     Definition,
@@ -47,8 +48,6 @@ from service.policy.model import (
     PartnerPolicy,
     SynopsisPolicy,
 )
-
-DEFINITIONS = ("pure", "zcdp")
 
 
 class PolicySchema(Schema):
