@@ -14,7 +14,9 @@ batch), for a ``count`` grouped by month x channel (48 cells), prints side by si
   noise on the 48 aggregates (measurement built and invoked), and one durable SQLite
   commit (WAL, synchronous=FULL) of a small row;
 * (b) OpenDP's Context API over the row-level contacts (the Polars plugin, one 48-cell
-  histogram), timed a few times only: it takes seconds per release.
+  histogram), timed a few times only: it takes seconds per release;
+* (c) the 1-client release in-process, through Flask's test client: the whole application
+  without sockets, gunicorn or the load generator, which shares the 2 cores.
 
 and the ratios against the goals: p50 <= 2x (a); >= 300 charged releases/s with 8 clients;
 p50 with 301 batches within 10% of p50 with one; the service >= 300x faster than (b).
@@ -207,8 +209,8 @@ def start_server(
 # -- load ---------------------------------------------------------------------------------------
 
 
-def distinct_costs() -> Iterator[str]:
-    for index in itertools.count():
+def distinct_costs(start: int = 0) -> Iterator[str]:
+    for index in itertools.count(start):
         yield str(BASE_EPSILON + index * STEP_EPSILON)
 
 
@@ -280,6 +282,34 @@ def upload_small_batches(url: str, owner: str, dataset: DatasetPolicy, batches: 
         )
         if response.status_code != 201:
             sys.exit(f"batch upload failed: {response.status_code} {response.text[:300]}")
+
+
+def measure_in_process(env: dict[str, str], token: str, queries: int) -> Phase:
+    """The 1-client phase through Flask's test client: the whole application (token, limits,
+    plan, stored-answer and budget reads, cells, noise, signature, durable commit) without
+    sockets, gunicorn or a load generator sharing the cores."""
+    from service.app import create_app
+
+    client = create_app(Settings.from_env(env)).test_client()
+    # Past every cost the HTTP phases asked, so that each query is charged anew.
+    costs = distinct_costs(start=10_000_000)
+    latencies: list[float] = []
+    failures = 0
+    for index in range(queries + 20):
+        body = {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY}
+        body["epsilon"] = next(costs)
+        start = time.perf_counter()
+        response = client.post(
+            "/v1/queries", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        elapsed = time.perf_counter() - start
+        if response.status_code != 201:
+            failures += 1
+        elif index >= 20:  # the first ones decrypt the cells and fill the caches
+            latencies.append(elapsed)
+    if failures:
+        print(f"  {failures} in-process queries failed", file=sys.stderr)
+    return Phase(1, latencies, sum(latencies) or float("nan"), failures)
 
 
 # -- (a) the physical floor ---------------------------------------------------------------------
@@ -401,6 +431,7 @@ def report(
     services: list[Service],
     context: list[float],
     cells: int,
+    in_process: Phase,
 ) -> dict[str, Any]:
     context_median = statistics.median(context)
     floor_total = floor["total"]
@@ -432,6 +463,12 @@ def report(
     print(
         f"\n  (b) OpenDP Context API over the {args.contacts:,} rows "
         f"(median of {len(context)}): {ms(context_median)}"
+    )
+    print(
+        "\n  (c) the same release in-process, through Flask's test client (SQLite, after the "
+        f"batches): p50 {ms(in_process.p50).strip()}, p95 {ms(in_process.p95).strip()}, "
+        f"{in_process.p50 / floor_total:.2f}x the floor"
+        + (f" ({in_process.failures} failed)" if in_process.failures else "")
     )
     p50 = sqlite_run.sequential.p50
     floor_ratio = p50 / floor_total
@@ -486,6 +523,7 @@ def report(
             for service in services
         ],
         "floor_s": floor,
+        "in_process": figures(in_process),
         "context_s": context,
         "ratios": {
             "p50_over_floor": floor_ratio,
@@ -671,6 +709,8 @@ def main() -> None:
         floor = measure_floor(cells, dataset, work, args.floor_runs)
 
         services = [measure_sqlite(args, env, work, dataset, tokens)]
+        print("measuring the same release in-process ...", flush=True)
+        in_process = measure_in_process(env, tokens[0], max(100, args.queries // 2))
         if args.postgres:
             services.append(measure_postgres(args, env, work, args.postgres))
         else:
@@ -680,7 +720,7 @@ def main() -> None:
         rows = generate_contacts(dataset, contacts=args.contacts, seed=SEED)
         context = measure_context(rows, dataset, args.context_runs)
 
-        figures = report(args, floor, services, context, cells.height)
+        figures = report(args, floor, services, context, cells.height, in_process)
         if args.json is not None:
             args.json.write_text(json.dumps(figures, indent=2))
     finally:
