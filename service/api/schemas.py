@@ -1,4 +1,9 @@
-"""Marshmallow schemas of the HTTP API; flask-smorest builds the OpenAPI document from them."""
+"""Marshmallow schemas of the HTTP API; flask-smorest builds the OpenAPI document from them.
+
+One module for the whole published contract, so that a partner's view of it (requests,
+releases down to their rows and intervals, problems) can be read in one place; that is why
+it is longer than the others.
+"""
 
 from __future__ import annotations
 
