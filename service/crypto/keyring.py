@@ -51,6 +51,7 @@ class Keyring:
         # changes are never silently replaced by the file's keys.
         self._unsaved = False
         self._reload_lock = threading.Lock()
+        self._check_lock = threading.Lock()
         self._checked_at = time.monotonic()
 
     # -- construction ------------------------------------------------------------------
@@ -138,14 +139,16 @@ class Keyring:
         over within ``seconds``, at the cost of one `stat` per interval. A file that cannot
         be read or parsed leaves the keys in memory as they are.
         """
-        now = time.monotonic()
-        if now - self._checked_at < seconds:
-            return
-        self._checked_at = now
-        try:
-            self.refresh()
-        except KeyringError:
-            pass
+        # One thread looks while the others wait: a thread that skipped the look because
+        # another had just begun it would sign with the old key while the new one loads.
+        with self._check_lock:
+            if time.monotonic() - self._checked_at < seconds:
+                return
+            try:
+                self.refresh()
+            except KeyringError:
+                pass
+            self._checked_at = time.monotonic()
 
     # -- key-encryption keys -----------------------------------------------------------
 

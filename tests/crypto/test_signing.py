@@ -7,6 +7,8 @@ import base64
 import copy
 import json
 import math
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,12 @@ from hypothesis import strategies as st
 
 from service.crypto import signing
 from service.crypto.keyring import Keyring
-from service.crypto.signing import canonical_json, sign_document, verify_signature
+from service.crypto.signing import (
+    KEY_CHECK_SECONDS,
+    canonical_json,
+    sign_document,
+    verify_signature,
+)
 
 RELEASE: dict[str, Any] = {
     "release_id": "rel_0001",
@@ -242,3 +249,34 @@ def test_every_json_document_round_trips_through_sign_and_verify(
     received = json.loads(json.dumps(release))
 
     assert verify_signature(received, keyring.public_signing_keys())
+
+
+def test_threads_racing_past_a_rotation_all_sign_with_the_new_key(tmp_path: Path) -> None:
+    """When another process rotated the signing key, no thread of a worker signs with the
+    old one once the check interval has passed, not even one that arrives while another
+    thread is still loading the new key."""
+    path = tmp_path / "keyring.json"
+    Keyring.create(path)
+    for _ in range(5):
+        worker = Keyring.load(path)
+        rotation = Keyring.load(path)
+        new_key = rotation.rotate_signing_key()
+        rotation.save()
+        time.sleep(KEY_CHECK_SECONDS + 0.05)
+        assert _keys_signed_by_racing_threads(worker, 16) == {new_key}
+
+
+def _keys_signed_by_racing_threads(keyring: Keyring, threads: int) -> set[str]:
+    barrier = threading.Barrier(threads)
+    used: list[str] = []
+
+    def sign() -> None:
+        barrier.wait()
+        used.append(sign_document(keyring, {"n": 1})["key_id"])
+
+    started = [threading.Thread(target=sign) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return set(used)
