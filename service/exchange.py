@@ -379,19 +379,17 @@ class Exchange:
                 document=document,
                 measurement=measurement_json(plan),
             )
-            remaining = self._charge(conn, partner, dataset, grant, plan, release_id)
-            self.audit.append(
+            remaining = self._charge(
                 conn,
-                actor=principal.actor,
-                action="release.create",
-                dataset=dataset.id,
-                details={
-                    "release_id": release_id,
-                    "partner": partner.id,
-                    dataset.budget_unit: amount_text(plan.cost),
-                    "query_key": key,
-                    "cells": len(document["rows"]),
-                },
+                principal,
+                partner,
+                dataset,
+                grant,
+                plan,
+                release_id,
+                key,
+                "release.create",
+                {"release_id": release_id, "cells": len(document["rows"])},
             )
             # Under the audit head, which uploads and reloads take too: the plan's sensitivity
             # assumes this worker's bounds, so they must still be the ones in force, or the
@@ -402,12 +400,18 @@ class Exchange:
     def _charge(
         self,
         conn: Connection,
+        principal: Principal,
         partner: PartnerPolicy,
         dataset: DatasetPolicy,
         grant: Grant,
         plan: QueryPlan,
         release_id: str,
+        key: str,
+        action: str,
+        details: dict[str, Any],
     ) -> Remaining:
+        """Charge both budgets in ``conn``'s transaction, with the ledger line and the audit
+        entry ``action`` (its details plus the partner, the cost and the query)."""
         remaining = self.ledger.charge(
             conn,
             dataset=dataset.id,
@@ -424,6 +428,18 @@ class Exchange:
             partner=partner.id,
             definition=dataset.definition,
             amount=plan.cost,
+        )
+        self.audit.append(
+            conn,
+            actor=principal.actor,
+            action=action,
+            dataset=dataset.id,
+            details={
+                **details,
+                "partner": partner.id,
+                dataset.budget_unit: amount_text(plan.cost),
+                "query_key": key,
+            },
         )
         return remaining
 
@@ -445,19 +461,17 @@ class Exchange:
         charge_id = "rel_" + secrets.token_hex(10)
         try:
             with self.database.write() as conn:
-                self._charge(conn, partner, dataset, grant, plan, charge_id)
-                self.audit.append(
+                self._charge(
                     conn,
-                    actor=principal.actor,
-                    action="release.fail",
-                    dataset=dataset.id,
-                    details={
-                        "charge_id": charge_id,
-                        "partner": partner.id,
-                        dataset.budget_unit: amount_text(plan.cost),
-                        "query_key": key,
-                        "error": type(failure).__name__,
-                    },
+                    principal,
+                    partner,
+                    dataset,
+                    grant,
+                    plan,
+                    charge_id,
+                    key,
+                    "release.fail",
+                    {"charge_id": charge_id, "error": type(failure).__name__},
                 )
         except BudgetExhausted as exhausted:
             self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))

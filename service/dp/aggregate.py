@@ -151,12 +151,13 @@ class CellIndex:
             kept &= codes >= 0
             flat = flat * self.sizes[name] + codes
         flat = flat[kept]
+        positions = _positions(query, dataset)
         totals: list[list[int]] = []
         for weight in weights:
             if weight is None:
                 return None
             summed = np.bincount(flat, weights=weight[kept], minlength=counted)
-            totals.append([int(total) for total in summed[_positions(query, dataset)]])
+            totals.append([int(total) for total in summed[positions]])
         return TrueAggregates(
             cells=group_cells(query, dataset),
             counts=totals[0],
