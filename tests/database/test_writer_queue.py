@@ -70,6 +70,19 @@ def test_threads_of_one_process_write_one_at_a_time(tmp_path: Path) -> None:
     assert most == 1
 
 
-def test_only_a_sqlite_file_gets_a_writer_queue(tmp_path: Path) -> None:
-    assert Database(f"sqlite:///{tmp_path / 'dpx.sqlite3'}").writers is not None
-    assert Database("sqlite://").writers is None
+def test_a_write_to_a_sqlite_file_leaves_only_a_private_lock_file_beside_it(
+    tmp_path: Path,
+) -> None:
+    """The one file the queue adds to the data directory is the documented, private one."""
+    database = Database(f"sqlite:///{tmp_path / 'dpx.sqlite3'}")
+    with database.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    database.dispose()
+    lock = tmp_path / "dpx.sqlite3.writer-lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    assert {p.name for p in tmp_path.iterdir()} <= {
+        "dpx.sqlite3",
+        "dpx.sqlite3-wal",
+        "dpx.sqlite3-shm",
+        lock.name,
+    }
