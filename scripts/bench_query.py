@@ -6,6 +6,8 @@ batch), for a ``count`` grouped by month x channel (48 cells), prints side by si
 * the service on SQLite: distinct queries over HTTP to gunicorn (2 workers), each one
   charged, noised, signed and stored; p50/p95 latency with one client, and charged
   releases per second with 8 concurrent clients;
+  each HTTP phase also prints the CPU time per release of the service's processes and of
+  the load generator (http.client on keep-alive connections), which share the 2 cores;
 * the same single client after 300 more small batches were uploaded (p50 with 301 batches
   over p50 with one: the cost of a query should not grow with the number of batches);
 * the service on PostgreSQL (``--postgres URL``, or ``DPX_TEST_DATABASE_URL``): two gunicorn
@@ -32,6 +34,7 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import shutil
 import socket
 import sqlite3
@@ -85,6 +88,9 @@ class Phase:
     latencies: list[float]
     wall: float
     failures: int
+    # CPU seconds of the service's processes and of the load generator during the phase.
+    server_cpu: float = float("nan")
+    client_cpu: float = float("nan")
 
     @property
     def p50(self) -> float:
@@ -97,6 +103,9 @@ class Phase:
     @property
     def per_second(self) -> float:
         return len(self.latencies) / self.wall
+
+    def cpu_per_release(self, seconds: float) -> float:
+        return seconds / max(1, len(self.latencies) + self.failures)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -146,6 +155,27 @@ def dpx(env: dict[str, str], *args: str) -> str:
     if done.returncode != 0:
         sys.exit(f"dpx {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout.strip()
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU seconds (user and system) used so far by process ``root`` and its children: a
+    gunicorn master and its workers."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, _, rest = stat.read_text().partition(" (")
+            fields = rest.rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while it was read
+        if int(pid) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:
@@ -217,10 +247,11 @@ def distinct_costs(start: int = 0) -> Iterator[str]:
 
 
 def run_phase(
-    urls: list[str], token: str, costs: Iterator[str], *, queries: int, clients: int
+    servers: list[Server], token: str, costs: Iterator[str], *, queries: int, clients: int
 ) -> Phase:
     """``queries`` distinct charged queries from ``clients`` concurrent clients, spread over
-    ``urls`` (client ``i`` talks to ``urls[i % len(urls)]``)."""
+    ``servers`` (client ``i`` talks to ``servers[i % len(servers)]``)."""
+    urls = [server.url for server in servers]
     lock = threading.Lock()
     latencies: list[float] = []
     failures: list[str] = []
@@ -253,13 +284,17 @@ def run_phase(
 
     with lock:
         batch = [next(costs) for _ in range(queries)]
+    server_start = sum(cpu_seconds(server.process.pid) for server in servers)
+    client_start = own_cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, batch))
     wall = time.perf_counter() - start
+    client_cpu = own_cpu_seconds() - client_start
+    server_cpu = sum(cpu_seconds(server.process.pid) for server in servers) - server_start
     if failures:
         print(f"  {len(failures)} queries failed, first: {failures[0]}", file=sys.stderr)
-    return Phase(clients, latencies, wall, len(failures))
+    return Phase(clients, latencies, wall, len(failures), server_cpu, client_cpu)
 
 
 def upload_small_batches(url: str, owner: str, dataset: DatasetPolicy, batches: int) -> None:
@@ -460,7 +495,9 @@ def report(
                 continue
             print(
                 f"    {name:22s} {len(phase.latencies):5d} releases  p50 {ms(phase.p50)}  "
-                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f} releases/s"
+                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f} releases/s  CPU per release: "
+                f"service {ms(phase.cpu_per_release(phase.server_cpu)).strip()}, "
+                f"load generator {ms(phase.cpu_per_release(phase.client_cpu)).strip()}"
                 + (f"  ({phase.failures} failed)" if phase.failures else "")
             )
     print(f"\n  (a) floor of a charged release, in-process (median of {args.floor_runs})")
@@ -490,6 +527,14 @@ def report(
         f"    releases/s, {sqlite_run.concurrent.clients} clients:             {rate:8.1f}   "
         f"goal >= {GOAL_RELEASES_PER_SECOND:g}/s: {verdict(rate >= GOAL_RELEASES_PER_SECOND)}"
     )
+    concurrent = sqlite_run.concurrent
+    cpu = concurrent.cpu_per_release(concurrent.server_cpu + concurrent.client_cpu)
+    cores = os.cpu_count() or 1
+    ceiling = cores / cpu
+    print(
+        f"      (at {cpu * 1000:.2f} ms of CPU per release, service and load generator, "
+        f"{cores} cores allow at most {ceiling:.0f} releases/s)"
+    )
     print(
         f"    p50 {args.batches + 1} batches / p50 1 batch:   {growth:8.2f}x  goal <= "
         f"{GOAL_BATCH_GROWTH:g}x: {verdict(growth <= GOAL_BATCH_GROWTH)}"
@@ -514,6 +559,8 @@ def report(
             "p50_s": phase.p50,
             "p95_s": phase.p95,
             "releases_per_s": phase.per_second,
+            "service_cpu_per_release_s": phase.cpu_per_release(phase.server_cpu),
+            "load_generator_cpu_per_release_s": phase.cpu_per_release(phase.client_cpu),
         }
 
     return {
@@ -534,6 +581,7 @@ def report(
         "ratios": {
             "p50_over_floor": floor_ratio,
             "releases_per_s": rate,
+            "cpu_bound_releases_per_s": ceiling,
             "p50_batches_over_p50": growth,
             "context_over_p50": context_ratio,
         },
@@ -564,19 +612,15 @@ def measure_sqlite(
     try:
         print("measuring the service on SQLite over HTTP ...", flush=True)
         # Warm-up: every worker decrypts the cells once and builds its caches.
-        run_phase([server.url], partner, costs, queries=4 * args.workers, clients=args.workers)
+        run_phase([server], partner, costs, queries=4 * args.workers, clients=args.workers)
         sequential = run_phase(
-            [server.url], partner, costs, queries=max(20, args.queries // 5), clients=1
+            [server], partner, costs, queries=max(20, args.queries // 5), clients=1
         )
-        concurrent = run_phase(
-            [server.url], partner, costs, queries=args.queries, clients=args.clients
-        )
+        concurrent = run_phase([server], partner, costs, queries=args.queries, clients=args.clients)
         print(f"uploading {args.batches} more small batches ...", flush=True)
         upload_small_batches(server.url, owner, dataset, args.batches)
-        run_phase([server.url], partner, costs, queries=4 * args.workers, clients=args.workers)
-        after = run_phase(
-            [server.url], partner, costs, queries=max(20, args.queries // 5), clients=1
-        )
+        run_phase([server], partner, costs, queries=4 * args.workers, clients=args.workers)
+        after = run_phase([server], partner, costs, queries=max(20, args.queries // 5), clients=1)
     finally:
         server.stop()
     threads = args.threads or int(os.environ.get("DPX_THREADS", "4"))
@@ -623,9 +667,10 @@ def measure_postgres(
         costs = distinct_costs()
         try:
             print("measuring the service on PostgreSQL over HTTP ...", flush=True)
-            urls = [server.url for server in servers]
-            run_phase(urls, partner, costs, queries=8 * args.pg_workers, clients=4)
-            concurrent = run_phase(urls, partner, costs, queries=args.queries, clients=args.clients)
+            run_phase(servers, partner, costs, queries=8 * args.pg_workers, clients=4)
+            concurrent = run_phase(
+                servers, partner, costs, queries=args.queries, clients=args.clients
+            )
         finally:
             for server in servers:
                 server.stop()
