@@ -33,10 +33,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -91,6 +93,12 @@ class SigningKey:
     status: SigningKeyStatus
     created: str
     private: bytes = field(repr=False)
+
+    @cached_property
+    def signer(self) -> Ed25519PrivateKey:
+        """The private key as a `cryptography` object, built once: building it costs about
+        as much as a signature."""
+        return Ed25519PrivateKey.from_private_bytes(self.private)
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class Keyring:
         Id and signature come from one key even while `reload` swaps in a rotated set.
         """
         current = next(k for k in self._signing_keys if k.status == "current")
-        return current.id, Ed25519PrivateKey.from_private_bytes(current.private).sign(data)
+        return current.id, current.signer.sign(data)
 
     def public_signing_keys(self) -> list[dict[str, str]]:
         """Every signing key's public half, current and retired, as `GET /v1/signing-keys`
@@ -246,7 +246,7 @@ class Keyring:
             pass
         published = []
         for key in self._signing_keys:
-            public = Ed25519PrivateKey.from_private_bytes(key.private).public_key()
+            public = key.signer.public_key()
             published.append(
                 {
                     "key_id": key.id,
