@@ -8,6 +8,9 @@ batch), for a ``count`` grouped by month x channel (48 cells), prints side by si
   releases per second with 8 concurrent clients;
   each HTTP phase also prints the CPU time per release of the service's processes and of
   the load generator (http.client on keep-alive connections), which share the 2 cores;
+* ``GET /healthz`` through the same gunicorn with 1 and 8 clients: the HTTP stack alone
+  (gunicorn, Flask, flask-smorest, the rate limiter, metrics and logs), and the share of a
+  release's CPU it takes;
 * the same single client after 300 more small batches were uploaded (p50 with 301 batches
   over p50 with one: the cost of a query should not grow with the number of batches);
 * the service on PostgreSQL (``--postgres URL``, or ``DPX_TEST_DATABASE_URL``): two gunicorn
@@ -246,19 +249,51 @@ def distinct_costs(start: int = 0) -> Iterator[str]:
         yield str(BASE_EPSILON + index * STEP_EPSILON)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request of a load phase and the status that counts it as answered."""
+
+    method: str
+    path: str
+    body: str | None
+    expected: int
+
+
 def run_phase(
     servers: list[Server], token: str, costs: Iterator[str], *, queries: int, clients: int
 ) -> Phase:
     """``queries`` distinct charged queries from ``clients`` concurrent clients, spread over
     ``servers`` (client ``i`` talks to ``servers[i % len(servers)]``)."""
+    calls = [
+        Call(
+            "POST",
+            "/v1/queries",
+            json.dumps(
+                {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
+            ),
+            201,
+        )
+        for cost in itertools.islice(costs, queries)
+    ]
+    return run_load(servers, calls, clients=clients, token=token)
+
+
+def run_load(
+    servers: list[Server], calls: list[Call], *, clients: int, token: str | None = None
+) -> Phase:
+    """``calls`` from ``clients`` concurrent clients, spread over ``servers``: latencies of
+    the answered ones, wall time, and the CPU time of service and load generator."""
     urls = [server.url for server in servers]
     lock = threading.Lock()
     latencies: list[float] = []
     failures: list[str] = []
     local = threading.local()
     assigned = itertools.count()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
 
-    def one(cost: str) -> None:
+    def one(call: Call) -> None:
         # http.client on one keep-alive connection per client: the load generator shares the
         # 2 cores with the service, and requests spends about a millisecond of them per call.
         connection = getattr(local, "connection", None)
@@ -267,33 +302,27 @@ def run_phase(
             connection = local.connection = HTTPConnection(
                 url.hostname or "", url.port, timeout=120
             )
-        body = json.dumps(
-            {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
-        )
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         start = time.perf_counter()
-        connection.request("POST", "/v1/queries", body=body, headers=headers)
+        connection.request(call.method, call.path, body=call.body, headers=headers)
         response = connection.getresponse()
         answer = response.read()
         elapsed = time.perf_counter() - start
         with lock:
-            if response.status == 201:
+            if response.status == call.expected:
                 latencies.append(elapsed)
             else:
                 failures.append(f"{response.status} {answer[:200]!r}")
 
-    with lock:
-        batch = [next(costs) for _ in range(queries)]
     server_start = sum(cpu_seconds(server.process.pid) for server in servers)
     client_start = own_cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(one, batch))
+        list(pool.map(one, calls))
     wall = time.perf_counter() - start
     client_cpu = own_cpu_seconds() - client_start
     server_cpu = sum(cpu_seconds(server.process.pid) for server in servers) - server_start
     if failures:
-        print(f"  {len(failures)} queries failed, first: {failures[0]}", file=sys.stderr)
+        print(f"  {len(failures)} requests failed, first: {failures[0]}", file=sys.stderr)
     return Phase(clients, latencies, wall, len(failures), server_cpu, client_cpu)
 
 
@@ -457,13 +486,16 @@ def verdict(ok: bool) -> str:
 
 @dataclass
 class Service:
-    """What one deployment answered: one client, 8 clients, and one client after the
-    extra batches (SQLite only)."""
+    """What one deployment answered: one client, 8 clients, and (SQLite only) one client
+    after the extra batches, and ``GET /healthz`` with 1 and 8 clients: the HTTP stack
+    alone (gunicorn, Flask, flask-smorest, the rate limiter, metrics and logs) without
+    token, database, cells, noise or signature."""
 
     label: str
     sequential: Phase | None
     concurrent: Phase
     after_batches: Phase | None = None
+    stack: tuple[Phase, Phase] | None = None
 
 
 def report(
@@ -486,16 +518,20 @@ def report(
     for service in services:
         print(f"\n  {service.label} (distinct queries, each charged, noised, signed, stored)")
         phases = [
-            ("1 client", service.sequential),
-            (f"{service.concurrent.clients} clients", service.concurrent),
-            (f"1 client, {args.batches + 1} batches", service.after_batches),
+            ("1 client", service.sequential, "releases"),
+            (f"{service.concurrent.clients} clients", service.concurrent, "releases"),
+            (f"1 client, {args.batches + 1} batches", service.after_batches, "releases"),
         ]
-        for name, phase in phases:
+        if service.stack is not None:
+            alone, loaded = service.stack
+            phases.append(("/healthz, 1 client", alone, "requests"))
+            phases.append((f"/healthz, {loaded.clients} clients", loaded, "requests"))
+        for name, phase, unit in phases:
             if phase is None:
                 continue
             print(
-                f"    {name:22s} {len(phase.latencies):5d} releases  p50 {ms(phase.p50)}  "
-                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f} releases/s  CPU per release: "
+                f"    {name:22s} {len(phase.latencies):5d} {unit:8s}  p50 {ms(phase.p50)}  "
+                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f}/s  CPU each: "
                 f"service {ms(phase.cpu_per_release(phase.server_cpu)).strip()}, "
                 f"load generator {ms(phase.cpu_per_release(phase.client_cpu)).strip()}"
                 + (f"  ({phase.failures} failed)" if phase.failures else "")
@@ -535,6 +571,15 @@ def report(
         f"      (at {cpu * 1000:.2f} ms of CPU per release, service and load generator, "
         f"{cores} cores allow at most {ceiling:.0f} releases/s)"
     )
+    if sqlite_run.stack is not None:
+        loaded = sqlite_run.stack[1]
+        stack_cpu = loaded.cpu_per_release(loaded.server_cpu)
+        release_cpu = concurrent.cpu_per_release(concurrent.server_cpu)
+        print(
+            f"      (the HTTP stack alone, GET /healthz with {loaded.clients} clients: "
+            f"{stack_cpu * 1000:.2f} ms of the service's CPU per request, "
+            f"{stack_cpu / release_cpu:.0%} of a release's {release_cpu * 1000:.2f} ms)"
+        )
     print(
         f"    p50 {args.batches + 1} batches / p50 1 batch:   {growth:8.2f}x  goal <= "
         f"{GOAL_BATCH_GROWTH:g}x: {verdict(growth <= GOAL_BATCH_GROWTH)}"
@@ -572,6 +617,9 @@ def report(
                 "sequential": figures(service.sequential),
                 "concurrent": figures(service.concurrent),
                 "after_batches": figures(service.after_batches),
+                "healthz": [figures(phase) for phase in service.stack]
+                if service.stack is not None
+                else None,
             }
             for service in services
         ],
@@ -617,6 +665,11 @@ def measure_sqlite(
             [server], partner, costs, queries=max(20, args.queries // 5), clients=1
         )
         concurrent = run_phase([server], partner, costs, queries=args.queries, clients=args.clients)
+        probe = Call("GET", "/healthz", None, 200)
+        stack = (
+            run_load([server], [probe] * max(20, args.queries // 5), clients=1),
+            run_load([server], [probe] * args.queries, clients=args.clients),
+        )
         print(f"uploading {args.batches} more small batches ...", flush=True)
         upload_small_batches(server.url, owner, dataset, args.batches)
         run_phase([server], partner, costs, queries=4 * args.workers, clients=args.workers)
@@ -625,7 +678,7 @@ def measure_sqlite(
         server.stop()
     threads = args.threads or int(os.environ.get("DPX_THREADS", "4"))
     label = f"SQLite, gunicorn 1 instance, {args.workers} workers x {threads} threads"
-    return Service(label, sequential, concurrent, after)
+    return Service(label, sequential, concurrent, after, stack)
 
 
 def measure_postgres(
