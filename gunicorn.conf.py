@@ -17,6 +17,7 @@ Operations:
   ``preload_app`` must stay on for this.
 """
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -73,8 +74,14 @@ def when_ready(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Drop database connections inherited from the master; never share them across processes."""
+    """Drop database connections inherited from the master; never share them across processes.
+
+    Then freeze what the worker inherited (the app, policies, keyring, OpenDP, Polars): it
+    lives as long as the worker, so the garbage collector stops scanning it on every
+    collection, which took about a tenth of a release's time.
+    """
     _app(server).extensions["dpx.database"].engine.dispose(close=False)
+    gc.freeze()
 
 
 def on_reload(server: Any) -> None:
