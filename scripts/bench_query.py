@@ -1,7 +1,8 @@
 """Benchmark: charged releases through HTTP and gunicorn, next to what they cannot beat.
 
 One run, on one synthetic dataset (``dpx demo-data``, 1,000,000 contacts by default, one
-batch), for a ``count`` grouped by month x channel (48 cells), prints side by side:
+batch; on SQLite also a copy of it under another id), for a ``count`` grouped by month x
+channel (48 cells), prints side by side:
 
 * the service on SQLite: distinct queries over HTTP to gunicorn (2 workers), each one
   charged, noised, signed and stored; p50/p95 latency with one client, and charged
@@ -11,8 +12,9 @@ batch), for a ``count`` grouped by month x channel (48 cells), prints side by si
 * ``GET /healthz`` through the same gunicorn with 1 and 8 clients: the HTTP stack alone
   (gunicorn, Flask, flask-smorest, the rate limiter, metrics and logs), and the share of a
   release's CPU it takes;
-* the same single client after 300 more small batches were uploaded (p50 with 301 batches
-  over p50 with one: the cost of a query should not grow with the number of batches);
+* after 300 more small batches were uploaded to the copy, one client asking the copy and
+  the original in turn (p50 with 301 batches over p50 with one, under the same machine
+  load: the cost of a query should not grow with the number of batches);
 * the service on PostgreSQL (``--postgres URL``, or ``DPX_TEST_DATABASE_URL``): two gunicorn
   instances over one database, charged releases per second with 8 clients;
 * (a) the floor of a charged release, in-process: Polars over the stored cells, OpenDP
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -49,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from http.client import HTTPConnection
 from pathlib import Path
@@ -70,6 +73,9 @@ dp.enable_features("contrib")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "uk-helpline-2024"
+# The same policy and data under another id: it receives the extra small batches, so that
+# one client can ask both datasets in turn and compare them under the same machine load.
+BATCHED = "bench-batched"
 PARTNER = "bench"
 GROUP_BY = ["month", "channel"]
 SEED = 2024
@@ -94,6 +100,8 @@ class Phase:
     # CPU seconds of the service's processes and of the load generator during the phase.
     server_cpu: float = float("nan")
     client_cpu: float = float("nan")
+    # Latencies by the label of their call (the dataset asked), in the order asked.
+    labelled: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def p50(self) -> float:
@@ -110,6 +118,11 @@ class Phase:
     def cpu_per_release(self, seconds: float) -> float:
         return seconds / max(1, len(self.latencies) + self.failures)
 
+    def part(self, label: str) -> Phase:
+        """The answered calls labelled ``label`` alone (latencies only)."""
+        latencies = self.labelled.get(label, [])
+        return Phase(self.clients, latencies, sum(latencies) or float("nan"), 0)
+
 
 def percentile(values: list[float], pct: float) -> float:
     """The nearest-rank percentile of ``values`` (nan when there are none)."""
@@ -124,23 +137,28 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def write_policies(target: Path) -> None:
-    """The demo dataset with a global budget and a grant too large to run out in a bench."""
+    """The demo dataset, under its own id and as ``BATCHED``, with a global budget and a
+    grant too large to run out in a bench."""
     (target / "datasets").mkdir(parents=True)
     (target / "partners").mkdir()
     source = yaml.safe_load((ROOT / "policies/datasets" / f"{DATASET}.yaml").read_text())
     source["privacy"]["global_budget"] = {"epsilon": 1_000_000}
-    (target / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+    for dataset in (DATASET, BATCHED):
+        source["id"] = dataset
+        text = yaml.safe_dump(source, sort_keys=False)
+        (target / "datasets" / f"{dataset}.yaml").write_text(text)
     partner = {
         "id": PARTNER,
         "name": "Benchmark partner",
         "jurisdiction": "GB",
         "grants": [
             {
-                "dataset": DATASET,
+                "dataset": dataset,
                 "budget": {"epsilon": 1_000_000},
                 "statistics": ["count"],
                 "dimensions": GROUP_BY,
             }
+            for dataset in (DATASET, BATCHED)
         ],
     }
     (target / "partners" / f"{PARTNER}.yaml").write_text(yaml.safe_dump(partner, sort_keys=False))
@@ -257,23 +275,34 @@ class Call:
     path: str
     body: str | None
     expected: int
+    label: str = ""
 
 
 def run_phase(
-    servers: list[Server], token: str, costs: Iterator[str], *, queries: int, clients: int
+    servers: list[Server],
+    token: str,
+    costs: Iterator[str],
+    *,
+    queries: int,
+    clients: int,
+    datasets: tuple[str, ...] = (DATASET,),
 ) -> Phase:
     """``queries`` distinct charged queries from ``clients`` concurrent clients, spread over
-    ``servers`` (client ``i`` talks to ``servers[i % len(servers)]``)."""
+    ``servers`` (client ``i`` talks to ``servers[i % len(servers)]``), asking ``datasets``
+    in turn."""
     calls = [
         Call(
             "POST",
             "/v1/queries",
             json.dumps(
-                {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
+                {"dataset": dataset, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
             ),
             201,
+            dataset,
         )
-        for cost in itertools.islice(costs, queries)
+        for cost, dataset in zip(
+            itertools.islice(costs, queries), itertools.cycle(datasets), strict=False
+        )
     ]
     return run_load(servers, calls, clients=clients, token=token)
 
@@ -286,6 +315,7 @@ def run_load(
     urls = [server.url for server in servers]
     lock = threading.Lock()
     latencies: list[float] = []
+    labelled: dict[str, list[float]] = {}
     failures: list[str] = []
     local = threading.local()
     assigned = itertools.count()
@@ -310,6 +340,7 @@ def run_load(
         with lock:
             if response.status == call.expected:
                 latencies.append(elapsed)
+                labelled.setdefault(call.label, []).append(elapsed)
             else:
                 failures.append(f"{response.status} {answer[:200]!r}")
 
@@ -323,11 +354,11 @@ def run_load(
     server_cpu = sum(cpu_seconds(server.process.pid) for server in servers) - server_start
     if failures:
         print(f"  {len(failures)} requests failed, first: {failures[0]}", file=sys.stderr)
-    return Phase(clients, latencies, wall, len(failures), server_cpu, client_cpu)
+    return Phase(clients, latencies, wall, len(failures), server_cpu, client_cpu, labelled)
 
 
 def upload_small_batches(url: str, owner: str, dataset: DatasetPolicy, batches: int) -> None:
-    """``batches`` uploads of 20 contacts each, as daily uploads would arrive."""
+    """``batches`` uploads of 20 contacts each to ``BATCHED``, as daily uploads would arrive."""
     months = dataset.dimension("month").values
     channels = dataset.dimension("channel").values
     session = requests.Session()
@@ -345,7 +376,7 @@ def upload_small_batches(url: str, owner: str, dataset: DatasetPolicy, batches: 
         ]
         response = session.post(
             # Small batches of the same shape: copies on purpose, not re-sent uploads.
-            f"{url}/v1/datasets/{DATASET}/batches?allow_duplicate=true",
+            f"{url}/v1/datasets/{BATCHED}/batches?allow_duplicate=true",
             data=json.dumps(records),
             timeout=60,
             headers={"Authorization": f"Bearer {owner}", "Content-Type": "application/json"},
@@ -486,16 +517,19 @@ def verdict(ok: bool) -> str:
 
 @dataclass
 class Service:
-    """What one deployment answered: one client, 8 clients, and (SQLite only) one client
-    after the extra batches, and ``GET /healthz`` with 1 and 8 clients: the HTTP stack
-    alone (gunicorn, Flask, flask-smorest, the rate limiter, metrics and logs) without
-    token, database, cells, noise or signature."""
+    """What one deployment answered: one client, 8 clients, and (SQLite only) one
+    client asking in turn the dataset with one batch and the one with the extra batches,
+    and ``GET /healthz`` with 1 and 8 clients: the HTTP stack alone (gunicorn, Flask,
+    flask-smorest, the rate limiter, metrics and logs) without token, database, cells,
+    noise or signature."""
 
     label: str
     sequential: Phase | None
     concurrent: Phase
     after_batches: Phase | None = None
     stack: tuple[Phase, Phase] | None = None
+    # One client asking the one-batch dataset in turn with the many-batch one.
+    one_batch: Phase | None = None
 
 
 def report(
@@ -509,8 +543,12 @@ def report(
     context_median = statistics.median(context)
     floor_total = floor["total"]
     sqlite_run = services[0]
-    if sqlite_run.sequential is None or sqlite_run.after_batches is None:
-        raise ValueError("the SQLite run measures one client before and after the batches")
+    if (
+        sqlite_run.sequential is None
+        or sqlite_run.after_batches is None
+        or sqlite_run.one_batch is None
+    ):
+        raise ValueError("the SQLite run measures one client on one batch and on many")
     print(
         f"\nquery benchmark: {args.contacts:,} synthetic contacts ({cells:,} stored cells), "
         f"count by month x channel (48 cells)"
@@ -520,7 +558,8 @@ def report(
         phases = [
             ("1 client", service.sequential, "releases"),
             (f"{service.concurrent.clients} clients", service.concurrent, "releases"),
-            (f"1 client, {args.batches + 1} batches", service.after_batches, "releases"),
+            ("1 client, 1 batch", service.one_batch, "releases"),
+            (f"  in turn: {args.batches + 1} batches", service.after_batches, "releases"),
         ]
         if service.stack is not None:
             alone, loaded = service.stack
@@ -531,9 +570,13 @@ def report(
                 continue
             print(
                 f"    {name:22s} {len(phase.latencies):5d} {unit:8s}  p50 {ms(phase.p50)}  "
-                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f}/s  CPU each: "
-                f"service {ms(phase.cpu_per_release(phase.server_cpu)).strip()}, "
-                f"load generator {ms(phase.cpu_per_release(phase.client_cpu)).strip()}"
+                f"p95 {ms(phase.p95)}  {phase.per_second:8.1f}/s"
+                + (
+                    f"  CPU each: service {ms(phase.cpu_per_release(phase.server_cpu)).strip()}, "
+                    f"load generator {ms(phase.cpu_per_release(phase.client_cpu)).strip()}"
+                    if not math.isnan(phase.server_cpu)
+                    else ""
+                )
                 + (f"  ({phase.failures} failed)" if phase.failures else "")
             )
     print(f"\n  (a) floor of a charged release, in-process (median of {args.floor_runs})")
@@ -552,7 +595,7 @@ def report(
     p50 = sqlite_run.sequential.p50
     floor_ratio = p50 / floor_total
     rate = sqlite_run.concurrent.per_second
-    growth = sqlite_run.after_batches.p50 / p50
+    growth = sqlite_run.after_batches.p50 / sqlite_run.one_batch.p50
     context_ratio = context_median / p50
     print("\n  ratios and goals (SQLite, 1 client unless said)")
     print(
@@ -581,7 +624,7 @@ def report(
             f"{stack_cpu / release_cpu:.0%} of a release's {release_cpu * 1000:.2f} ms)"
         )
     print(
-        f"    p50 {args.batches + 1} batches / p50 1 batch:   {growth:8.2f}x  goal <= "
+        f"    p50 {args.batches + 1} batches / 1 batch, in turn: {growth:6.2f}x  goal <= "
         f"{GOAL_BATCH_GROWTH:g}x: {verdict(growth <= GOAL_BATCH_GROWTH)}"
     )
     print(
@@ -616,7 +659,8 @@ def report(
                 "label": service.label,
                 "sequential": figures(service.sequential),
                 "concurrent": figures(service.concurrent),
-                "after_batches": figures(service.after_batches),
+                "one_batch_in_turn": figures(service.one_batch),
+                "after_batches_in_turn": figures(service.after_batches),
                 "healthz": [figures(phase) for phase in service.stack]
                 if service.stack is not None
                 else None,
@@ -636,13 +680,18 @@ def report(
     }
 
 
-def prepare(env: dict[str, str], contacts: int) -> tuple[str, str]:
-    """Keyring, schema and the synthetic dataset of one deployment; a partner and an owner
-    token."""
+def prepare(
+    env: dict[str, str], contacts: int, datasets: tuple[str, ...] = (DATASET,)
+) -> tuple[str, str]:
+    """Keyring, schema and the same synthetic contacts in each of ``datasets`` of one
+    deployment; a partner token and an owner token of the last dataset."""
     dpx(env, "init")
-    dpx(env, "demo-data", "--dataset", DATASET, "--contacts", str(contacts), "--seed", str(SEED))
+    for dataset in datasets:
+        dpx(
+            env, "demo-data", "--dataset", dataset, "--contacts", str(contacts), "--seed", str(SEED)
+        )
     partner = dpx(env, "issue-token", "--partner", PARTNER).splitlines()[0]
-    owner = dpx(env, "issue-token", "--owner", DATASET).splitlines()[0]
+    owner = dpx(env, "issue-token", "--owner", datasets[-1]).splitlines()[0]
     return partner, owner
 
 
@@ -659,8 +708,11 @@ def measure_sqlite(
     costs = distinct_costs()
     try:
         print("measuring the service on SQLite over HTTP ...", flush=True)
-        # Warm-up: every worker decrypts the cells once and builds its caches.
-        run_phase([server], partner, costs, queries=4 * args.workers, clients=args.workers)
+        # Warm-up, as a service that has been running is warm: every worker decrypts the
+        # cells once and builds its caches, and every thread of every worker runs the
+        # release path a few times (the interpreter specialises code that runs often).
+        warm_up = 10 * args.clients * args.workers
+        run_phase([server], partner, costs, queries=warm_up, clients=args.clients)
         sequential = run_phase(
             [server], partner, costs, queries=max(20, args.queries // 5), clients=1
         )
@@ -670,15 +722,27 @@ def measure_sqlite(
             run_load([server], [probe] * max(20, args.queries // 5), clients=1),
             run_load([server], [probe] * args.queries, clients=args.clients),
         )
-        print(f"uploading {args.batches} more small batches ...", flush=True)
+        print(f"uploading {args.batches} more small batches to {BATCHED} ...", flush=True)
         upload_small_batches(server.url, owner, dataset, args.batches)
-        run_phase([server], partner, costs, queries=4 * args.workers, clients=args.workers)
-        after = run_phase([server], partner, costs, queries=max(20, args.queries // 5), clients=1)
+        both = (DATASET, BATCHED)
+        run_phase([server], partner, costs, queries=warm_up, clients=args.clients, datasets=both)
+        # One client asks the two datasets in turn: the machine's speed, which drifts
+        # between phases, is the same for both.
+        in_turn = run_phase(
+            [server],
+            partner,
+            costs,
+            queries=2 * max(20, args.queries // 5),
+            clients=1,
+            datasets=both,
+        )
     finally:
         server.stop()
     threads = args.threads or int(os.environ.get("DPX_THREADS", "4"))
     label = f"SQLite, gunicorn 1 instance, {args.workers} workers x {threads} threads"
-    return Service(label, sequential, concurrent, after, stack)
+    return Service(
+        label, sequential, concurrent, in_turn.part(BATCHED), stack, in_turn.part(DATASET)
+    )
 
 
 def measure_postgres(
@@ -720,7 +784,8 @@ def measure_postgres(
         costs = distinct_costs()
         try:
             print("measuring the service on PostgreSQL over HTTP ...", flush=True)
-            run_phase(servers, partner, costs, queries=8 * args.pg_workers, clients=4)
+            warm_up = 10 * args.clients * len(servers) * args.pg_workers
+            run_phase(servers, partner, costs, queries=warm_up, clients=args.clients)
             concurrent = run_phase(
                 servers, partner, costs, queries=args.queries, clients=args.clients
             )
@@ -803,7 +868,7 @@ def main() -> None:
         )
         env.pop("DPX_KEYRING", None)
         print(f"preparing {args.contacts:,} synthetic contacts in {work} ...", flush=True)
-        tokens = prepare(env, args.contacts)
+        tokens = prepare(env, args.contacts, (DATASET, BATCHED))
         components = Components.open(Settings.from_env(env))
         dataset = components.exchange.dataset(DATASET)
         cells = components.store.cells(dataset)
