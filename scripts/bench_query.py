@@ -115,7 +115,8 @@ class Phase:
     def per_second(self) -> float:
         return len(self.latencies) / self.wall
 
-    def cpu_per_release(self, seconds: float) -> float:
+    def cpu_each(self, seconds: float) -> float:
+        """``seconds`` of CPU per call of the phase, answered or failed."""
         return seconds / max(1, len(self.latencies) + self.failures)
 
     def part(self, label: str) -> Phase:
@@ -572,8 +573,8 @@ def report(
                 f"    {name:22s} {len(phase.latencies):5d} {unit:8s}  p50 {ms(phase.p50)}  "
                 f"p95 {ms(phase.p95)}  {phase.per_second:8.1f}/s"
                 + (
-                    f"  CPU each: service {ms(phase.cpu_per_release(phase.server_cpu)).strip()}, "
-                    f"load generator {ms(phase.cpu_per_release(phase.client_cpu)).strip()}"
+                    f"  CPU each: service {ms(phase.cpu_each(phase.server_cpu)).strip()}, "
+                    f"load generator {ms(phase.cpu_each(phase.client_cpu)).strip()}"
                     if not math.isnan(phase.server_cpu)
                     else ""
                 )
@@ -607,7 +608,7 @@ def report(
         f"goal >= {GOAL_RELEASES_PER_SECOND:g}/s: {verdict(rate >= GOAL_RELEASES_PER_SECOND)}"
     )
     concurrent = sqlite_run.concurrent
-    cpu = concurrent.cpu_per_release(concurrent.server_cpu + concurrent.client_cpu)
+    cpu = concurrent.cpu_each(concurrent.server_cpu + concurrent.client_cpu)
     cores = os.cpu_count() or 1
     ceiling = cores / cpu
     print(
@@ -616,8 +617,8 @@ def report(
     )
     if sqlite_run.stack is not None:
         loaded = sqlite_run.stack[1]
-        stack_cpu = loaded.cpu_per_release(loaded.server_cpu)
-        release_cpu = concurrent.cpu_per_release(concurrent.server_cpu)
+        stack_cpu = loaded.cpu_each(loaded.server_cpu)
+        release_cpu = concurrent.cpu_each(concurrent.server_cpu)
         print(
             f"      (the HTTP stack alone, GET /healthz with {loaded.clients} clients: "
             f"{stack_cpu * 1000:.2f} ms of the service's CPU per request, "
@@ -647,8 +648,8 @@ def report(
             "p50_s": phase.p50,
             "p95_s": phase.p95,
             "releases_per_s": phase.per_second,
-            "service_cpu_per_release_s": phase.cpu_per_release(phase.server_cpu),
-            "load_generator_cpu_per_release_s": phase.cpu_per_release(phase.client_cpu),
+            "service_cpu_per_release_s": phase.cpu_each(phase.server_cpu),
+            "load_generator_cpu_per_release_s": phase.cpu_each(phase.client_cpu),
         }
 
     return {
