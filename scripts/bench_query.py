@@ -19,9 +19,12 @@ channel (48 cells), prints side by side:
   instances over one database, charged releases per second with 8 clients;
 * (a) the floor of a charged release, in-process: Polars over the stored cells, OpenDP
   noise on the 48 aggregates (measurement built and invoked), and one durable SQLite
-  commit (WAL, synchronous=FULL) of a small row;
+  commit (WAL, synchronous=FULL) of a small row; timed step by step on its own, and for
+  the ratios run in turn with the 1-client phase over HTTP and with (c), one floor release
+  after each query, so that each ratio compares the two under the same machine load;
 * (b) OpenDP's Context API over the row-level contacts (the Polars plugin, one 48-cell
-  histogram), timed a few times only: it takes seconds per release;
+  histogram), timed a few times only (it takes seconds per release), spread over the
+  1-client phase over HTTP;
 * (c) the 1-client release in-process, through Flask's test client: the whole application
   without sockets, gunicorn or the load generator, which shares the 2 cores.
 
@@ -287,6 +290,7 @@ def run_phase(
     queries: int,
     clients: int,
     datasets: tuple[str, ...] = (DATASET,),
+    between: Callable[[], float] | None = None,
 ) -> Phase:
     """``queries`` distinct charged queries from ``clients`` concurrent clients, spread over
     ``servers`` (client ``i`` talks to ``servers[i % len(servers)]``), asking ``datasets``
@@ -305,19 +309,28 @@ def run_phase(
             itertools.islice(costs, queries), itertools.cycle(datasets), strict=False
         )
     ]
-    return run_load(servers, calls, clients=clients, token=token)
+    return run_load(servers, calls, clients=clients, token=token, between=between)
 
 
 def run_load(
-    servers: list[Server], calls: list[Call], *, clients: int, token: str | None = None
+    servers: list[Server],
+    calls: list[Call],
+    *,
+    clients: int,
+    token: str | None = None,
+    between: Callable[[], float] | None = None,
 ) -> Phase:
     """``calls`` from ``clients`` concurrent clients, spread over ``servers``: latencies of
-    the answered ones, wall time, and the CPU time of service and load generator."""
+    the answered ones, wall time, and the CPU time of service and load generator.
+
+    ``between`` runs after each call, outside its timing, and returns the CPU seconds it
+    used: neither its time nor its CPU counts as the phase's."""
     urls = [server.url for server in servers]
     lock = threading.Lock()
     latencies: list[float] = []
     labelled: dict[str, list[float]] = {}
     failures: list[str] = []
+    set_aside: list[tuple[float, float]] = []  # wall and CPU seconds spent in ``between``
     local = threading.local()
     assigned = itertools.count()
     headers = {"Content-Type": "application/json"}
@@ -344,14 +357,19 @@ def run_load(
                 labelled.setdefault(call.label, []).append(elapsed)
             else:
                 failures.append(f"{response.status} {answer[:200]!r}")
+        if between is not None:
+            paused = time.perf_counter()
+            cpu = between()
+            with lock:
+                set_aside.append((time.perf_counter() - paused, cpu))
 
     server_start = sum(cpu_seconds(server.process.pid) for server in servers)
     client_start = own_cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, calls))
-    wall = time.perf_counter() - start
-    client_cpu = own_cpu_seconds() - client_start
+    wall = time.perf_counter() - start - sum(aside for aside, _ in set_aside)
+    client_cpu = own_cpu_seconds() - client_start - sum(cpu for _, cpu in set_aside)
     server_cpu = sum(cpu_seconds(server.process.pid) for server in servers) - server_start
     if failures:
         print(f"  {len(failures)} requests failed, first: {failures[0]}", file=sys.stderr)
@@ -386,10 +404,13 @@ def upload_small_batches(url: str, owner: str, dataset: DatasetPolicy, batches: 
             sys.exit(f"batch upload failed: {response.status_code} {response.text[:300]}")
 
 
-def measure_in_process(env: dict[str, str], token: str, queries: int) -> Phase:
+def measure_in_process(
+    env: dict[str, str], token: str, queries: int, floor: Floor
+) -> tuple[Phase, list[float]]:
     """The 1-client phase through Flask's test client: the whole application (token, limits,
     plan, stored-answer and budget reads, cells, noise, signature, durable commit) without
-    sockets, gunicorn or a load generator sharing the cores."""
+    sockets, gunicorn or a load generator sharing the cores; and the floor's releases run in
+    turn with it."""
     from service.app import create_app
 
     client = create_app(Settings.from_env(env)).test_client()
@@ -409,9 +430,10 @@ def measure_in_process(env: dict[str, str], token: str, queries: int) -> Phase:
             failures += 1
         elif index >= 20:  # the first ones decrypt the cells and fill the caches
             latencies.append(elapsed)
+            floor.between()
     if failures:
         print(f"  {failures} in-process queries failed", file=sys.stderr)
-    return Phase(1, latencies, sum(latencies) or float("nan"), failures)
+    return Phase(1, latencies, sum(latencies) or float("nan"), failures), floor.take()
 
 
 # -- (a) the physical floor ---------------------------------------------------------------------
@@ -426,65 +448,90 @@ def timed(function: Callable[[], Any], runs: int) -> list[float]:
     return times
 
 
-def measure_floor(
-    cells: pl.DataFrame, dataset: DatasetPolicy, work: Path, runs: int
-) -> dict[str, float]:
-    """Median seconds of each step of a charged release done with the bare primitives."""
-    domain = pl.DataFrame(
-        list(itertools.product(*(dataset.dimension(name).values for name in GROUP_BY))),
-        schema=GROUP_BY,
-        orient="row",
-    )
-    sensitivity = dataset.max_contacts_per_person
-    scale = sensitivity / float(BASE_EPSILON)
-    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
-    connection = sqlite3.connect(work / "floor.sqlite3", isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("CREATE TABLE charges (id INTEGER PRIMARY KEY, release TEXT, nano INT)")
-    counter = itertools.count()
+class Floor:
+    """A charged release done with the bare primitives: Polars over the stored cells, OpenDP
+    noise on the 48 aggregates (measurement built and invoked), and one durable SQLite
+    commit (WAL, synchronous=FULL) of a small row."""
 
-    def aggregate() -> list[int]:
-        grouped = cells.group_by(GROUP_BY).agg(pl.col(CONTACTS_COLUMN).sum())
-        full = domain.join(grouped, on=GROUP_BY, how="left").fill_null(0)
+    def __init__(self, cells: pl.DataFrame, dataset: DatasetPolicy, work: Path) -> None:
+        self.cells = cells
+        self.domain = pl.DataFrame(
+            list(itertools.product(*(dataset.dimension(name).values for name in GROUP_BY))),
+            schema=GROUP_BY,
+            orient="row",
+        )
+        self.scale = dataset.max_contacts_per_person / float(BASE_EPSILON)
+        self.space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+        # Used from the 1-client phase's thread too, one thread at a time.
+        self.connection = sqlite3.connect(
+            work / "floor.sqlite3", isolation_level=None, check_same_thread=False
+        )
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.execute(
+            "CREATE TABLE charges (id INTEGER PRIMARY KEY, release TEXT, nano INT)"
+        )
+        self.counter = itertools.count()
+        self.aggregates = self.aggregate()
+        # Wall seconds of the releases run in turn with a phase (see ``between``).
+        self.in_turn: list[float] = []
+
+    def aggregate(self) -> list[int]:
+        grouped = self.cells.group_by(GROUP_BY).agg(pl.col(CONTACTS_COLUMN).sum())
+        full = self.domain.join(grouped, on=GROUP_BY, how="left").fill_null(0)
         return [int(v) for v in full[CONTACTS_COLUMN].to_list()]
 
-    aggregates = aggregate()
-
-    def noise() -> list[int]:
-        measurement = space >> dp.m.then_laplace(scale=scale)
-        released: list[int] = measurement(aggregates)
+    def noise(self) -> list[int]:
+        measurement = self.space >> dp.m.then_laplace(scale=self.scale)
+        released: list[int] = measurement(self.aggregates)
         return released
 
-    def commit() -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute(
+    def commit(self) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")
+        self.connection.execute(
             "INSERT INTO charges (release, nano) VALUES (?, ?)",
-            (f"rel_{next(counter):020d}", 1_000_000),
+            (f"rel_{next(self.counter):020d}", 1_000_000),
         )
-        connection.execute("COMMIT")
+        self.connection.execute("COMMIT")
 
-    def release() -> None:
-        aggregate()
-        noise()
-        commit()
+    def release(self) -> None:
+        self.aggregate()
+        self.noise()
+        self.commit()
 
-    try:
+    def steps(self, runs: int) -> dict[str, float]:
+        """Median seconds of each step and of the whole release, over ``runs`` runs."""
         return {
-            "polars over stored cells": statistics.median(timed(aggregate, runs)),
-            "OpenDP build + noise": statistics.median(timed(noise, runs)),
-            "durable SQLite commit": statistics.median(timed(commit, runs)),
-            "total": statistics.median(timed(release, runs)),
+            "polars over stored cells": statistics.median(timed(self.aggregate, runs)),
+            "OpenDP build + noise": statistics.median(timed(self.noise, runs)),
+            "durable SQLite commit": statistics.median(timed(self.commit, runs)),
+            "total": statistics.median(timed(self.release, runs)),
         }
-    finally:
-        connection.close()
+
+    def between(self) -> float:
+        """One release, its wall time kept in ``in_turn``, run between two calls of a
+        1-client phase so that both see the machine at the same moment; the CPU seconds it
+        took, for the phase to leave out of its load generator's."""
+        cpu = own_cpu_seconds()
+        start = time.perf_counter()
+        self.release()
+        self.in_turn.append(time.perf_counter() - start)
+        return own_cpu_seconds() - cpu
+
+    def take(self) -> list[float]:
+        """The in-turn times so far, and a fresh start."""
+        taken, self.in_turn = self.in_turn, []
+        return taken
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 # -- (b) OpenDP's Context API over the rows ------------------------------------------------------
 
 
-def measure_context(rows: pl.DataFrame, dataset: DatasetPolicy, runs: int) -> list[float]:
-    """Seconds per release of one 48-cell histogram with ``dp.Context`` over the rows."""
+def context_release(rows: pl.DataFrame, dataset: DatasetPolicy) -> Callable[[], None]:
+    """One release of a 48-cell histogram with ``dp.Context`` over the rows."""
     frame = rows.select(GROUP_BY).lazy()
     keys = pl.DataFrame(
         list(itertools.product(*(dataset.dimension(name).values for name in GROUP_BY))),
@@ -502,7 +549,7 @@ def measure_context(rows: pl.DataFrame, dataset: DatasetPolicy, runs: int) -> li
         query = context.query().group_by(GROUP_BY).agg(dp.len(signed=False)).with_keys(keys)
         query.release().collect()
 
-    return timed(release, runs)
+    return release
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -531,25 +578,34 @@ class Service:
     stack: tuple[Phase, Phase] | None = None
     # One client asking the one-batch dataset in turn with the many-batch one.
     one_batch: Phase | None = None
+    # Wall seconds of the floor's and the Context API's releases run in turn with the
+    # 1-client phase.
+    floor_in_turn: list[float] | None = None
+    context_in_turn: list[float] | None = None
 
 
 def report(
     args: argparse.Namespace,
     floor: dict[str, float],
     services: list[Service],
-    context: list[float],
     cells: int,
     in_process: Phase,
+    in_process_floor: list[float],
 ) -> dict[str, Any]:
-    context_median = statistics.median(context)
-    floor_total = floor["total"]
     sqlite_run = services[0]
     if (
         sqlite_run.sequential is None
         or sqlite_run.after_batches is None
         or sqlite_run.one_batch is None
+        or not sqlite_run.floor_in_turn
+        or not sqlite_run.context_in_turn
     ):
         raise ValueError("the SQLite run measures one client on one batch and on many")
+    context = sqlite_run.context_in_turn
+    context_median = statistics.median(context)
+    # Each ratio divides by the floor measured in turn with its own phase.
+    floor_total = statistics.median(sqlite_run.floor_in_turn)
+    in_process_floor_total = statistics.median(in_process_floor)
     print(
         f"\nquery benchmark: {args.contacts:,} synthetic contacts ({cells:,} stored cells), "
         f"count by month x channel (48 cells)"
@@ -584,13 +640,17 @@ def report(
     for step, seconds in floor.items():
         print(f"    {step:28s} {ms(seconds)}")
     print(
-        f"\n  (b) OpenDP Context API over the {args.contacts:,} rows "
-        f"(median of {len(context)}): {ms(context_median)}"
+        f"    total, in turn with the 1-client phase over HTTP: {ms(floor_total).strip()}; "
+        f"with (c): {ms(in_process_floor_total).strip()}"
+    )
+    print(
+        f"\n  (b) OpenDP Context API over the {args.contacts:,} rows, in turn with the 1-client "
+        f"phase over HTTP (median of {len(context)}): {ms(context_median)}"
     )
     print(
         "\n  (c) the same release in-process, through Flask's test client (SQLite, after the "
         f"batches): p50 {ms(in_process.p50).strip()}, p95 {ms(in_process.p95).strip()}, "
-        f"{in_process.p50 / floor_total:.2f}x the floor"
+        f"{in_process.p50 / in_process_floor_total:.2f}x the floor in turn with it"
         + (f" ({in_process.failures} failed)" if in_process.failures else "")
     )
     p50 = sqlite_run.sequential.p50
@@ -669,6 +729,7 @@ def report(
             for service in services
         ],
         "floor_s": floor,
+        "floor_in_turn_s": {"http": floor_total, "in_process": in_process_floor_total},
         "in_process": figures(in_process),
         "context_s": context,
         "ratios": {
@@ -702,8 +763,12 @@ def measure_sqlite(
     work: Path,
     dataset: DatasetPolicy,
     tokens: tuple[str, str],
+    floor: Floor,
+    context: Callable[[], None],
 ) -> Service:
-    """One gunicorn instance over the prepared SQLite deployment."""
+    """One gunicorn instance over the prepared SQLite deployment. The floor's release runs
+    after each query of the 1-client phase, and the Context API's ``--context-runs``
+    releases are spread over it, so that the ratios compare under the same machine load."""
     partner, owner = tokens
     server = start_server(env, args.workers, work / "gunicorn.log", args.threads)
     costs = distinct_costs()
@@ -714,9 +779,28 @@ def measure_sqlite(
         # release path a few times (the interpreter specialises code that runs often).
         warm_up = 10 * args.clients * args.workers
         run_phase([server], partner, costs, queries=warm_up, clients=args.clients)
+        sequential_queries = max(20, args.queries // 5)
+        every = max(1, sequential_queries // args.context_runs)
+        turns = itertools.count()
+        context_times: list[float] = []
+
+        def between() -> float:
+            used = floor.between()
+            if next(turns) % every == every // 2 and len(context_times) < args.context_runs:
+                cpu = own_cpu_seconds()
+                context_times.extend(timed(context, 1))
+                used += own_cpu_seconds() - cpu
+            return used
+
         sequential = run_phase(
-            [server], partner, costs, queries=max(20, args.queries // 5), clients=1
+            [server],
+            partner,
+            costs,
+            queries=sequential_queries,
+            clients=1,
+            between=between,
         )
+        floor_in_turn = floor.take()
         concurrent = run_phase([server], partner, costs, queries=args.queries, clients=args.clients)
         probe = Call("GET", "/healthz", None, 200)
         stack = (
@@ -742,7 +826,14 @@ def measure_sqlite(
     threads = args.threads or int(os.environ.get("DPX_THREADS", "4"))
     label = f"SQLite, gunicorn 1 instance, {args.workers} workers x {threads} threads"
     return Service(
-        label, sequential, concurrent, in_turn.part(BATCHED), stack, in_turn.part(DATASET)
+        label,
+        sequential,
+        concurrent,
+        in_turn.part(BATCHED),
+        stack,
+        in_turn.part(DATASET),
+        floor_in_turn,
+        context_times,
     )
 
 
@@ -876,21 +967,24 @@ def main() -> None:
         components.database.dispose()
 
         print("measuring the floor ...", flush=True)
-        floor = measure_floor(cells, dataset, work, args.floor_runs)
+        floor = Floor(cells, dataset, work)
+        steps = floor.steps(args.floor_runs)
+        context = context_release(
+            generate_contacts(dataset, contacts=args.contacts, seed=SEED), dataset
+        )
 
-        services = [measure_sqlite(args, env, work, dataset, tokens)]
+        services = [measure_sqlite(args, env, work, dataset, tokens, floor, context)]
         print("measuring the same release in-process ...", flush=True)
-        in_process = measure_in_process(env, tokens[0], max(100, args.queries // 2))
+        in_process, in_process_floor = measure_in_process(
+            env, tokens[0], max(100, args.queries // 2), floor
+        )
+        floor.close()
         if args.postgres:
             services.append(measure_postgres(args, env, work, args.postgres))
         else:
             print("no --postgres URL: the PostgreSQL run is skipped", file=sys.stderr)
 
-        print(f"measuring OpenDP's Context API ({args.context_runs} runs) ...", flush=True)
-        rows = generate_contacts(dataset, contacts=args.contacts, seed=SEED)
-        context = measure_context(rows, dataset, args.context_runs)
-
-        figures = report(args, floor, services, context, cells.height, in_process)
+        figures = report(args, steps, services, cells.height, in_process, in_process_floor)
         if args.json is not None:
             args.json.write_text(json.dumps(figures, indent=2))
     finally:
