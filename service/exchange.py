@@ -381,15 +381,15 @@ class Exchange:
             )
             remaining = self._charge(
                 conn,
-                principal,
-                partner,
-                dataset,
-                grant,
-                plan,
-                release_id,
-                key,
-                "release.create",
-                {"release_id": release_id, "cells": len(document["rows"])},
+                principal=principal,
+                partner=partner,
+                dataset=dataset,
+                grant=grant,
+                plan=plan,
+                release_id=release_id,
+                key=key,
+                action="release.create",
+                details={"release_id": release_id, "cells": len(document["rows"])},
             )
             # Under the audit head, which uploads and reloads take too: the plan's sensitivity
             # assumes this worker's bounds, so they must still be the ones in force, or the
@@ -400,6 +400,7 @@ class Exchange:
     def _charge(
         self,
         conn: Connection,
+        *,
         principal: Principal,
         partner: PartnerPolicy,
         dataset: DatasetPolicy,
@@ -463,15 +464,15 @@ class Exchange:
             with self.database.write() as conn:
                 self._charge(
                     conn,
-                    principal,
-                    partner,
-                    dataset,
-                    grant,
-                    plan,
-                    charge_id,
-                    key,
-                    "release.fail",
-                    {"charge_id": charge_id, "error": type(failure).__name__},
+                    principal=principal,
+                    partner=partner,
+                    dataset=dataset,
+                    grant=grant,
+                    plan=plan,
+                    release_id=charge_id,
+                    key=key,
+                    action="release.fail",
+                    details={"charge_id": charge_id, "error": type(failure).__name__},
                 )
         except BudgetExhausted as exhausted:
             self._record_refusal(principal, dataset.id, "budget_exhausted", str(exhausted))
