@@ -271,6 +271,11 @@ def distinct_costs(start: int = 0) -> Iterator[str]:
         yield str(BASE_EPSILON + index * STEP_EPSILON)
 
 
+def query_body(cost: str, dataset: str = DATASET) -> dict[str, Any]:
+    """The benchmark's question: a count by month x channel at ``cost`` epsilon."""
+    return {"dataset": dataset, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
+
+
 @dataclass(frozen=True)
 class Call:
     """One HTTP request of a load phase and the status that counts it as answered."""
@@ -299,9 +304,7 @@ def run_phase(
         Call(
             "POST",
             "/v1/queries",
-            json.dumps(
-                {"dataset": dataset, "statistic": "count", "group_by": GROUP_BY, "epsilon": cost}
-            ),
+            json.dumps(query_body(cost, dataset)),
             201,
             dataset,
         )
@@ -419,8 +422,7 @@ def measure_in_process(
     latencies: list[float] = []
     failures = 0
     for index in range(queries + 20):
-        body = {"dataset": DATASET, "statistic": "count", "group_by": GROUP_BY}
-        body["epsilon"] = next(costs)
+        body = query_body(next(costs))
         start = time.perf_counter()
         response = client.post(
             "/v1/queries", json=body, headers={"Authorization": f"Bearer {token}"}
