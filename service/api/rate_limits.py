@@ -11,18 +11,26 @@ Two limits, both checked before a request is authenticated or its body read:
 
 Reads (datasets, releases, budgets) have no limit of their own, so a partner's normal
 use is never throttled. A refused request is 429 problem+json with ``Retry-After``.
+
+In memory, the counts live in ``InlineExpiryStorage``: limits' own in-memory storage
+starts a thread to drop expired entries 10 ms after any count unless one is running,
+which at the rates of an exchange is a new thread for nearly every request, about an
+eighth of a charged release's CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
+from typing import Any
 
 from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
+from limits.storage import MemoryStorage
 
 from service.api.auth import presented_token, principal
 from service.api.problems import problem
@@ -30,6 +38,32 @@ from service.auth.registry import Unauthenticated
 from service.config import Settings
 
 QUERY_ENDPOINTS = frozenset({"queries.Queries", "queries.Estimate"})
+# Expired counts are dropped at most this often (seconds); whether a request is within its
+# limit never depends on it, since every count is checked against its own time.
+EXPIRY_INTERVAL = 1.0
+
+
+class InlineExpiryStorage(MemoryStorage):
+    """limits' in-memory storage, with its expiry run by the counting request itself, at
+    most once every ``EXPIRY_INTERVAL``, instead of by a new timer thread."""
+
+    STORAGE_SCHEME = ["dpx-memory"]
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        self._next_expiry = 0.0
+        self._expiry_lock = threading.Lock()
+        super().__init__(uri, **options)
+
+    # The name under which MemoryStorage calls its own private scheduler on every count.
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now < self._next_expiry or not self._expiry_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_expiry = now + EXPIRY_INTERVAL
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        finally:
+            self._expiry_lock.release()
 
 
 def _token_key() -> str:
@@ -60,7 +94,7 @@ def register_rate_limits(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=settings.redis_url or "memory://",
+        storage_uri=settings.redis_url or "dpx-memory://",
         key_prefix=settings.rate_limit_prefix,
         strategy="moving-window",
         default_limits=[

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import redis
 import requests
 from flask import Flask
 
+from service.api.rate_limits import EXPIRY_INTERVAL, InlineExpiryStorage
 from service.app import create_app
 from service.config import Settings
 from service.crypto.tokens import new_token
@@ -115,6 +118,40 @@ def test_a_partners_dozens_of_reads_are_never_throttled(limited: Flask) -> None:
     for _ in range(15):
         for path in paths:
             assert client.get(path, headers=partner).status_code == 200
+
+
+def _timers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer)]
+
+
+def test_counting_in_memory_starts_no_thread(settings: Settings) -> None:
+    """Every request that counts (queries, failed authentications) does so without starting
+    a thread: limits' own in-memory storage would start one for nearly every request."""
+    app = _app(settings, {"redis_url": None}, rate_limit_queries="100 per minute")
+    client = app.test_client()
+    partner = bearer(app.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    for timer in _timers():  # any started while the app was built
+        timer.join()
+    for _ in range(5):
+        response = client.post("/v1/queries/estimate", json=ESTIMATE, headers=partner)
+        assert response.status_code == 200
+        assert _timers() == []
+        assert client.get("/v1/datasets", headers=bearer(new_token())).status_code == 401
+        assert _timers() == []
+    app.extensions["dpx.database"].dispose()
+
+
+def test_expired_counts_are_dropped_by_later_counts() -> None:
+    """Without a timer thread, memory stays bounded: a count made after the expiry interval
+    drops the entries whose window has passed, of every key."""
+    storage = InlineExpiryStorage("dpx-memory://")
+    assert storage.acquire_entry("old", limit=5, expiry=1)
+    assert storage.acquire_entry("old", limit=5, expiry=1)
+    assert storage.get_moving_window("old", limit=5, expiry=1)[1] == 2
+    time.sleep(max(1.0, EXPIRY_INTERVAL) + 0.2)
+    assert storage.acquire_entry("new", limit=5, expiry=1)
+    assert not storage.events.get("old")
+    assert storage.get_moving_window("new", limit=5, expiry=1)[1] == 1
 
 
 @BOTH_BACKENDS
