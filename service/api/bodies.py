@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import flask_smorest
 from flask import Flask, Request, request
+from marshmallow import Schema
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -71,6 +72,11 @@ class BodyParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
-    """flask-smorest's Blueprint, parsing JSON bodies with ``BodyParser``."""
+    """flask-smorest's Blueprint, parsing JSON bodies with ``BodyParser``, and with one
+    instance of each argument schema for all requests: given a class, webargs builds a new
+    instance per request, and marshmallow deep-copies every declared field to do so."""
 
     ARGUMENTS_PARSER = BodyParser()
+
+    def arguments(self, schema: type[Schema] | Schema, **options: Any) -> Any:
+        return super().arguments(schema() if isinstance(schema, type) else schema, **options)
