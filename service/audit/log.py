@@ -15,7 +15,6 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,20 +190,6 @@ class AuditLog:
                 mac=row.mac,
             )
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[Connection]:
-        """One read transaction in which the head and the entries are seen at one instant.
-
-        Without it a verification racing live appends would read the entries, then a head
-        that has moved on, and report a cut chain that is intact. SQLite's WAL gives each
-        read transaction a snapshot; PostgreSQL needs REPEATABLE READ for the same.
-        """
-        with self.database.engine.connect() as conn:
-            if not self.database.is_sqlite:
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
-
     def verify(self) -> Verification:
         """Check the whole chain, the head and the signed checkpoints; name the first bad entry."""
         expected_seq, prev_mac, count = 1, GENESIS_MAC, 0
@@ -212,7 +197,10 @@ class AuditLog:
         # Checkpoints are appended only after their entry committed, so reading the file
         # before taking the snapshot guarantees the snapshot holds every entry it names.
         checkpoints = list(self._checkpoints())
-        with self._snapshot() as conn:
+        # The head and the entries at one instant: a verification racing live appends
+        # would otherwise read the entries, then a head that has moved on, and report a cut
+        # chain that is intact.
+        with self.database.snapshot() as conn:
             head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).first()
             rows = self._rows(conn)
         for entry in self._entries(rows):

@@ -23,7 +23,7 @@ def _config() -> Config:
 def upgrade(database: Database) -> None:
     """Bring the schema to the newest revision; running it twice changes nothing."""
     config = _config()
-    with database.engine.begin() as conn:
+    with database.write() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

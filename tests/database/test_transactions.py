@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,4 +51,46 @@ def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     with database.read() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    database.dispose()
+
+
+@BOTH_BACKENDS
+def test_a_snapshot_sees_no_commit_made_after_it_began(database_url: str) -> None:
+    database = Database(database_url)
+    upgrade(database)
+    with database.write() as conn:
+        conn.execute(tokens.insert().values(**_row("tok_a")))
+    count = select(func.count()).select_from(tokens)
+    with database.snapshot() as conn:
+        assert conn.execute(count).scalar_one() == 1
+        with database.write() as other:
+            other.execute(tokens.insert().values(**_row("tok_b")))
+        assert conn.execute(count).scalar_one() == 1
+    with database.read() as conn:
+        assert conn.execute(count).scalar_one() == 2
+    database.dispose()
+
+
+def test_sqlite_reads_see_one_snapshot_and_writes_hold_the_lock(tmp_path: Path) -> None:
+    """On SQLite every read and write transaction is a real one: a read sees the database
+    as it was at its first statement, and a write holds the write lock from its start."""
+    path = tmp_path / "x.sqlite3"
+    database = Database(f"sqlite:///{path}")
+    upgrade(database)
+    count = select(func.count()).select_from(tokens)
+    outsider = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with database.read() as conn:
+        assert conn.execute(count).scalar_one() == 0
+        outsider.execute(
+            "INSERT INTO tokens (id, token_hash, prefix, role, created_at) "
+            "VALUES ('tok_x', 'h', 'p', 'dpo', '2026-01-01')"
+        )
+        assert conn.execute(count).scalar_one() == 0
+    with database.write() as conn:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            outsider.execute("BEGIN IMMEDIATE")
+        conn.execute(tokens.insert().values(**_row("tok_a")))
+    with database.read() as conn:
+        assert conn.execute(count).scalar_one() == 2
+    outsider.close()
     database.dispose()
