@@ -74,13 +74,18 @@ def test_the_image_brings_the_schema_up_to_date_before_serving() -> None:
     assert script.index("dpx init &&") < script.index("exec gunicorn")
 
 
-def test_the_image_installs_the_package_with_the_postgres_extra() -> None:
-    (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
-    dev_install = next(
+def _venv_install() -> str:
+    """The line of scripts/_venv.sh that installs dpx into .venv."""
+    return next(
         line
         for line in (ROOT / "scripts" / "_venv.sh").read_text().splitlines()
         if "pip install" in line and '".[' in line
     )
+
+
+def test_the_image_installs_the_package_with_the_postgres_extra() -> None:
+    (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
+    dev_install = _venv_install()
     extras = re.search(r'"\.\[([\w,]+)\]"', install)
     dev_extras = re.search(r'"\.\[([\w,]+)\]"', dev_install)
     assert extras is not None and dev_extras is not None
@@ -92,11 +97,7 @@ def test_the_image_and_the_venv_install_the_client_with_the_service_from_client(
     # One pip run for both: the service's dpx-client requirement is met by client/, never
     # looked up on an index.
     (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
-    dev_install = next(
-        line
-        for line in (ROOT / "scripts" / "_venv.sh").read_text().splitlines()
-        if "pip install" in line and '".[' in line
-    )
+    dev_install = _venv_install()
     assert "./client" in shlex.split(install)
     assert "./client" in shlex.split(dev_install)
 
@@ -168,6 +169,7 @@ def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
 def test_the_image_installs_the_pinned_versions_the_tests_ran_with() -> None:
     (install,) = [rest for rest in _all("RUN") if "pip install" in rest]
     assert "--constraint constraints.txt" in install
+    assert "--constraint constraints.txt" in _venv_install()
     written = (ROOT / "constraints.txt").read_text()
     current = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "lock_constraints.py")],
