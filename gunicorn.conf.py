@@ -47,6 +47,7 @@ graceful_timeout = 20
 accesslog = "-"
 errorlog = "-"
 access_log_format = ACCESS_LOG_FORMAT
+logger_class = "service.observability.logs.AccessLogger"
 logconfig_dict = logging_config(os.environ.get("DPX_LOG_LEVEL", "info"))
 # gunicorn's control socket (25.1+) would be a second admin interface, at a per-user path
 # that every gunicorn of the same user shares; dpx is administered with signals and dpx.

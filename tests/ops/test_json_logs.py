@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from flask import Flask, g
+from gunicorn.config import Config
 
 from service.observability.logs import (
+    ACCESS_FIELDS,
     ACCESS_LOG_FORMAT,
+    AccessLogger,
     JsonFormatter,
     JsonStreamHandler,
     configure_logging,
@@ -74,6 +79,36 @@ def test_access_lines_take_fixed_fields_and_never_a_request_header() -> None:
         "request_id": "req_feedface",
     }
     assert "secret" not in line and "session" not in line
+
+
+def test_gunicorns_access_records_hold_the_access_fields_and_nothing_else() -> None:
+    """What gunicorn passes to the access log for a request with a bearer token: the atoms
+    of the access fields, with their values, and no header or environ entry."""
+    environ = {
+        "REMOTE_ADDR": "10.0.0.7",
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/queries",
+        "QUERY_STRING": "token=dpx_secret_token",
+        "HTTP_AUTHORIZATION": "Bearer dpx_secret_token",
+    }
+    response = SimpleNamespace(
+        status="201 CREATED",
+        headers=[("Content-Type", "application/json"), ("X-Request-ID", "req_feedface")],
+        sent=512,
+    )
+    request = SimpleNamespace(headers=[("Authorization", "Bearer dpx_secret_token")])
+    atoms = AccessLogger(Config()).atoms(response, request, environ, timedelta(milliseconds=42))
+    assert atoms == {
+        "h": "10.0.0.7",
+        "m": "POST",
+        "U": "/v1/queries",
+        "s": "201",
+        "B": 512,
+        "M": 42,
+        "{x-request-id}o": "req_feedface",
+    }
+    assert set(atoms) == set(ACCESS_FIELDS.values())
+    assert "secret" not in JsonFormatter().format(_access_record(atoms))
 
 
 def test_an_exception_is_logged_inside_the_json_object() -> None:
