@@ -35,7 +35,8 @@ from flask import (
     session,
     url_for,
 )
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask.wrappers import Request
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
@@ -86,7 +87,16 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 
 class SessionCookie(SecureCookieSessionInterface):
-    """Flask's signed cookie, marked Secure when configured or when the request is https."""
+    """Flask's signed cookie, marked Secure when configured or when the request is https.
+
+    Only the dashboard's requests open one: every other request gets Flask's null session,
+    which cannot be written to, and builds no signer.
+    """
+
+    def open_session(self, app: Flask, incoming: Request) -> SecureCookieSession | None:
+        if not incoming.path.startswith(app.config["SESSION_COOKIE_PATH"]):
+            return self.make_null_session(app)
+        return super().open_session(app, incoming)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         configured = bool(app.config["SESSION_COOKIE_SECURE"])

@@ -160,6 +160,22 @@ def test_sign_in_sets_a_strict_http_only_cookie_holding_only_a_session_id(
     assert client.get("/dashboard").status_code == 200
 
 
+def test_the_api_neither_reads_nor_sets_the_dashboard_session(
+    client: FlaskClient, issued: dict[str, IssuedToken]
+) -> None:
+    """A dashboard cookie sent to the API (by a client that ignores its path) signs no one
+    in there, and no API answer sets or clears a session cookie."""
+    sign_in(client, issued["partner"].token)
+    session_cookie = client.get_cookie("dpx_session", path="/dashboard")
+    assert session_cookie is not None
+    client.set_cookie("dpx_session", session_cookie.value, path="/")
+    for path in ("/v1/datasets", "/v1/budgets", "/healthz"):
+        response = client.get(path)
+        assert "Set-Cookie" not in response.headers
+    assert client.get("/v1/datasets").status_code == 401
+    assert client.get("/dashboard").status_code == 200
+
+
 def test_cookie_is_secure_over_https_and_in_production(
     settings: Settings, issued: dict[str, IssuedToken], app: Flask
 ) -> None:
