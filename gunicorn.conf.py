@@ -47,6 +47,9 @@ graceful_timeout = 20
 accesslog = "-"
 errorlog = "-"
 access_log_format = ACCESS_LOG_FORMAT
+# Builds the access fields of ACCESS_LOG_FORMAT only (other atoms print "-"), and, being a
+# logger class of its own, keeps gunicorn from switching to its statsd logger: dpx's metrics
+# are at /metrics.
 logger_class = "service.observability.logs.AccessLogger"
 logconfig_dict = logging_config(os.environ.get("DPX_LOG_LEVEL", "info"))
 # gunicorn's control socket (25.1+) would be a second admin interface, at a per-user path

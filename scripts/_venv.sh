@@ -2,7 +2,8 @@
 # The service depends on the partner client, a distribution of its own in client/: both are
 # installed together, so pip takes dpx-client from client/ and never from an index.
 # Every distribution the service needs is installed at its version in constraints.txt, as in
-# the container, so a new release upstream changes nothing until scripts/lock takes it in.
+# the container, so a new release of one changes nothing until scripts/lock takes it in; the
+# development tools (pytest, ruff, mypy, ...) take the newest release their ranges allow.
 # The install is skipped when neither pyproject.toml nor constraints.txt has changed since
 # the last one.
 set -euo pipefail

@@ -4,11 +4,12 @@ Write transactions on SQLite start with ``BEGIN IMMEDIATE`` so that a budget che
 charge can never interleave with another writer; PostgreSQL gets the same effect from row
 locks taken by conditional ``UPDATE`` statements inside one transaction.
 
-On SQLite, dpx emits every ``BEGIN`` itself, in ``read`` and ``write``: the sqlite3 module's
-own transaction handling is off, and SQLAlchemy emits none. (SQLAlchemy's recipe, a "begin"
-event listener, makes every statement of the engine dispatch its execution events, about a
-quarter of the time of a short read transaction.) A connection taken from the engine
-without them runs each statement in a transaction of its own.
+On SQLite, dpx emits every ``BEGIN`` itself, in ``read``, ``snapshot`` and ``write``: the
+sqlite3 module's own transaction handling is off, and SQLAlchemy emits none. (SQLAlchemy's
+recipe, a "begin" event listener, makes every statement of the engine dispatch its execution
+events, about a quarter of the time of a short read transaction.) A connection taken from
+the engine without them, or a transaction committed inside them, runs each later statement
+in a transaction of its own: code outside this module never commits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from service.database.writers import WriterQueue
 
 
 class Database:
-    """An engine plus the two kinds of transaction dpx uses: ``read()`` and ``write()``."""
+    """An engine plus the kinds of transaction dpx uses: ``read()``, ``snapshot()`` and
+    ``write()``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -53,7 +55,8 @@ class Database:
 
     @contextmanager
     def read(self, within: Connection | None = None) -> Iterator[Connection]:
-        """A transaction for reading; it sees one consistent snapshot.
+        """A transaction for reading: one snapshot on SQLite; on PostgreSQL each statement
+        sees what was committed when it started (``snapshot`` when that is not enough).
 
         With ``within``, the reads join that open transaction instead, so that several
         stores' reads of one request cost one transaction.

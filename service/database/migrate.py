@@ -31,5 +31,5 @@ def upgrade(database: Database) -> None:
 def is_current(database: Database) -> bool:
     """True when the database carries the newest schema revision."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    with database.engine.connect() as conn:
+    with database.read() as conn:
         return MigrationContext.configure(conn).get_current_revision() == head

@@ -6,7 +6,7 @@ a writer's wait is sleep after the lock was already free (p95 of 150-200 ms with
 on 2 workers). Here the threads of one process queue on a lock, and the processes sharing
 one database file queue on an exclusive ``flock`` of a file beside it, which wakes the next
 writer as soon as it is released. Every ``Database.write`` takes its turn, the ``dpx``
-commands' included; writers outside dpx's own code (Alembic's migrations, a ``sqlite3``
+commands' and the migrations included; writers outside dpx's own code (a ``sqlite3``
 shell) still meet the busy handler, so correctness never depends on the queue, only the
 wait does.
 """

@@ -9,8 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import flask
 import pytest
 from flask import Flask
+from flask.sessions import NullSession
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from werkzeug.test import TestResponse
@@ -161,10 +163,17 @@ def test_sign_in_sets_a_strict_http_only_cookie_holding_only_a_session_id(
 
 
 def test_the_api_neither_reads_nor_sets_the_dashboard_session(
-    client: FlaskClient, issued: dict[str, IssuedToken]
+    app: Flask, client: FlaskClient, issued: dict[str, IssuedToken]
 ) -> None:
     """A dashboard cookie sent to the API (by a client that ignores its path) signs no one
-    in there, and no API answer sets or clears a session cookie."""
+    in there, API requests get a session that cannot be written, and no API answer sets or
+    clears a session cookie."""
+    with app.test_request_context("/v1/datasets"):
+        assert isinstance(flask.session, NullSession)
+        with pytest.raises(RuntimeError):
+            flask.session["signed_in"] = "someone"
+    with app.test_request_context("/dashboard"):
+        assert not isinstance(flask.session, NullSession)
     sign_in(client, issued["partner"].token)
     session_cookie = client.get_cookie("dpx_session", path="/dashboard")
     assert session_cookie is not None

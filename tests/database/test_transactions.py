@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,3 +95,19 @@ def test_sqlite_reads_see_one_snapshot_and_writes_hold_the_lock(tmp_path: Path) 
         assert conn.execute(count).scalar_one() == 2
     outsider.close()
     database.dispose()
+
+
+def test_only_the_database_module_opens_or_ends_transactions() -> None:
+    """On SQLite a transaction begins only where ``Database`` emits BEGIN: a connection
+    taken from the engine elsewhere, or a commit inside ``write()``, would run the following
+    statements one by one, each committed on its own."""
+    service = Path(__file__).resolve().parents[2] / "service"
+    pattern = re.compile(r"\.(commit|rollback)\(\)|\bengine\.(connect|begin)\(")
+    offenders = [
+        f"{path.relative_to(service.parent)}:{number}"
+        for path in service.rglob("*.py")
+        if path != service / "database" / "engine.py"
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
