@@ -21,6 +21,17 @@ from service.observability.logs import (
     configure_logging,
 )
 
+# The access atoms of a POST to /v1/queries answered 201 with 512 bytes in 42 ms.
+ATOMS: dict[str, object] = {
+    "h": "10.0.0.7",
+    "m": "POST",
+    "U": "/v1/queries",
+    "s": "201",
+    "B": 512,
+    "M": 42,
+    "{x-request-id}o": "req_feedface",
+}
+
 
 def _access_record(atoms: dict[str, object]) -> logging.LogRecord:
     return logging.LogRecord(
@@ -53,13 +64,7 @@ def test_one_handler_however_many_apps(app: Flask) -> None:
 
 def test_access_lines_take_fixed_fields_and_never_a_request_header() -> None:
     atoms = {
-        "h": "10.0.0.7",
-        "m": "POST",
-        "U": "/v1/queries",
-        "s": "201",
-        "B": 512,
-        "M": 42,
-        "{x-request-id}o": "req_feedface",
+        **ATOMS,
         "{authorization}i": "Bearer dpx_secret_token",
         "{cookie}i": "session=abc",
         "q": "token=dpx_secret_token",
@@ -98,15 +103,7 @@ def test_gunicorns_access_records_hold_the_access_fields_and_nothing_else() -> N
     )
     request = SimpleNamespace(headers=[("Authorization", "Bearer dpx_secret_token")])
     atoms = AccessLogger(Config()).atoms(response, request, environ, timedelta(milliseconds=42))
-    assert atoms == {
-        "h": "10.0.0.7",
-        "m": "POST",
-        "U": "/v1/queries",
-        "s": "201",
-        "B": 512,
-        "M": 42,
-        "{x-request-id}o": "req_feedface",
-    }
+    assert atoms == ATOMS
     assert set(atoms) == set(ACCESS_FIELDS.values())
     assert "secret" not in JsonFormatter().format(_access_record(atoms))
 
