@@ -43,7 +43,7 @@ TITLES = {
     "no_synopsis": "No synopsis to answer from",
     "duplicate_batch": "This batch is stored already",
     "integrity_error": "Stored data failed its integrity check",
-    "unavailable": "Not ready",
+    "unavailable": "Unavailable",
     "internal_error": "Internal error",
 }
 _BY_STATUS = {

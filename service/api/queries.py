@@ -32,7 +32,7 @@ class Estimate(MethodView):
     @blp.doc(security=BEARER)
     @blp.arguments(QuerySchema, examples=QUERY_EXAMPLES)
     @blp.response(200, EstimateSchema, example=ESTIMATE_EXAMPLE)
-    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429)
+    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429, 503)
     def post(self, query: dict[str, Any]) -> dict[str, Any]:
         """Cost, noise scale, accuracy and remaining budgets of a query; spends nothing."""
         caller = require("partner")
@@ -60,7 +60,7 @@ class Queries(MethodView):
         description="the stored release of an identical query, free",
         example=dict(RELEASE_EXAMPLE, cached=True),
     )
-    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429)
+    @problem_responses(blp, 400, 401, 403, 404, 409, 413, 429, 503)
     def post(self, query: dict[str, Any]) -> Any:
         """Run a query. Repeats return the stored release (`cached: true`) and cost nothing.
 

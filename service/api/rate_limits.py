@@ -12,6 +12,10 @@ Two limits, both checked before a request is authenticated or its body read:
 Reads (datasets, releases, budgets) have no limit of their own, so a partner's normal
 use is never throttled. A refused request is 429 problem+json with ``Retry-After``.
 
+While Redis cannot be reached, a request that must be counted (a query, an estimate, a
+request without a valid token) is refused with 503 problem+json and ``Retry-After``: it is
+never let through uncounted. Reads with a valid token go on.
+
 In memory, the counts live in ``InlineExpiryStorage``: limits' own in-memory storage
 starts a thread to drop expired entries 10 ms after any count unless one is running,
 which at the rates of an exchange is a new thread for nearly every request, about an
@@ -21,6 +25,7 @@ eighth of a charged release's CPU.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -30,6 +35,7 @@ from flask import Flask, Response, request
 from flask_limiter import Limit, Limiter
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
+from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
 from service.api.auth import presented_token, principal
@@ -38,6 +44,9 @@ from service.auth.registry import Unauthenticated
 from service.config import Settings
 
 QUERY_ENDPOINTS = frozenset({"queries.Queries", "queries.Estimate"})
+# Seconds a request refused for an unreachable Redis is told to wait.
+STORE_RETRY_AFTER = 5
+log = logging.getLogger("dpx.api")
 # Expired counts are dropped at most this often (seconds); whether a request is within its
 # limit never depends on it, since every count is checked against its own time.
 EXPIRY_INTERVAL = 1.0
@@ -95,6 +104,8 @@ def register_rate_limits(app: Flask, settings: Settings) -> Limiter:
         get_remote_address,
         app=app,
         storage_uri=settings.redis_url or "dpx-memory://",
+        # Redis errors arrive as StorageError, refused below, whatever the client library.
+        storage_options={"wrap_exceptions": True},
         key_prefix=settings.rate_limit_prefix,
         strategy="moving-window",
         default_limits=[
@@ -124,6 +135,22 @@ def register_rate_limits(app: Flask, settings: Settings) -> Limiter:
         current = limiter.current_limit
         wait = current.reset_at - time.time() if current is not None else 1.0
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response
+
+    @app.errorhandler(StorageError)
+    def store_unreachable(error: StorageError) -> Response:
+        # The error's class only: its text may name the Redis server.
+        log.warning(
+            "rate-limit store unreachable (%s): a request that must be counted is refused",
+            type(error.storage_error).__name__,
+        )
+        response = problem(
+            503,
+            "unavailable",
+            "requests of this kind cannot be counted against their rate limit now; "
+            "retry after the Retry-After delay",
+        )
+        response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
         return response
 
     return limiter

@@ -23,7 +23,7 @@ from service.app import create_app
 from service.config import Settings
 from service.crypto.tokens import new_token
 from tests.conftest import BOTH_BACKENDS, DEMO_POLICIES, bearer
-from tests.live_server import deploy, instance_dir, serve, settings_variables
+from tests.live_server import deploy, free_port, instance_dir, serve, settings_variables
 
 REDIS_URL = "redis://127.0.0.1:6379"
 ESTIMATE = {"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 0.1}
@@ -142,6 +142,33 @@ def test_counting_in_memory_starts_no_thread(
         assert client.get("/v1/datasets", headers=bearer(new_token())).status_code == 401
     monkeypatch.undo()
     assert started == []
+    app.extensions["dpx.database"].dispose()
+
+
+def test_an_unreachable_redis_refuses_what_must_be_counted_and_nothing_else(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis down, queries and requests without a valid token are refused with 503 and
+    Retry-After, never let through uncounted; a partner's reads with its token go on."""
+    down = f"redis://127.0.0.1:{free_port()}"
+    app = _app(settings, {"redis_url": down}, rate_limit_queries="3 per minute")
+    client = app.test_client()
+    partner = bearer(app.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    for response in (
+        client.post("/v1/queries/estimate", json=ESTIMATE, headers=partner),
+        client.post("/v1/queries", json=ESTIMATE, headers=partner),
+        client.get("/v1/datasets"),
+        client.get("/v1/datasets", headers=bearer(new_token())),
+    ):
+        assert response.status_code == 503
+        assert response.mimetype == "application/problem+json"
+        assert response.json["code"] == "unavailable"
+        assert response.headers["Retry-After"] == "5"
+    assert client.get("/v1/datasets", headers=partner).status_code == 200
+    assert client.get("/v1/budgets", headers=partner).status_code == 200
+    refusals = [r for r in caplog.records if "rate-limit store unreachable" in r.getMessage()]
+    assert len(refusals) == 4
+    assert all(r.exc_info is None and down not in r.getMessage() for r in refusals)
     app.extensions["dpx.database"].dispose()
 
 
