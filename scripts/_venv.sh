@@ -7,17 +7,7 @@
 # The install is skipped when neither pyproject.toml nor constraints.txt has changed since
 # the last one.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-python="${PYTHON:-python3}"
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "dpx needs Python 3.11 or newer (found: $("$python" --version 2>&1))" >&2
-  exit 1
-fi
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv"
-  "$python" -m venv .venv
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_new_venv.sh"
 stamp=.venv/.dpx-installed
 want="$(cat pyproject.toml client/pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
