@@ -43,10 +43,11 @@ from service.api.problems import problem
 from service.auth.registry import Unauthenticated
 from service.config import Settings
 
+log = logging.getLogger("dpx.api")
+
 QUERY_ENDPOINTS = frozenset({"queries.Queries", "queries.Estimate"})
 # Seconds a request refused for an unreachable Redis is told to wait.
 STORE_RETRY_AFTER = 5
-log = logging.getLogger("dpx.api")
 # Expired counts are dropped at most this often (seconds); whether a request is within its
 # limit never depends on it, since every count is checked against its own time.
 EXPIRY_INTERVAL = 1.0

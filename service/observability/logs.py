@@ -40,9 +40,9 @@ class AccessLogger(glogging.Logger):  # type: ignore[misc]
     """gunicorn's logger (``logger_class`` in gunicorn.conf.py), with access records that
     carry the atoms of ``ACCESS_FIELDS`` only.
 
-    gunicorn's own ``atoms`` formats a timestamp and copies every request header, response
-    header and WSGI environ entry into every access record: about a fifth of a millisecond
-    per request, for seven values, and the bearer token among them.
+    gunicorn's own ``atoms`` formats a timestamp and copies every request header (the bearer
+    token among them), response header and WSGI environ entry into every access record, for
+    a format that reads seven values.
     """
 
     def atoms(self, resp: Any, req: Any, environ: Mapping[str, Any], request_time: Any) -> Any:
