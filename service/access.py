@@ -36,6 +36,25 @@ def dataset(policies: PolicySet, dataset_id: str) -> DatasetPolicy:
     return found
 
 
+class NoGrant(NotFound):
+    """A dataset the partner holds no grant on: to the partner it is no dataset at all."""
+
+    def __init__(self, partner: PartnerPolicy, dataset_id: str) -> None:
+        super().__init__(f"no dataset {dataset_id!r}")
+        self.reason = f"partner {partner.id} has no grant for {dataset_id}"
+
+
+def granted_dataset(policies: PolicySet, grantee: PartnerPolicy, dataset_id: str) -> DatasetPolicy:
+    """The dataset a partner asks a question of: ``NoGrant`` (a ``NotFound``) unless the
+    partner holds a grant on it. Checked before the question is read at all, so that no
+    answer to it (an error naming a dimension, a measure or the privacy definition) can
+    tell a dataset without a grant from one that does not exist."""
+    found = dataset(policies, dataset_id)
+    if grantee.grant_for(found.id) is None:
+        raise NoGrant(grantee, found.id)
+    return found
+
+
 def partner(policies: PolicySet, principal: Principal) -> PartnerPolicy:
     """The caller's partner policy; ``Forbidden`` unless the caller is a partner that has one."""
     found = policies.partners.get(principal.subject or "")

@@ -193,17 +193,12 @@ class Exchange:
         self, policies: PolicySet, principal: Principal, raw: Mapping[str, Any]
     ) -> tuple[PartnerPolicy, DatasetPolicy, Grant, Query, QueryPlan]:
         partner = access.partner(policies, principal)
-        dataset = access.dataset(policies, str(raw.get("dataset", "")))
-        if partner.grant_for(dataset.id) is None:
-            # Before validation or pricing: without a grant, a dataset looks exactly like
-            # one that does not exist, and no message may reveal anything of its schema.
-            self._record_refusal(
-                principal,
-                dataset.id,
-                "policy",
-                f"partner {partner.id} has no grant for {dataset.id}",
-            )
-            raise NotFound(f"no dataset {dataset.id!r}")
+        dataset_id = str(raw.get("dataset", ""))
+        try:
+            dataset = access.granted_dataset(policies, partner, dataset_id)
+        except access.NoGrant as hidden:
+            self._record_refusal(principal, dataset_id, "policy", hidden.reason)
+            raise
         query = build_query(raw, dataset, max_cells=self.max_cells)
         plan = self._plans.plan(policies.version, query, dataset)
         dimensions = set(query.group_by) | {name for name, _ in query.filters}

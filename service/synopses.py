@@ -303,7 +303,14 @@ class Synopses:
             return None
         exchange = self.exchange
         partner = access.partner(policies, principal)
-        dataset = access.dataset(policies, str(raw.get("dataset", "")))
+        dataset_id = str(raw.get("dataset", ""))
+        try:
+            dataset = access.granted_dataset(policies, partner, dataset_id)
+        except access.NoGrant as hidden:
+            if source is None:
+                return None  # the charged path refuses it, and records the refusal once
+            self._refuse(principal, dataset_id, "policy", hidden.reason)
+            raise
         if source is None and dataset.synopsis is None:
             return None
         query = (

@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import BOTH_BACKENDS, Tokens
+from tests.conftest import BOTH_BACKENDS, Tokens, bearer
 
 pytestmark = BOTH_BACKENDS
 
@@ -28,7 +29,21 @@ QUERIES = [
     pytest.param({"statistic": "sum", "measure": "nonsense", "epsilon": 0.1}, id="bad-measure"),
     pytest.param({"statistic": "count", "rho": 0.1}, id="wrong-definition"),
     pytest.param({"statistic": "count", "accuracy": {"max_error": 5}}, id="accuracy"),
+    pytest.param(
+        {"statistic": "sum", "measure": "nonsense", "accuracy": {"max_error": 50}},
+        id="accuracy-bad-measure",
+    ),
+    pytest.param({"statistic": "count", "source": "synopsis"}, id="synopsis"),
+    pytest.param(
+        {"statistic": "count", "group_by": ["nonsense"], "source": "synopsis"},
+        id="synopsis-bad-dim",
+    ),
 ]
+
+# nl-helpline-2024 declares a synopsis, which questions with an accuracy target or a
+# ``source`` consult before the charged path: ie-helpline holds no grant on it.
+SYNOPSIS_HIDDEN = "nl-helpline-2024"
+SYNOPSIS_SCHEMA_WORDS = ["caller_type", "police_warning", "minutes", "zcdp", "rho"]
 
 
 def _shape(response: Any, dataset: str) -> tuple[int, str, dict[str, Any]]:
@@ -41,9 +56,9 @@ def _shape(response: Any, dataset: str) -> tuple[int, str, dict[str, Any]]:
     return response.status_code, response.mimetype, body
 
 
-def _assert_reveals_nothing(response: Any) -> None:
+def _assert_reveals_nothing(response: Any, words: list[str] = SCHEMA_WORDS) -> None:
     text = response.get_data(as_text=True).lower()
-    for word in SCHEMA_WORDS:
+    for word in words:
         assert word not in text, f"{word!r} leaked in {text}"
 
 
@@ -57,6 +72,19 @@ def test_a_query_on_a_dataset_without_a_grant_looks_like_one_on_no_dataset(
     assert hidden.status_code == 404
     assert _shape(hidden, HIDDEN) == _shape(missing, MISSING)
     _assert_reveals_nothing(hidden)
+
+
+@pytest.mark.parametrize("route", ["/v1/queries", "/v1/queries/estimate"])
+@pytest.mark.parametrize("query", QUERIES)
+def test_a_dataset_with_a_synopsis_and_no_grant_looks_like_no_dataset(
+    app: Flask, client: FlaskClient, route: str, query: dict[str, Any]
+) -> None:
+    partner = bearer(app.extensions["dpx.tokens"].issue("partner", "ie-helpline").token)
+    hidden = client.post(route, json={"dataset": SYNOPSIS_HIDDEN, **query}, headers=partner)
+    missing = client.post(route, json={"dataset": MISSING, **query}, headers=partner)
+    assert hidden.status_code == 404
+    assert _shape(hidden, SYNOPSIS_HIDDEN) == _shape(missing, MISSING)
+    _assert_reveals_nothing(hidden, SYNOPSIS_SCHEMA_WORDS)
 
 
 def test_reading_a_dataset_without_a_grant_looks_like_reading_no_dataset(
