@@ -145,12 +145,12 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
             click.echo(str(defect), err=True)
         fail(f"{proposed_dir}: {len(refused.errors)} defect(s); this set would be refused")
         return
-    shrunk = _shrunk_bounds(current.database_url, proposed)
-    if shrunk:
-        for defect in shrunk:
+    defects = _stored_data_defects(current.database_url, proposed)
+    if defects:
+        for defect in defects:
             click.echo(str(defect), err=True)
         fail(
-            f"{proposed_dir}: {len(shrunk)} bound(s) below what stored batches hold; "
+            f"{proposed_dir}: {len(defects)} change(s) that stored batches or charges rule out; "
             "this set would be refused"
         )
         return
@@ -191,8 +191,9 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
         )
 
 
-def _shrunk_bounds(url: str, proposed: PolicySet) -> list[PolicyError]:
-    """Bounds of ``proposed`` narrower than stored batches hold (none without a database)."""
+def _stored_data_defects(url: str, proposed: PolicySet) -> list[PolicyError]:
+    """Bounds of ``proposed`` narrower than stored batches hold, and definitions other than
+    the charges were made in (none without a database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         return []  # no database, so no stored data; and checking must not create one

@@ -23,6 +23,14 @@ Queries are the mirror image: a worker still holding the previous set would add 
 calibrated to its bounds to cells stored under wider ones in force since. A query checks
 the bounds in force when it is charged (``check_in_force``, under the same head: a refused
 query is not charged) and again once it has read the cells (``still_in_force``).
+
+The privacy definition is recorded and checked with the bounds, for the same reason from the
+ledger's side: budgets hold bare amounts, so once a dataset's budgets were charged in rho
+(zCDP) a set that relabels the dataset pure (epsilon) would read the rho spent as epsilon,
+although Gaussian noise has no finite pure epsilon (and epsilon read as rho undercounts too,
+since pure DP at epsilon is only epsilon**2 / 2-zCDP). A set that changes the definition of a
+dataset with charges is refused like one that shrinks a bound; a worker still holding the
+previous definition is refused its charge by ``check_in_force``.
 """
 
 from __future__ import annotations
@@ -36,16 +44,18 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select
 
 from service.database.engine import Database
-from service.database.schema import batches, dataset_bounds
+from service.database.schema import batches, charges, dataset_bounds
 from service.policy.errors import PolicyError
-from service.policy.model import DatasetPolicy, PolicySet
+from service.policy.model import BUDGET_UNITS, DatasetPolicy, PolicySet
 from service.store.errors import BoundsChanged
 
 
 def recorded_bounds(dataset: DatasetPolicy) -> str:
-    """The bounds of ``dataset`` as a batch records them (canonical JSON)."""
+    """The bounds of ``dataset`` as a batch records them, with its privacy definition
+    (canonical JSON)."""
     return json.dumps(
         {
+            "definition": dataset.definition,
             "max_contacts_per_person": dataset.max_contacts_per_person,
             "max_contacts_per_cell": dataset.max_contacts_per_cell,
             "measures": {m.name: [m.lower, m.upper] for m in dataset.measures},
@@ -82,14 +92,9 @@ class StoredBounds:
             self.dimensions.setdefault(name, set()).update(values)
 
 
-def stored_bounds(database: Database) -> dict[str, StoredBounds]:
+def _stored_bounds(conn: Connection) -> dict[str, StoredBounds]:
     """The widest recorded bounds per dataset with stored batches (batches stored before
     bounds were recorded do not count)."""
-    with database.read() as conn:
-        return _stored_bounds(conn)
-
-
-def _stored_bounds(conn: Connection) -> dict[str, StoredBounds]:
     rows = conn.execute(
         select(batches.c.dataset, batches.c.bounds).where(batches.c.bounds.is_not(None)).distinct()
     ).all()
@@ -182,19 +187,56 @@ def _shrunk(dataset: DatasetPolicy, stored: StoredBounds) -> Iterator[PolicyErro
             )
 
 
+def changed_definitions(conn: Connection, policies: PolicySet) -> list[PolicyError]:
+    """Every dataset of ``policies`` whose budgets were charged under another privacy
+    definition than the one it now declares, as ``file:field: reason``."""
+    in_force = {
+        row.dataset: json.loads(row.bounds).get("definition")
+        for row in conn.execute(select(dataset_bounds.c.dataset, dataset_bounds.c.bounds))
+    }
+    errors: list[PolicyError] = []
+    for dataset in policies.datasets.values():
+        if in_force.get(dataset.id) == dataset.definition:
+            # Every charge since this record was made checked it (``check_in_force``), and
+            # the record was only made once the charges before it agreed.
+            continue
+        charged = conn.execute(
+            select(charges.c.definition)
+            .where(charges.c.dataset == dataset.id, charges.c.definition != dataset.definition)
+            .limit(1)
+        ).scalar_one_or_none()
+        if charged is not None:
+            errors.append(
+                PolicyError(
+                    dataset.source,
+                    "privacy.definition",
+                    f"cannot change from {charged} to {dataset.definition}: budgets of this "
+                    f"dataset were charged in {BUDGET_UNITS[charged]}, and the ledger "
+                    "cannot convert what was spent",
+                )
+            )
+    return errors
+
+
+def _defects(conn: Connection, policies: PolicySet) -> list[PolicyError]:
+    return shrunk_bounds(policies, _stored_bounds(conn)) + changed_definitions(conn, policies)
+
+
 def check_stored_bounds(database: Database, policies: PolicySet) -> list[PolicyError]:
-    """The defects of ``policies`` against the batches ``database`` holds."""
-    return shrunk_bounds(policies, stored_bounds(database))
+    """The defects of ``policies`` against the batches and charges ``database`` holds."""
+    with database.read() as conn:
+        return _defects(conn, policies)
 
 
 def put_in_force(conn: Connection, policies: PolicySet) -> list[PolicyError]:
-    """Check ``policies`` against the stored batches and, if nothing shrinks, record their
-    bounds as the ones in force; return the defects (and record nothing) otherwise.
+    """Check ``policies`` against the stored batches and charges and, if no bound shrinks
+    and no definition changes, record their bounds as the ones in force; return the
+    defects (and record nothing) otherwise.
 
-    The caller holds the audit head in ``conn``'s transaction, so no upload commits between
-    the check and the record.
+    The caller holds the audit head in ``conn``'s transaction, so no upload or charge
+    commits between the check and the record.
     """
-    defects = shrunk_bounds(policies, _stored_bounds(conn))
+    defects = _defects(conn, policies)
     if defects:
         return defects
     in_force = dict(conn.execute(select(dataset_bounds.c.dataset, dataset_bounds.c.bounds)).all())

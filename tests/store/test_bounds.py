@@ -1,9 +1,12 @@
-"""Policies may not shrink a bound below what stored batches were stored under.
+"""Policies may not shrink a bound below what stored batches were stored under, nor change
+the privacy definition of a dataset whose budgets were charged.
 
 Every batch records the bounds it was truncated and clamped to. A policy set that lowers a
 contribution bound, narrows a measure or drops dimension values under stored data is refused
 by ``dpx check-policies``, at start and at reload (SIGHUP to gunicorn), naming file and
-field; the last good set stays in force. Raising bounds stays allowed.
+field; the last good set stays in force. Raising bounds stays allowed. Budgets hold bare
+amounts, so rho already charged must never be read as epsilon (or the reverse): a set that
+relabels a charged dataset is refused the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import requests
 from click.testing import CliRunner, Result
 
 from service.app import create_app
+from service.auth.registry import Principal
 from service.cli import main
 from service.components import Components
 from service.config import Settings
@@ -24,6 +28,7 @@ from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.policy.reload import reload_policies
 from service.store.bounds import check_stored_bounds
+from service.store.errors import BoundsChanged
 from service.store.ingest import parse_batch
 from tests.conftest import BOTH_BACKENDS
 from tests.live_server import ROOT, deploy, serve, settings_variables
@@ -186,3 +191,79 @@ def test_sighup_refuses_a_lowered_bound_and_keeps_serving_the_last_good_set(
             assert response.json()["privacy"]["max_contacts_per_person"] == 10
         assert server.process.poll() is None
     components.database.dispose()
+
+
+ZCDP = "nl-helpline-2024"  # the one zCDP dataset of the demo policies: only its budgets are rho
+ZCDP_SOURCE = f"datasets/{ZCDP}.yaml"
+ZCDP_QUERY = {"dataset": ZCDP, "statistic": "count", "group_by": ["month"], "rho": 0.1}
+PARTNER = Principal(token_id="test", role="partner", subject="interpol-sg")
+
+
+def relabel_pure(policy_dir: Path) -> None:
+    """Declare the zCDP dataset pure DP, its budgets and grants in epsilon."""
+    path = policy_dir / ZCDP_SOURCE
+    text = path.read_text().replace("definition: zcdp", "definition: pure")
+    path.write_text(text.replace("  delta: 1e-7\n", "").replace("rho:", "epsilon:"))
+    for partner in (policy_dir / "partners").glob("*.yaml"):
+        partner.write_text(partner.read_text().replace("rho:", "epsilon:"))
+
+
+@BOTH_BACKENDS
+def test_a_definition_changed_after_charges_is_refused_by_check_start_and_reload(
+    settings: Settings,
+) -> None:
+    service = Components.open(settings)
+    try:
+        service.exchange.run(PARTNER, ZCDP_QUERY)
+        spent = service.ledger.all_spent()
+        relabel_pure(settings.policy_dir)
+        proposed = load_policies(settings.policy_dir)
+        [defect] = check_stored_bounds(service.database, proposed)
+        assert (defect.file, defect.field) == (ZCDP_SOURCE, "privacy.definition")
+        assert "cannot change from zcdp to pure" in defect.reason
+
+        result = check_policies(settings)
+        assert result.exit_code == 1
+        assert f"{ZCDP_SOURCE}:privacy.definition: " in result.stderr
+
+        before = service.exchange.policies.version
+        assert not reload_policies(service.exchange, settings.policy_dir, spent).accepted
+        assert service.exchange.policies.version == before
+        # The rho spent is still rho: a pure-DP question cannot be bought on top of it.
+        with pytest.raises(PolicySetError, match=f"{ZCDP_SOURCE}:privacy.definition: "):
+            create_app(settings)
+        assert service.ledger.all_spent() == spent
+    finally:
+        service.database.dispose()
+
+
+def test_without_charges_the_definition_may_change(settings: Settings) -> None:
+    relabel_pure(settings.policy_dir)
+    assert check_policies(settings).exit_code == 0
+    create_app(settings).extensions["dpx.database"].dispose()
+
+
+@BOTH_BACKENDS
+def test_a_worker_still_on_the_previous_definition_is_refused_its_charge(
+    settings: Settings,
+) -> None:
+    old, new = Components.open(settings), Components.open(settings)
+    originals = {path: path.read_text() for path in settings.policy_dir.rglob("*.yaml")}
+    try:
+        relabel_pure(settings.policy_dir)
+        assert reload_policies(new.exchange, settings.policy_dir, {}).accepted
+        with pytest.raises(BoundsChanged):
+            old.exchange.run(PARTNER, ZCDP_QUERY)
+        assert old.ledger.all_spent() == {}
+        pure = {**ZCDP_QUERY, "epsilon": 0.1}
+        del pure["rho"]
+        new.exchange.run(PARTNER, pure)
+        # Charged in epsilon now, the dataset cannot go back to rho either.
+        for path, text in originals.items():
+            path.write_text(text)
+        outcome = reload_policies(new.exchange, settings.policy_dir, {})
+        assert not outcome.accepted
+        assert [f"{ZCDP_SOURCE}:privacy.definition: " in d for d in outcome.defects] == [True]
+    finally:
+        old.database.dispose()
+        new.database.dispose()
