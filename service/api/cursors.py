@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import request, url_for
@@ -68,7 +68,8 @@ class ReleaseCursor(fields.String):
             at = datetime.fromisoformat(created)
             if at.tzinfo is None:
                 raise ValueError
-        except (TypeError, ValueError):
+            at = at.astimezone(UTC)  # a forged time at the ends of the calendar overflows
+        except (TypeError, ValueError, OverflowError):
             raise ValidationError("not a cursor of the release list") from None
         return Position(at, release_id)
 

@@ -81,7 +81,18 @@ def test_a_partner_pages_only_its_own_releases(client: FlaskClient, tokens: Toke
 
 
 @pytest.mark.parametrize(
-    "cursor", ["nonsense", "e30", "WyJ4IiwgNV0", "WyJyIiwgIm5vdC1hLXRpbWUiLCAicmVsXzEiXQ", "%00"]
+    "cursor",
+    [
+        "nonsense",
+        "e30",
+        "WyJ4IiwgNV0",
+        "WyJyIiwgIm5vdC1hLXRpbWUiLCAicmVsXzEiXQ",
+        "%00",
+        # ["r", "0001-01-01T00:00:00+05:00", "rel_x"] and ["r", "9999-12-31T23:59:59-05:00",
+        # "rel_x"]: valid times that fall off the calendar in UTC
+        "WyJyIiwiMDAwMS0wMS0wMVQwMDowMDowMCswNTowMCIsInJlbF94Il0",
+        "WyJyIiwiOTk5OS0xMi0zMVQyMzo1OTo1OS0wNTowMCIsInJlbF94Il0",
+    ],
 )
 def test_a_cursor_the_service_did_not_give_is_a_422(
     client: FlaskClient, tokens: Tokens, cursor: str
