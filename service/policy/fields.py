@@ -31,6 +31,12 @@ RESERVED_COLUMNS = (CONTACTS_COLUMN, PERSON_COLUMN)
 # The ledger counts budgets in integer nano-units, so every amount must be a whole number of
 # them: anything finer would be rounded, and a rounded budget is not the budget the DPO set.
 AMOUNT_DECIMALS = 9
+# ... in 64-bit integers: a billion (10**18 nano-units) leaves room for a budget's spend plus
+# one more charge, and is far beyond any budget that still protects anyone.
+AMOUNT_MAX = 10**9
+# A contact's measure value, as a dataset's totals: at most 2**31 - 1 either way, so that every
+# bound a policy sets fits the 64-bit columns the cells are summed in.
+MEASURE_BOUND = 2**31 - 1
 
 _FIELD_MESSAGES: ErrorMessages = {
     "required": "required field is missing",
@@ -117,13 +123,17 @@ class PolicyId(Text):
 
 
 class WholeNumber(fields.Field[int]):
-    """An integer, at least ``minimum`` when given (YAML floats and strings are refused)."""
+    """An integer, within ``minimum`` and ``maximum`` when given (YAML floats and strings are
+    refused)."""
 
     default_error_messages = _FIELD_MESSAGES
 
-    def __init__(self, *, minimum: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, minimum: int | None = None, maximum: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.minimum = minimum
+        self.maximum = maximum
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
@@ -134,6 +144,8 @@ class WholeNumber(fields.Field[int]):
             raise ValidationError(f"must be a whole number, not {describe(value)}")
         if self.minimum is not None and value < self.minimum:
             raise ValidationError(f"must be at least {self.minimum}, not {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValidationError(f"must be at most {self.maximum}, not {value}")
         return value
 
 
@@ -176,6 +188,8 @@ class Amount(fields.Field[Fraction]):
         amount = Fraction(str(value)) if isinstance(value, float) else Fraction(value)
         if amount <= 0:
             raise ValidationError(f"must be greater than 0, not {value}")
+        if amount > AMOUNT_MAX:
+            raise ValidationError(f"must be at most {AMOUNT_MAX:,}, not {value}")
         if self.below_one and amount >= 1:
             raise ValidationError(f"must be less than 1, not {value}")
         if self.max_decimals is not None and (amount * 10**self.max_decimals).denominator != 1:

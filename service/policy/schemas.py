@@ -23,6 +23,7 @@ from marshmallow import RAISE, Schema, ValidationError, post_load, validates_sch
 
 from service.policy.amounts import amount_text
 from service.policy.fields import (
+    MEASURE_BOUND,
     Amount,
     Choice,
     Day,
@@ -185,8 +186,8 @@ class DimensionSchema(PolicySchema):
 class MeasureSchema(PolicySchema):
     """``{min: int, max: int}``: the clamping bounds of one contact's value."""
 
-    min = WholeNumber(required=True)
-    max = WholeNumber(required=True)
+    min = WholeNumber(minimum=-MEASURE_BOUND, maximum=MEASURE_BOUND, required=True)
+    max = WholeNumber(minimum=-MEASURE_BOUND, maximum=MEASURE_BOUND, required=True)
 
     @validates_schema
     def _ordered(self, data: dict[str, Any], **kwargs: Any) -> None:

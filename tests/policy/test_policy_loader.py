@@ -120,6 +120,28 @@ BROKEN_FILES = [
         id="zero-budget",
     ),
     pytest.param(
+        A, "{epsilon: 4.0}", "{epsilon: 100000000000000000000}",
+        f"{A}:privacy.global_budget.epsilon: must be at most 1,000,000,000, "
+        "not 100000000000000000000",
+        id="budget-beyond-the-ledger",
+    ),
+    pytest.param(
+        P, "{epsilon: 1.0}", "{epsilon: 1e300}",
+        f"{P}:grants.0.budget.epsilon: must be at most 1,000,000,000, not 1e+300",
+        id="float-budget-beyond-the-ledger",
+    ),
+    pytest.param(
+        A, "{min: 0, max: 60}", "{min: 0, max: 100000000000000000000000000}",
+        f"{A}:measures.minutes.max: must be at most 2147483647, "
+        "not 100000000000000000000000000",
+        id="measure-bound-beyond-64-bits",
+    ),
+    pytest.param(
+        A, "{min: 0, max: 60}", "{min: -2147483648, max: 60}",
+        f"{A}:measures.minutes.min: must be at least -2147483647, not -2147483648",
+        id="measure-bound-below-the-engine",
+    ),
+    pytest.param(
         A, "{epsilon: 4.0}", '{epsilon: "4.0"}',
         f"{A}:privacy.global_budget.epsilon: must be a number, not a string",
         id="string-budget",
