@@ -14,6 +14,7 @@ from service.auth.registry import TokenRegistry
 from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.database.engine import Database
+from service.database.migrate import NotInitialised, require_current
 from service.exchange import Exchange
 from service.ledger.budgets import Ledger
 from service.ledger.releases import ReleaseStore
@@ -42,7 +43,8 @@ class Components:
     @classmethod
     def open(cls, settings: Settings, *, serving: bool = True) -> Components:
         """Load the keyring and policies and connect to the database; raise if any fails,
-        or (``PolicySetError``) if the policies shrink bounds that stored batches hold.
+        if the database does not carry the current schema (``NotInitialised``), or
+        (``PolicySetError``) if the policies shrink bounds that stored batches hold.
 
         When ``serving``, their bounds then become the ones in force (``store.bounds``), as
         at a reload; a one-off command only checks them, so that running it with a policy
@@ -56,6 +58,11 @@ class Components:
         keyring = Keyring.load(settings.keyring_path, settings.keyring_passphrase)
         policies = load_policies(settings.policy_dir)
         database = Database(settings.database_url)
+        try:
+            require_current(database)
+        except NotInitialised:
+            database.dispose()
+            raise
         audit = AuditLog(
             database, keyring, settings.audit_checkpoint_path, settings.audit_checkpoint_every
         )

@@ -8,10 +8,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from limits import parse_many
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 
 class SettingsError(ValueError):
     """A setting has a value dpx cannot use; the message names the variable."""
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    url = env.get("DPX_DATABASE_URL") or f"sqlite:///{data_dir / 'dpx.sqlite3'}"
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as error:
+        # SQLAlchemy's messages name the dialect, never the URL (which may hold a password).
+        raise SettingsError(f"DPX_DATABASE_URL: not a database URL dpx can use: {error}") from None
+    return url
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -84,10 +96,9 @@ class Settings:
         """Build settings from ``env`` (default: the process environment)."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("DPX_DATA_DIR") or "var")
-        database_url = env.get("DPX_DATABASE_URL") or f"sqlite:///{data_dir / 'dpx.sqlite3'}"
         return cls(
             data_dir=data_dir,
-            database_url=database_url,
+            database_url=_database_url(env, data_dir),
             keyring_path=Path(env.get("DPX_KEYRING") or data_dir / "keyring.json"),
             keyring_passphrase=env.get("DPX_KEYRING_PASSPHRASE") or None,
             policy_dir=Path(env.get("DPX_POLICY_DIR") or "policies"),

@@ -36,10 +36,13 @@ class Database:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.writers: WriterQueue | None = None
+        # The SQLite file, created by the first connection; None for a server or in memory.
+        self.file: Path | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                self.writers = WriterQueue(Path(parsed.database))
+                self.file = Path(parsed.database)
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                self.writers = WriterQueue(self.file)
             # A small pool per process: the PRAGMAs run once per connection, not once per
             # transaction. gunicorn's post_fork hook disposes of the pool a worker inherits.
             self.engine: Engine = create_engine(
