@@ -64,7 +64,6 @@ from service.store.documents import (
     StaleDocument,
     document_version,
     document_versions,
-    read_documents,
     sealed_label,
     write_document,
 )
@@ -159,11 +158,13 @@ class BatchStore:
         `AlreadyStored`, `UploadConflict` or `DuplicateBatch`, and nothing is stored.
         """
         batch_id = "bat_" + secrets.token_hex(10)
-        keyed = None
-        if aggregated.person_contacts is not None:
-            keyed = self._keyed(dataset, aggregated.person_contacts, actor)
+        keyed: pl.DataFrame | None = None
+        new_key: Sealed | None = None
         bounds = recorded_bounds(dataset)
         for _ in range(_ATTEMPTS):
+            if aggregated.person_contacts is not None and keyed is None:
+                key, new_key = self._pseudonym_key(dataset.id)
+                keyed = self._keyed(dataset, aggregated.person_contacts, key)
             base = self._base(dataset)
             cells, truncated = aggregated.cells, aggregated.truncated
             contributions = None
@@ -193,6 +194,12 @@ class BatchStore:
             sealed = self._seal_all(dataset.id, plaintexts)
             try:
                 with self.database.write() as conn:
+                    if new_key is not None:
+                        # The dataset's first pseudonym key is stored with the first batch
+                        # keyed under it, or not at all: a refused upload leaves nothing.
+                        self.audit.append(
+                            conn, actor=actor, action="pseudonym_key.create", dataset=dataset.id
+                        )
                     # The audit entry names counts only: row and contact totals are not
                     # released to partners, and the audit log is read by the DPO alone.
                     self.audit.append(
@@ -220,6 +227,17 @@ class BatchStore:
                         check_upload(conn, upload)
                     check_in_force(conn, dataset.id, bounds)
                     sealed = self._seal_current(dataset.id, plaintexts, sealed)
+                    if new_key is not None:
+                        if new_key.kek_id != self.keyring.primary_kek_id:
+                            raise StaleDocument(f"the primary KEK changed during {batch_id}")
+                        # StaleDocument if another upload stored a key meanwhile.
+                        write_document(
+                            conn,
+                            dataset=dataset.id,
+                            kind=PSEUDONYM_KEY,
+                            built_on=None,
+                            sealed=new_key,
+                        )
                     current = document_versions(conn, dataset.id)
                     if any(
                         current.get(kind) != base.versions.get(kind)
@@ -260,6 +278,8 @@ class BatchStore:
                             sealed=sealed[sealed_label(CONTRIBUTIONS)],
                         )
             except StaleDocument:
+                if new_key is not None:
+                    keyed = None  # key the persons again, under the key stored meanwhile
                 continue
             self.documents.remember(dataset.id, CELLS, cells_version, merged)
             if contributions is not None and contributions_version is not None:
@@ -287,15 +307,16 @@ class BatchStore:
         return self._seal_all(dataset_id, plaintexts)
 
     def _keyed(
-        self, dataset: DatasetPolicy, person_contacts: pl.DataFrame, actor: str
+        self, dataset: DatasetPolicy, person_contacts: pl.DataFrame, key: bytes
     ) -> pl.DataFrame:
-        """``person_contacts`` with each pseudonym replaced by its keyed pseudonym."""
+        """``person_contacts`` with each pseudonym replaced by its keyed pseudonym under the
+        sealed pseudonym ``key``."""
         label = sealed_label(PSEUDONYM_KEY)
         persons = person_contacts.get_column(PERSON_COLUMN).unique(maintain_order=True)
         keyed = self.documents.using(
             dataset.id,
             PSEUDONYM_KEY,
-            self._pseudonym_key(dataset.id, actor),
+            key,
             lambda blob: pseudonyms(
                 self.keyring, blob, dataset=dataset.id, label=label, values=persons.to_list()
             ),
@@ -308,25 +329,19 @@ class BatchStore:
             .select(person_contacts.columns)
         )
 
-    def _pseudonym_key(self, dataset_id: str, actor: str) -> bytes:
-        """The sealed pseudonym key of a dataset, created on the dataset's first upload with
-        a ``person`` column. Never replaced: every stored keyed pseudonym depends on it."""
+    def _pseudonym_key(self, dataset_id: str) -> tuple[bytes, Sealed | None]:
+        """The sealed pseudonym key of a dataset, and None; before its first upload with a
+        ``person`` column, a new key sealed under the primary KEK, and that key again: the
+        upload stores it in the batch's own transaction. Never replaced once stored: every
+        stored keyed pseudonym depends on it."""
         blob = self.documents.blob(dataset_id, PSEUDONYM_KEY)
         if blob is not None:
-            return blob
-        label = sealed_label(PSEUDONYM_KEY)
-        with self.database.write() as conn:
-            # Taking the audit head first serialises creators: a second one finds the key.
-            self.audit.append(conn, actor=actor, action="pseudonym_key.create", dataset=dataset_id)
-            stored = read_documents(conn, dataset_id, [PSEUDONYM_KEY]).get(PSEUDONYM_KEY)
-            if stored is not None:
-                return stored.blob
-            self.keyring.refresh()
-            sealed = new_pseudonym_key(self.keyring, dataset=dataset_id, label=label)
-            write_document(
-                conn, dataset=dataset_id, kind=PSEUDONYM_KEY, built_on=None, sealed=sealed
-            )
-        return sealed.blob
+            return blob, None
+        self.keyring.refresh()
+        sealed = new_pseudonym_key(
+            self.keyring, dataset=dataset_id, label=sealed_label(PSEUDONYM_KEY)
+        )
+        return sealed.blob, sealed
 
     def _base(self, dataset: DatasetPolicy) -> _Base:
         """The merged cells and contributions an upload builds on, with their versions.

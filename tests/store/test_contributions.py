@@ -22,6 +22,7 @@ from service.database.schema import batches, dataset_documents, metadata
 from service.store.batches import StoredBatch
 from service.store.cells import decode_cells, merge_cells
 from service.store.documents import CONTRIBUTIONS, PSEUDONYM_KEY, sealed_label
+from service.store.errors import InvalidBatch
 from service.store.ingest import parse_batch
 from service.store.rotation import KeyRotation
 from tests.conftest import BOTH_BACKENDS
@@ -198,6 +199,32 @@ def test_two_processes_uploading_the_same_person_never_both_spend_the_allowance(
     assert sum(contacts_by_cell(components).values()) == PERSON_BOUND
     check = components.store.check_cells(components.exchange.policies.datasets[DATASET])
     assert check.agree and check.batches == 2 * uploads
+
+
+def test_a_refused_first_upload_with_persons_stores_no_pseudonym_key_and_no_audit_entry(
+    components: Components,
+) -> None:
+    dataset = components.exchange.policies.datasets[DATASET]
+    full = parse_batch(
+        (
+            "month,country,channel,caller_type,referral_source,contacts,minutes\n"
+            f"2024-01,GB,chat,self_concerned,police_warning,{2**31 - 1},0\n"
+        ).encode(),
+        content_type="text/csv",
+        form="cells",
+        dataset=dataset,
+    )
+    components.store.add(dataset, full, form="cells", actor="test")
+    entries = list(components.audit.entries())
+    # The dataset's totals would pass what the engine's integers hold: refused, after the
+    # persons were keyed under a new pseudonym key.
+    with pytest.raises(InvalidBatch):
+        upload(components, contact("p"))
+    with components.database.read() as conn:
+        kinds = set(conn.execute(select(dataset_documents.c.kind)).scalars())
+    assert PSEUDONYM_KEY not in kinds
+    assert list(components.audit.entries()) == entries
+    assert components.audit.verify().ok
 
 
 def test_no_pseudonym_is_stored_and_the_contributions_are_sealed_to_their_dataset(
