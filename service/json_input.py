@@ -2,8 +2,10 @@
 
 Python's parser recurses once per nesting level (thousands of levels raise
 ``RecursionError``) and converts integers of any length (thousands of digits raise
-``ValueError`` or take quadratic time, and overflow a float later). Every JSON document
-that arrives from a caller, a query or an uploaded batch, is read with ``load_json``.
+``ValueError`` or take quadratic time, and overflow a float later); and of a key named twice
+in one object it silently keeps the last value, where a CSV upload with a column named twice
+is refused. Every JSON document that arrives from a caller, a query or an uploaded batch, is
+read with ``load_json``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 
 class HostileJson(ValueError):
-    """A JSON document nested too deeply or spelling a number too long to convert safely."""
+    """A JSON document nested too deeply, spelling a number too long to convert safely, or
+    naming a key twice in one object."""
 
 
 MAX_DEPTH = 32
@@ -33,6 +36,17 @@ def _number(text: str) -> Any:
     if not math.isfinite(value):
         raise HostileJson(f"{text} is out of range for a number")
     return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise HostileJson(f"the key {key!r} appears twice in one object")
+            seen.add(key)
+    return found
 
 
 def _depth(document: Any) -> int:
@@ -60,7 +74,11 @@ def load_json(raw: bytes | str, *, max_depth: int | None = MAX_DEPTH) -> Any:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     try:
         document = json.loads(
-            text, parse_int=_number, parse_float=_number, parse_constant=_constant
+            text,
+            parse_int=_number,
+            parse_float=_number,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
         )
     except RecursionError:
         # The C scanner recurses once per level and stops cleanly at the recursion limit.

@@ -127,6 +127,9 @@ HOSTILE_QUERIES = {
     "huge_exponent": '{"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 1e999}',
     "nan": '{"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": NaN}',
     "not_utf8": b'{"dataset": "\xff\xfe", "statistic": "count", "epsilon": 0.5}',
+    # Which epsilon would it be? Python's parser keeps the last, other parsers the first.
+    "key_twice": '{"dataset": "uk-helpline-2024", "statistic": "count", "epsilon": 0.5, '
+    '"epsilon": 0.01}',
 }
 
 
@@ -153,8 +156,9 @@ def test_hostile_json_queries_are_400_problems(
         '[{"month": "2024-01", "minutes": ' + "7" * 5000 + "}]",
         '[{"month": "2024-01", "minutes": ' + "7" * 4000 + "}]",
         '[{"month": ' + "[" * 900 + "]" * 900 + "}]",
+        '[{"month": "2024-01", "channel": "chat", "month": "2024-02"}]',
     ],
-    ids=["deep", "5000_digits", "4000_digits", "deep_value"],
+    ids=["deep", "5000_digits", "4000_digits", "deep_value", "key_twice"],
 )
 def test_hostile_json_uploads_are_rejected_and_store_nothing(
     client: FlaskClient, tokens: Tokens, raw: str

@@ -324,6 +324,11 @@ def test_missing_and_unknown_columns_are_both_named() -> None:
         (csv("month,channel,minutes", "2024-01,chat,1,extra"), "text/csv", "well-formed"),
         (b'{"month": "2024-01"}', "application/json", "expected a JSON array of objects"),
         (b"[{]", "application/json", "not valid JSON: Expecting property name"),
+        (
+            b'[{"month": "2024-01", "month": "2024-02"}]',
+            "application/json",
+            "not valid JSON: the key 'month' appears twice in one object",
+        ),
         (b"[\xff]", "application/json", "the body is not valid UTF-8"),
     ],
 )
