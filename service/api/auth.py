@@ -55,6 +55,12 @@ def allowed(*roles: Role) -> Callable[[V], V]:
     return mark
 
 
+def checks_bearer_token() -> bool:
+    """True when the view that will answer this request is marked ``@allowed``: the
+    requests on which a bearer token is checked (and can be guessed)."""
+    return view_mark(_ROLES) is not None
+
+
 def view_mark(name: str) -> Any:
     """A mark (``allowed``, a body limit) of the view that will answer this request, or None.
 

@@ -4,8 +4,13 @@ instance and worker shares the counts) and in each process's memory otherwise.
 Two limits, both checked before a request is authenticated or its body read:
 
 - per client address, ``DPX_RATE_LIMIT_UNAUTHENTICATED``, counting only answers of 401
-  (no token, or a token that failed): guessing tokens is slow. A request with a valid
-  token is exempt, so callers sharing an address with a guesser are not locked out;
+  (no token, or a token that failed): guessing tokens is slow. It applies where a token is
+  checked: the API routes that need a bearer token (a request with a valid one is exempt,
+  so callers sharing an address with a guesser are not locked out), ``/metrics`` (exempt
+  with the scraper's token) and the dashboard's sign-in form, which checks the token typed
+  into it whatever the header holds. Public routes (health, readiness, the OpenAPI
+  document, signing keys) and the dashboard's signed-in pages check no token: a guesser
+  at their address never locks them;
 - per bearer token, ``DPX_RATE_LIMIT_QUERIES``, counting queries and estimates together:
   each one prices a query and may write an audit entry.
 
@@ -31,17 +36,18 @@ import threading
 import time
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from flask_limiter import Limit, Limiter
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
-from service.api.auth import presented_token, principal
+from service.api.auth import checks_bearer_token, presented_token, principal
 from service.api.problems import problem
 from service.auth.registry import Unauthenticated
 from service.config import Settings
+from service.observability.metrics import METRICS_ENDPOINT, offers_metrics_token
 
 log = logging.getLogger("dpx.api")
 
@@ -81,6 +87,10 @@ def _token_key() -> str:
     return hashlib.sha256((presented_token() or "").encode()).hexdigest()
 
 
+# The dashboard's sign-in form: the token it checks is in the form, not the header.
+SIGN_IN_FORM = "dashboard.sign_in_submit"
+
+
 def _authenticated() -> bool:
     if presented_token() is None:
         return False
@@ -89,6 +99,18 @@ def _authenticated() -> bool:
     except Unauthenticated:
         return False
     return True
+
+
+def _cannot_be_a_guess() -> bool:
+    """Exempt from the per-address limit: requests on which no token is checked, and those
+    whose checked token is valid."""
+    if request.endpoint == SIGN_IN_FORM:
+        return False
+    if request.endpoint == METRICS_ENDPOINT:
+        return offers_metrics_token(current_app.config["DPX_SETTINGS"])
+    if not checks_bearer_token():
+        return True
+    return _authenticated()
 
 
 def _not_a_query() -> bool:
@@ -115,7 +137,7 @@ def register_rate_limits(app: Flask, settings: Settings) -> Limiter:
                 key_function=get_remote_address,
                 scope="unauthenticated",
                 shared=True,
-                exempt_when=_authenticated,
+                exempt_when=_cannot_be_a_guess,
                 deduct_when=_failed_authentication,
             ),
             Limit(

@@ -150,6 +150,19 @@ def exposition(exchange: Exchange, *, dataset_labels: bool) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(ledger)
 
 
+METRICS_ENDPOINT = "metrics"
+
+
+def offers_metrics_token(settings: Settings) -> bool:
+    """True when this request's bearer token is the scraper's ``DPX_METRICS_TOKEN``."""
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    return (
+        settings.metrics_token is not None
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(offered.strip().encode(), settings.metrics_token.encode())
+    )
+
+
 def instrument(app: Flask) -> None:
     """Count and time every request by URL rule and status, and serve ``GET /metrics``.
 
@@ -177,14 +190,11 @@ def instrument(app: Flask) -> None:
         settings: Settings = current_app.config["DPX_SETTINGS"]
         if settings.metrics_token is None:
             abort(404)
-        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            offered.strip().encode(), settings.metrics_token.encode()
-        ):
+        if not offers_metrics_token(settings):
             raise Unauthenticated()
         body = exposition(
             current_app.extensions["dpx.exchange"], dataset_labels=settings.metrics_dataset_labels
         )
         return Response(body, mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
-    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+    app.add_url_rule("/metrics", METRICS_ENDPOINT, metrics, methods=["GET"])

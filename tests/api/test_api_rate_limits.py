@@ -22,6 +22,7 @@ from service.api.rate_limits import EXPIRY_INTERVAL, InlineExpiryStorage
 from service.app import create_app
 from service.config import Settings
 from service.crypto.tokens import new_token
+from tests.api.test_dashboard import csrf_of, sign_in
 from tests.conftest import BOTH_BACKENDS, DEMO_POLICIES, bearer
 from tests.live_server import deploy, free_port, instance_dir, serve, settings_variables
 
@@ -96,6 +97,60 @@ def test_a_valid_token_from_a_guessing_address_still_works(limited: Flask) -> No
     assert client.get("/v1/datasets", headers=partner).status_code == 200
 
 
+def _guess(client: Any, times: int) -> None:
+    for _ in range(times):
+        assert client.get("/v1/datasets", headers=bearer(new_token())).status_code == 401
+
+
+@BOTH_BACKENDS
+def test_a_guessing_address_leaves_public_routes_and_signed_in_pages_alone(
+    limited: Flask,
+) -> None:
+    """A guesser shares its address with everyone behind the same proxy or NAT: routes on
+    which no token is checked are never refused for its guesses."""
+    client = limited.test_client()
+    dpo = limited.extensions["dpx.tokens"].issue("dpo", None).token
+    assert sign_in(client, dpo).status_code == 303
+    _guess(client, 5)
+    _assert_429(client.get("/v1/datasets", headers=bearer(new_token())))
+    for path in ("/healthz", "/readyz", "/openapi.json", "/v1/signing-keys", "/dashboard/"):
+        assert client.get(path).status_code == 200, path
+
+
+@BOTH_BACKENDS
+def test_the_sign_in_form_counts_guesses_whatever_the_header_holds(limited: Flask) -> None:
+    """The form checks the token typed into it: a valid bearer token in the header exempts
+    nothing there."""
+    client = limited.test_client()
+    partner = bearer(limited.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    form = client.get("/dashboard/sign-in")
+    guess = {"token": new_token(), "csrf_token": csrf_of(form)}
+    for _ in range(5):
+        response = client.post("/dashboard/sign-in", data=guess, headers=partner)
+        assert response.status_code == 401
+    assert client.post("/dashboard/sign-in", data=guess, headers=partner).status_code == 429
+    # The partner's own API calls go on.
+    assert client.get("/v1/datasets", headers=partner).status_code == 200
+
+
+def test_metrics_count_guesses_at_the_scrapers_token_and_not_the_scraper(
+    settings: Settings,
+) -> None:
+    scraper = "scraper-" + secrets.token_hex(16)
+    app = _app(
+        dataclasses.replace(settings, metrics_token=scraper),
+        {"redis_url": None},
+        rate_limit_unauthenticated="5 per minute",
+    )
+    client = app.test_client()
+    partner = bearer(app.extensions["dpx.tokens"].issue("partner", "no-police").token)
+    for _ in range(5):
+        assert client.get("/metrics", headers=partner).status_code == 401
+    _assert_429(client.get("/metrics", headers=bearer(new_token())))
+    assert client.get("/metrics", headers=bearer(scraper)).status_code == 200
+    app.extensions["dpx.database"].dispose()
+
+
 @BOTH_BACKENDS
 def test_queries_and_estimates_share_a_limit_per_token(limited: Flask) -> None:
     client = limited.test_client()
@@ -166,6 +221,9 @@ def test_an_unreachable_redis_refuses_what_must_be_counted_and_nothing_else(
         assert response.headers["Retry-After"] == "5"
     assert client.get("/v1/datasets", headers=partner).status_code == 200
     assert client.get("/v1/budgets", headers=partner).status_code == 200
+    # Nothing to count where no token is checked: readiness and public reads stay served.
+    for path in ("/healthz", "/readyz", "/v1/signing-keys"):
+        assert client.get(path).status_code == 200, path
     refusals = [r for r in caplog.records if "rate-limit store unreachable" in r.getMessage()]
     assert len(refusals) == 4
     assert all(r.exc_info is None and down not in r.getMessage() for r in refusals)
