@@ -10,9 +10,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
 
 from service.audit.log import AuditLog
 from service.crypto.tokens import looks_like_token, new_token, token_hash, token_prefix
@@ -75,6 +75,12 @@ def _aware(at: datetime | None) -> datetime | None:
     return None if at is None else as_utc(at)
 
 
+def _live(at: Any) -> ColumnElement[bool]:
+    """Not revoked as of ``at``: never revoked, or only from a later time on (a rotated
+    token in its grace period)."""
+    return or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > at)
+
+
 class TokenRegistry:
     def __init__(self, database: Database, audit: AuditLog) -> None:
         self.database = database
@@ -110,28 +116,31 @@ class TokenRegistry:
     def revoke(
         self, token_id: str, *, actor: str = "admin:cli", at: datetime | None = None
     ) -> None:
-        """Revoke now (or at ``at``, for a grace period); unknown or revoked ids are an error."""
+        """Revoke now (or at ``at``, for a grace period); ids of tokens no longer live are an
+        error. A token in its grace period is live: revoking it again ends it sooner (a
+        rotated token found leaked), never later."""
+        now = _now()
+        ends = at or now
         with self.database.write() as conn:
-            done = conn.execute(
+            effective = conn.execute(
                 update(tokens)
-                .where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
-                .values(revoked_at=at or _now())
-            ).rowcount
-            if done != 1:
+                .where(tokens.c.id == token_id, _live(now))
+                .values(revoked_at=case((_live(ends), ends), else_=tokens.c.revoked_at))
+                .returning(tokens.c.revoked_at)
+            ).scalar_one_or_none()
+            if effective is None:
                 raise TokenNotFound(token_id)
             self.audit.append(
                 conn,
                 actor=actor,
                 action="token.revoke",
-                details={"token_id": token_id, "effective": (at or _now()).isoformat()},
+                details={"token_id": token_id, "effective": as_utc(effective).isoformat()},
             )
 
     def rotate(self, token_id: str, *, grace: timedelta, actor: str = "admin:cli") -> IssuedToken:
         """Issue a replacement with the same role; the old token works for ``grace`` more."""
         with self.database.read() as conn:
-            row = conn.execute(
-                select(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
-            ).first()
+            row = conn.execute(select(tokens).where(tokens.c.id == token_id, _live(_now()))).first()
         if row is None:
             raise TokenNotFound(token_id)
         issued = self.issue(row.role, row.subject, actor=actor)
@@ -141,7 +150,7 @@ class TokenRegistry:
     # Run on every request: built once, since building a statement costs more than running it.
     _LIVE_TOKEN = select(tokens).where(
         tokens.c.token_hash == bindparam("token_hash"),
-        or_(tokens.c.revoked_at.is_(None), tokens.c.revoked_at > bindparam("now")),
+        _live(bindparam("now")),
         or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > bindparam("now")),
     )
 

@@ -8,7 +8,7 @@ from flask import Flask
 
 from service.cli import main
 from service.config import Settings
-from tests.conftest import bearer
+from tests.conftest import BOTH_BACKENDS, bearer
 
 
 def dpx(settings: Settings, *args: str) -> Result:
@@ -74,6 +74,39 @@ def test_a_rotated_token_without_grace_stops_at_once(app: Flask, settings: Setti
     assert listing(settings)[old_id][-1].startswith("revoked ")
     refused = dpx(settings, "rotate-token", old_id)
     assert refused.exit_code == 1 and f"no active token with id {old_id}" in refused.stderr
+
+
+@BOTH_BACKENDS
+def test_a_rotated_token_found_leaked_in_its_grace_period_is_revoked_at_once(
+    app: Flask, settings: Settings
+) -> None:
+    old, old_id = issue(settings)
+    new = dpx(settings, "rotate-token", old_id, "--grace", "7d").stdout.strip()
+    assert accepted(app, old)
+
+    result = dpx(settings, "revoke-token", old_id)
+
+    assert result.exit_code == 0, result.output
+    assert not accepted(app, old) and accepted(app, new)
+    assert listing(settings)[old_id][-1].startswith("revoked ")
+    again = dpx(settings, "revoke-token", old_id)
+    assert again.exit_code == 1 and "no active token" in again.stderr
+
+
+@BOTH_BACKENDS
+def test_rotating_a_token_again_ends_it_sooner_never_later(app: Flask, settings: Settings) -> None:
+    old, old_id = issue(settings)
+    assert dpx(settings, "rotate-token", old_id, "--grace", "1h").exit_code == 0
+    ends = listing(settings)[old_id][-1]
+
+    longer = dpx(settings, "rotate-token", old_id, "--grace", "7d")
+
+    assert longer.exit_code == 0, longer.output
+    assert listing(settings)[old_id][-1] == ends
+    shorter = dpx(settings, "rotate-token", old_id, "--grace", "0s")
+    assert shorter.exit_code == 0, shorter.output
+    assert not accepted(app, old)
+    assert accepted(app, longer.stdout.strip()) and accepted(app, shorter.stdout.strip())
 
 
 def test_a_revoked_token_is_refused_at_once(app: Flask, settings: Settings) -> None:
