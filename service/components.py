@@ -22,7 +22,7 @@ from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.private_files import make_private
 from service.store.batches import BatchStore
-from service.store.bounds import check_stored_bounds, put_in_force
+from service.store.bounds import put_in_force, stored_data_defects
 from service.store.synopses import SynopsisStore
 from service.synopses import Synopses
 
@@ -44,7 +44,8 @@ class Components:
     def open(cls, settings: Settings, *, serving: bool = True) -> Components:
         """Load the keyring and policies and connect to the database; raise if any fails,
         if the database does not carry the current schema (``NotInitialised``), or
-        (``PolicySetError``) if the policies shrink bounds that stored batches hold.
+        (``PolicySetError``) if the policies shrink bounds that stored batches hold or
+        change the definition of a dataset with charges.
 
         When ``serving``, their bounds then become the ones in force (``store.bounds``), as
         at a reload; a one-off command only checks them, so that running it with a policy
@@ -73,7 +74,7 @@ class Components:
                 audit.hold_head(conn)
                 shrunk = put_in_force(conn, policies)
         else:
-            shrunk = check_stored_bounds(database, policies)
+            shrunk = stored_data_defects(database, policies)
         if shrunk:
             database.dispose()
             raise PolicySetError(shrunk)

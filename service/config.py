@@ -16,13 +16,25 @@ class SettingsError(ValueError):
     """A setting has a value dpx cannot use; the message names the variable."""
 
 
+# The databases dpx runs on: SQLite embedded, PostgreSQL for several instances.
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
 def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
     url = env.get("DPX_DATABASE_URL") or f"sqlite:///{data_dir / 'dpx.sqlite3'}"
+    problem = "not a database URL dpx can use"
     try:
-        make_url(url).get_dialect()
-    except (ArgumentError, NoSuchModuleError) as error:
-        # SQLAlchemy's messages name the dialect, never the URL (which may hold a password).
-        raise SettingsError(f"DPX_DATABASE_URL: not a database URL dpx can use: {error}") from None
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        # The messages name the dialect, or the text of a port that is not a number, never
+        # the URL (which may hold a password).
+        raise SettingsError(f"DPX_DATABASE_URL: {problem}: {error}") from None
+    if parsed.get_backend_name() not in DATABASE_BACKENDS:
+        raise SettingsError(
+            f"DPX_DATABASE_URL: {problem}: {parsed.get_backend_name()} is not one of "
+            + ", ".join(DATABASE_BACKENDS)
+        )
     return url
 
 

@@ -18,6 +18,7 @@ from flask import request, url_for
 from marshmallow import ValidationError, fields
 
 from service.exchange import Position
+from service.json_input import load_json
 
 _RELEASES, _AUDIT = "r", "a"
 MAX_SEQ = 2**63 - 1
@@ -32,7 +33,8 @@ def _encode(parts: list[Any]) -> str:
 def _decode(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        parts = json.loads(raw)
+        # A cursor is a flat list: deeper nesting is a forgery (and deep enough, a crash).
+        parts = load_json(raw, max_depth=1)
     except (binascii.Error, ValueError):
         raise ValidationError("not a cursor this service gave out") from None
     if not isinstance(parts, list) or not parts:

@@ -21,12 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.auth.registry import Principal
 from service.cli import deployment, fail, friendly, main, settings
 from service.database.engine import Database
+from service.database.migrate import NotInitialised, require_current
 from service.ledger.budgets import Ledger
 from service.policy.changes import review
 from service.policy.errors import PolicyError, PolicySetError
 from service.policy.loader import load_policies
 from service.policy.model import PolicySet
-from service.store.bounds import check_stored_bounds
+from service.store.bounds import stored_data_defects
 
 REPORT_COLUMNS = (
     "dataset",
@@ -131,9 +132,10 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
     """Validate a policy set (default: DPX_POLICY_DIR) and show what it would change.
 
     Lists every grant and budget that differs from the deployed set and every budget the
-    ledger has already spent past. Exits 1 when a file is invalid or a bound is below what
-    stored batches were stored under (one file:field: reason line each on standard error)
-    and, with --strict, when anything would be over-spent.
+    ledger has already spent past. Exits 1 when a file is invalid, a bound is below what
+    stored batches were stored under or a definition differs from the one a dataset's
+    charges were made in (one file:field: reason line each on standard error) and, with
+    --strict, when anything would be over-spent.
     """
     current = settings()
     proposed_dir = directory or current.policy_dir
@@ -191,25 +193,42 @@ def check_policies(directory: Path | None, against: Path | None, strict: bool) -
         )
 
 
+def _existing_database(url: str) -> Database | None:
+    """The deployment's database, or None when its SQLite file does not exist yet: checking
+    files must not create an empty database as a side effect. ``NotInitialised`` when it
+    exists without the current schema."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return None
+    database = Database(url)
+    try:
+        require_current(database)
+    except (NotInitialised, SQLAlchemyError):
+        database.dispose()
+        raise
+    return database
+
+
 def _stored_data_defects(url: str, proposed: PolicySet) -> list[PolicyError]:
     """Bounds of ``proposed`` narrower than stored batches hold, and definitions other than
     the charges were made in (none without a database)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        return []  # no database, so no stored data; and checking must not create one
-    database = Database(url)
+    database = _existing_database(url)
+    if database is None:
+        return []  # no database, so no stored data
     try:
-        return check_stored_bounds(database, proposed)
+        return stored_data_defects(database, proposed)
     finally:
         database.dispose()
 
 
 def _ledger_spent(url: str) -> Mapping[tuple[str, str], Fraction] | None:
     """The ledger's spend per account, or None when there is no readable ledger."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        return None  # checking files must not create an empty database as a side effect
-    database = Database(url)
+    try:
+        database = _existing_database(url)
+    except SQLAlchemyError:
+        return None
+    if database is None:
+        return None
     try:
         return Ledger(database).all_spent()
     except SQLAlchemyError:

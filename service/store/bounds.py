@@ -1,4 +1,5 @@
-"""The bounds each batch was stored under, and the policy changes they rule out.
+"""The bounds each batch was stored under and the definition each charge was made in, and
+the policy changes they rule out.
 
 Sensitivity is derived from the dataset policy in force when a query runs. If a policy lowers
 ``max_contacts_per_person`` or ``max_contacts_per_cell``, narrows a measure's bounds or drops
@@ -222,7 +223,7 @@ def _defects(conn: Connection, policies: PolicySet) -> list[PolicyError]:
     return shrunk_bounds(policies, _stored_bounds(conn)) + changed_definitions(conn, policies)
 
 
-def check_stored_bounds(database: Database, policies: PolicySet) -> list[PolicyError]:
+def stored_data_defects(database: Database, policies: PolicySet) -> list[PolicyError]:
     """The defects of ``policies`` against the batches and charges ``database`` holds."""
     with database.read() as conn:
         return _defects(conn, policies)

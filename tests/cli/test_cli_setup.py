@@ -47,7 +47,14 @@ def one_line(result: Result) -> str:
 
 
 @pytest.mark.parametrize(
-    "url", ["not a url", "garbage://", "postgresql+nodriver://dpx:s3cret@db.example/dpx"]
+    "url",
+    [
+        "not a url",
+        "garbage://",
+        "postgresql+nodriver://dpx:s3cret@db.example/dpx",
+        "mysql://dpx:s3cret@db.example/dpx",
+        "postgresql://dpx:s3cret@db.example:abc/dpx",
+    ],
 )
 def test_a_malformed_database_url_is_one_line_that_names_the_variable_not_the_url(
     settings: Settings, url: str
@@ -80,3 +87,21 @@ def test_a_command_on_a_database_without_the_schema_says_to_run_init(
         "Error: the database does not carry this dpx's schema: run `dpx init` to create or "
         "upgrade it"
     )
+
+
+def test_check_policies_on_a_database_without_the_schema_says_to_run_init(
+    settings: Settings, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.sqlite3"
+    sqlite3.connect(empty).close()
+    line = one_line(dpx_on(settings, f"sqlite:///{empty}", "check-policies"))
+    assert line.endswith("run `dpx init` to create or upgrade it")
+
+
+def test_check_policies_without_a_database_checks_the_files_and_creates_none(
+    settings: Settings, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-yet.sqlite3"
+    result = dpx_on(settings, f"sqlite:///{missing}", "check-policies")
+    assert result.exit_code == 0, result.output
+    assert not missing.exists()

@@ -27,7 +27,7 @@ from service.config import Settings
 from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.policy.reload import reload_policies
-from service.store.bounds import check_stored_bounds
+from service.store.bounds import stored_data_defects
 from service.store.errors import BoundsChanged
 from service.store.ingest import parse_batch
 from tests.conftest import BOTH_BACKENDS
@@ -103,7 +103,7 @@ def test_a_bound_shrunk_under_stored_data_is_refused_by_check_start_and_reload(
     try:
         edit(settings.policy_dir, *change)
         proposed = load_policies(settings.policy_dir)
-        [defect] = check_stored_bounds(service.database, proposed)
+        [defect] = stored_data_defects(service.database, proposed)
         assert (defect.file, defect.field) == (SOURCE, field)
 
         result = check_policies(settings)
@@ -218,7 +218,7 @@ def test_a_definition_changed_after_charges_is_refused_by_check_start_and_reload
         spent = service.ledger.all_spent()
         relabel_pure(settings.policy_dir)
         proposed = load_policies(settings.policy_dir)
-        [defect] = check_stored_bounds(service.database, proposed)
+        [defect] = stored_data_defects(service.database, proposed)
         assert (defect.file, defect.field) == (ZCDP_SOURCE, "privacy.definition")
         assert "cannot change from zcdp to pure" in defect.reason
 
