@@ -31,8 +31,9 @@ RESERVED_COLUMNS = (CONTACTS_COLUMN, PERSON_COLUMN)
 # The ledger counts budgets in integer nano-units, so every amount must be a whole number of
 # them: anything finer would be rounded, and a rounded budget is not the budget the DPO set.
 AMOUNT_DECIMALS = 9
-# ... in 64-bit integers: a billion (10**18 nano-units) leaves room for a budget's spend plus
-# one more charge, and is far beyond any budget that still protects anyone.
+# Spends are summed in 64-bit integers of nano-units: a billion (10**18 nano-units) leaves room
+# for a budget's spend plus one more charge, and is far beyond any budget that still protects
+# anyone.
 AMOUNT_MAX = 10**9
 # A contact's measure value, as a dataset's totals: at most 2**31 - 1 either way, so that every
 # bound a policy sets fits the 64-bit columns the cells are summed in.

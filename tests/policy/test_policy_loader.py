@@ -134,7 +134,7 @@ BROKEN_FILES = [
         A, "{min: 0, max: 60}", "{min: 0, max: 100000000000000000000000000}",
         f"{A}:measures.minutes.max: must be at most 2147483647, "
         "not 100000000000000000000000000",
-        id="measure-bound-beyond-64-bits",
+        id="measure-bound-beyond-the-engine",
     ),
     pytest.param(
         A, "{min: 0, max: 60}", "{min: -2147483648, max: 60}",
