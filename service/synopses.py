@@ -343,15 +343,19 @@ class Synopses:
                 + (" declared" if dataset.synopsis is None else " built yet")
                 + "; ask a direct query with a cost instead"
             )
+        fitted = self.store.open(stored)
         try:
-            values = answer_from(self.store.open(stored), query, dataset)
+            values = answer_from(fitted, query, dataset)
         except NotInSynopsis as outside:
             if source is None:
                 return None
             self._refuse(principal, dataset.id, "not_in_synopsis", str(outside))
             raise
         if source is None and (
-            query.accuracy is None or _widest(values) > query.accuracy.max_error
+            query.accuracy is None
+            # A synopsis stored without the unbiased fit cannot vouch for an error bound.
+            or fitted.unbiased is None
+            or _widest(values) > query.accuracy.max_error
         ):
             return None
         return partner, dataset, grant, query, stored, values

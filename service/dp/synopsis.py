@@ -15,14 +15,20 @@ A synopsis is built in three steps, the first before any data is read:
    cells bounded below by 0 (``scipy.optimize.nnls``, Lawson-Hanson; about a millisecond
    for 288 cells where ``lsq_linear`` takes a second), then rounded to integers by
    largest remainders so that the table's total is the rounded total of the fit. Every
-   answer is a sum over that one integer table, so any two answers add up exactly.
+   answer is a sum over that one integer table, so any two answers add up exactly. The
+   unconstrained least-squares fit is kept beside it, for the intervals.
 
 :func:`answer` sums the table for a count whose group-by and filtered dimensions lie in
-one declared marginal, with a (1 - alpha) interval from the variance of the least-squares
-estimator: for a query ``q`` in the row space of the measurements, ``Var(q x) = q M+ q'``
-with ``M = sum_i A_i' A_i / v_i``. Marginals of one product table share an eigenbasis
-(each dimension's constant vector and its complement), so ``M+`` and the budget split's
-objective are computed exactly from a handful of eigenvalues, never by inverting a matrix.
+one declared marginal, with a (1 - alpha) interval from the least-squares estimator: for a
+query ``q`` in the row space of the measurements, ``q x`` is unbiased with ``Var(q x) =
+q M+ q'``, ``M = sum_i A_i' A_i / v_i``, so ``q x ± z sd`` covers the truth at the stated
+rate. The non-negative fit is not unbiased: on a sparse table it lifts every cell the noise
+pushed below zero, and a sum over many cells drifts upwards by far more than its standard
+deviation. So the interval is centred on the unbiased estimate and widened, where needed,
+to hold the published value; it covers at least as often as the unbiased one. Marginals of
+one product table share an eigenbasis (each dimension's constant vector and its
+complement), so ``M+``, the unbiased fit and the budget split's objective are computed
+exactly from a handful of eigenvalues, never by inverting a matrix.
 
 The module is long because design, fit and answer share that eigenbasis arithmetic: the
 budget split minimises the very variance that the answers' intervals report, so the two
@@ -39,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -98,7 +105,12 @@ class SynopsisDesign:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The post-processed synopsis: one non-negative integer table and what it rests on."""
+    """The post-processed synopsis: one non-negative integer table and what it rests on.
+
+    ``unbiased`` is the unconstrained least-squares fit, the centre of the answers'
+    intervals; None for a synopsis stored before it was kept, whose intervals are centred
+    on the table (see :func:`answer`).
+    """
 
     dimensions: tuple[str, ...]
     sizes: tuple[int, ...]
@@ -106,6 +118,7 @@ class Estimate:
     variances: tuple[float, ...]
     definition: Definition
     table: tuple[int, ...]
+    unbiased: tuple[float, ...] | None
 
 
 @dataclass(frozen=True)
@@ -251,7 +264,8 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
     squares: the fitted marginals are unique even where the table itself is not, since the
     objective is strictly convex in them), then largest-remainder
     rounding: each cell is floored and the cells with the largest remainders get one more,
-    until the table total equals the rounded total of the fit.
+    until the table total equals the rounded total of the fit. Also the unconstrained
+    least-squares fit (:func:`unbiased_fit`), from the same measurements.
     """
     matrices = [
         _marginal_matrix(design.sizes, _axes(design.dimensions, marginal))
@@ -267,6 +281,8 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
     )
     fitted, _residual = nnls(stacked, target)
     table = round_table(np.maximum(fitted, 0.0))
+    members = tuple(_axes(design.dimensions, marginal) for marginal in design.marginals)
+    unbiased = unbiased_fit(design.sizes, members, design.variances, measured)
     return Estimate(
         dimensions=design.dimensions,
         sizes=design.sizes,
@@ -274,30 +290,64 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
         variances=design.variances,
         definition=design.definition,
         table=tuple(int(v) for v in table),
+        unbiased=tuple(float(v) for v in unbiased),
     )
+
+
+def unbiased_fit(
+    sizes: Sequence[int],
+    members: Sequence[Sequence[int]],
+    variances: Sequence[float],
+    measured: Sequence[Sequence[int]],
+) -> FloatArray:
+    """The minimum-norm weighted least-squares table ``M+ sum_i A_i' y_i / v_i`` (C order).
+
+    ``M+`` is applied through its eigenspaces: on the space of a subset S of axes it is
+    ``1 / eigenvalue`` times the projection that centres the table along the axes in S and
+    averages it along the others. Its sums over the cells of any declared marginal are the
+    unbiased least-squares estimates, unique although the table itself is not.
+    """
+    shape = tuple(sizes)
+    spread = np.zeros(shape)
+    for marginal, variance, values in zip(members, variances, measured, strict=True):
+        counts = np.asarray(values, dtype=np.float64).reshape([shape[a] for a in marginal])
+        expanded = np.expand_dims(counts, [a for a in range(len(shape)) if a not in marginal])
+        spread += np.broadcast_to(expanded, shape) / variance
+    eigen = _eigenvalues(shape, tuple(tuple(m) for m in members), tuple(1.0 / v for v in variances))
+    fit = np.zeros(shape)
+    for subset, (_multiplicity, value) in eigen.items():
+        projected = spread
+        for axis in range(len(shape)):
+            mean = projected.mean(axis=axis, keepdims=True)
+            projected = projected - mean if axis in subset else np.broadcast_to(mean, shape)
+        fit += projected / value
+    return fit.reshape(-1)
 
 
 def encode_estimate(estimate: Estimate) -> bytes:
     """The estimate as canonical JSON bytes (the plaintext a synopsis is sealed from)."""
     return canonical_json(
         {
-            "version": 1,
+            "version": 2,
             "dimensions": list(estimate.dimensions),
             "sizes": list(estimate.sizes),
             "marginals": [list(marginal) for marginal in estimate.marginals],
             "variances": list(estimate.variances),
             "definition": estimate.definition,
             "table": list(estimate.table),
+            "unbiased": list(estimate.unbiased) if estimate.unbiased is not None else None,
         }
     )
 
 
 def decode_estimate(plaintext: bytes) -> Estimate:
-    """The estimate :func:`encode_estimate` wrote; ``ValueError`` for anything else."""
+    """The estimate :func:`encode_estimate` wrote (format 2, or 1 without the unbiased fit);
+    ``ValueError`` for anything else."""
     try:
         data = json.loads(plaintext)
-        if data.get("version") != 1:
+        if data.get("version") not in (1, 2):
             raise ValueError(f"unknown synopsis format {data.get('version')!r}")
+        unbiased = data.get("unbiased")
         estimate = Estimate(
             dimensions=tuple(str(name) for name in data["dimensions"]),
             sizes=tuple(int(size) for size in data["sizes"]),
@@ -305,10 +355,13 @@ def decode_estimate(plaintext: bytes) -> Estimate:
             variances=tuple(float(v) for v in data["variances"]),
             definition=data["definition"],
             table=tuple(int(v) for v in data["table"]),
+            unbiased=None if unbiased is None else tuple(float(v) for v in unbiased),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"unreadable synopsis ({type(error).__name__})") from None
-    if len(estimate.table) != math.prod(estimate.sizes):
+    if len(estimate.table) != math.prod(estimate.sizes) or (
+        estimate.unbiased is not None and len(estimate.unbiased) != len(estimate.table)
+    ):
         raise ValueError("unreadable synopsis (table size does not match its dimensions)")
     return estimate
 
@@ -335,6 +388,10 @@ def covering_marginal(
 
 def answer(estimate: Estimate, query: Query, dataset: DatasetPolicy) -> list[SynopsisValue]:
     """A count query answered from the table, with (1 - alpha) intervals.
+
+    Each interval is ``floor(c - z sd)`` to ``ceil(c + z sd)``, ``c`` the unbiased
+    estimate, widened to hold the value and clipped at 0. A synopsis stored without the
+    unbiased fit centres it on the value instead, as it was built to.
 
     Raises :class:`NotInSynopsis` when the query's group-by and filtered dimensions do not
     all lie in one declared marginal (such a sum is not determined by the measurements).
@@ -366,21 +423,32 @@ def answer(estimate: Estimate, query: Query, dataset: DatasetPolicy) -> list[Syn
         target = target * len(values) + lookup[position[axis]]
     rows = np.zeros((len(outputs), width))
     rows[target[kept], np.arange(width)[kept]] = 1.0
-    table = np.asarray(estimate.table, dtype=np.int64).reshape(estimate.sizes)
     axes = _axes(estimate.dimensions, marginal)
-    summed = tuple(a for a in range(len(estimate.sizes)) if a not in axes)
-    counts = table.sum(axis=summed).reshape(-1) if summed else table.reshape(-1)
-    sums = rows.astype(np.int64) @ counts
+    sums = rows.astype(np.int64) @ _marginal_of(estimate.table, estimate.sizes, axes, np.int64)
+    centres = (
+        rows @ _marginal_of(estimate.unbiased, estimate.sizes, axes, np.float64)
+        if estimate.unbiased is not None
+        else sums.astype(np.float64)
+    )
     covariance = marginal_covariance(estimate.sizes, _members(estimate), estimate.variances, axes)
     variances = np.einsum("ij,jk,ik->i", rows, covariance, rows)
     multiplier = interval_multiplier(estimate.definition, query.alpha)
     result = []
-    for output, value, variance in zip(outputs, sums, variances, strict=True):
-        half = math.ceil(multiplier * math.sqrt(max(float(variance), 0.0)))
-        result.append(
-            SynopsisValue(output, int(value), (max(int(value) - half, 0), int(value) + half))
-        )
+    for output, value, centre, variance in zip(outputs, sums, centres, variances, strict=True):
+        half = multiplier * math.sqrt(max(float(variance), 0.0))
+        low = min(int(value), math.floor(float(centre) - half))
+        high = max(int(value), math.ceil(float(centre) + half))
+        result.append(SynopsisValue(output, int(value), (max(low, 0), high)))
     return result
+
+
+def _marginal_of(
+    table: Sequence[float], sizes: Sequence[int], axes: Sequence[int], dtype: type
+) -> npt.NDArray[Any]:
+    """The cells of ``table`` summed into the marginal over ``axes``, flattened (C order)."""
+    shaped: npt.NDArray[Any] = np.asarray(table, dtype=dtype).reshape(tuple(sizes))
+    summed = tuple(a for a in range(len(sizes)) if a not in axes)
+    return (shaped.sum(axis=summed) if summed else shaped).reshape(-1)
 
 
 def interval_multiplier(definition: Definition, alpha: float) -> float:

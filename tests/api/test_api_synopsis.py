@@ -8,6 +8,7 @@ contacts as the owner and builds the synopsis as the DPO's command would.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from dpx_client.signature import verify_signature
@@ -148,6 +149,36 @@ def test_accuracy_first_queries_use_the_synopsis_only_when_it_meets_the_target(
     assert charged.status_code == 201 and "source" not in charged.json
     spent = client.get("/v1/budgets", headers=tokens.other_partner).json["budgets"]
     assert next(row for row in spent if row["dataset"] == DATASET)["spent"] > 0
+
+
+def test_a_synopsis_without_the_unbiased_fit_answers_no_accuracy_first_query(
+    app: Flask, client: FlaskClient, tokens: Tokens
+) -> None:
+    """A synopsis stored before the unconstrained fit was kept (format 1) has intervals
+    centred on its biased values: it still answers "source": "synopsis", but cannot vouch
+    for a max_error, so an accuracy-first query is charged as a direct release."""
+    _upload(app, client, tokens)
+    _build(app)
+    store = app.extensions["dpx.exchange"].synopses.store
+    built = store.newest(DATASET)
+    older = replace(store.open(built), unbiased=None)
+    with store.database.write() as conn:
+        store.insert(
+            conn,
+            synopsis_id="syn_format1",
+            dataset=DATASET,
+            estimate=older,
+            cost=built.cost,
+            included=built.batches,
+            build_seconds=built.build_seconds,
+            policy_version=built.policy_version,
+        )
+    loose = {"dataset": DATASET, "statistic": "count", "group_by": ["month"]}
+    loose["accuracy"] = {"max_error": 10_000, "alpha": 0.05}
+    estimate = client.post("/v1/queries/estimate", json=loose, headers=tokens.partner)
+    assert estimate.json.get("source") == "direct", estimate.json
+    answered = _ask(client, tokens, group_by=["month"])
+    assert answered.status_code == 201 and answered.json["source"] == {"synopsis": "syn_format1"}
 
 
 def test_dataset_view_shows_the_newest_synopsis_and_when_it_is_stale(
