@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +20,7 @@ from service.components import Components
 from service.config import Settings
 from service.crypto.envelope import open_sealed
 from service.database.schema import batches, dataset_documents, metadata
+from service.policy.model import DatasetPolicy
 from service.store.batches import StoredBatch
 from service.store.cells import decode_cells, merge_cells
 from service.store.documents import CONTRIBUTIONS, PSEUDONYM_KEY, sealed_label
@@ -154,6 +156,75 @@ def test_a_rotation_between_uploads_keeps_each_persons_count(components: Compone
     # The pseudonym key was rewrapped and sealed again, never replaced: "p" is still "p".
     later = upload(components, contact("p", "2024-03"), contact("p", "2024-04"))
     assert (later.contacts, later.truncated) == (1, 1)
+
+
+def _once_before_reading_the_base(
+    monkeypatch: pytest.MonkeyPatch, components: Components, action: Callable[[], object]
+) -> None:
+    """Run ``action`` once, the first time an upload reads the documents it builds on:
+    after it has keyed its persons (under a new pseudonym key, if the dataset has none) and
+    before its transaction. This is the interleaving two processes produce when they race,
+    made deterministic; ``action`` itself runs the real store."""
+    store = components.store
+    read = store._base
+    pending = [action]
+
+    def base(dataset: DatasetPolicy) -> object:
+        while pending:
+            pending.pop()()
+        return read(dataset)
+
+    monkeypatch.setattr(store, "_base", base)
+
+
+def _key_documents(components: Components) -> list[str]:
+    """The KEK each stored pseudonym key of the dataset is sealed under."""
+    with components.database.read() as conn:
+        return list(
+            conn.execute(
+                select(dataset_documents.c.kek_id).where(
+                    dataset_documents.c.dataset == DATASET,
+                    dataset_documents.c.kind == PSEUDONYM_KEY,
+                )
+            ).scalars()
+        )
+
+
+def _key_creations(components: Components) -> int:
+    return sum(e.action == "pseudonym_key.create" for e in components.audit.entries())
+
+
+def test_two_first_uploads_of_one_person_share_one_key_and_one_allowance(
+    components: Components, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second upload stores the dataset's first key while the first holds a key of its
+    # own: the first must key its persons again under the stored one, or "p" would be two
+    # people with two allowances.
+    _once_before_reading_the_base(
+        monkeypatch, components, lambda: upload(components, contact("p"), contact("p", "2024-02"))
+    )
+    first = upload(components, contact("p", "2024-03"), contact("p", "2024-04"))
+    assert (first.contacts, first.truncated) == (1, 1)
+    later = upload(components, contact("p", "2024-05"))
+    assert (later.contacts, later.truncated) == (0, 1)
+    assert sum(contacts_by_cell(components).values()) == PERSON_BOUND
+    assert len(_key_documents(components)) == 1 and _key_creations(components) == 1
+
+
+def test_a_rotation_during_the_first_upload_stores_the_key_under_the_new_primary(
+    components: Components, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotation = KeyRotation(components.database, components.keyring, components.audit)
+    old = components.keyring.primary_kek_id
+    _once_before_reading_the_base(monkeypatch, components, lambda: rotation.run(rotation.start()))
+    first = upload(components, contact("p"), contact("p", "2024-02"))
+    assert (first.contacts, first.truncated) == (2, 0)
+    # Nothing, the new key included, is left under the KEK the rotation replaced.
+    assert _key_documents(components) == [components.keyring.primary_kek_id] != [old]
+    rotation.retire(old)
+    later = upload(components, contact("p", "2024-03"), contact("p", "2024-04"))
+    assert (later.contacts, later.truncated) == (1, 1)
+    assert _key_creations(components) == 1
 
 
 @pytest.mark.slow
