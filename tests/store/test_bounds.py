@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner, Result
+from sqlalchemy import select, update
 
 from service.app import create_app
 from service.auth.registry import Principal
 from service.cli import main
 from service.components import Components
 from service.config import Settings
+from service.database.schema import dataset_bounds
 from service.policy.errors import PolicySetError
 from service.policy.loader import load_policies
 from service.policy.reload import reload_policies
@@ -233,6 +235,45 @@ def test_a_definition_changed_after_charges_is_refused_by_check_start_and_reload
         with pytest.raises(PolicySetError, match=f"{ZCDP_SOURCE}:privacy.definition: "):
             create_app(settings)
         assert service.ledger.all_spent() == spent
+    finally:
+        service.database.dispose()
+
+
+@BOTH_BACKENDS
+def test_a_synopsis_build_alone_pins_the_definition(settings: Settings) -> None:
+    service = Components.open(settings)
+    try:
+        service.synopses.build(ZCDP, actor="admin:test")
+        relabel_pure(settings.policy_dir)
+        [defect] = stored_data_defects(service.database, load_policies(settings.policy_dir))
+        assert (defect.file, defect.field) == (ZCDP_SOURCE, "privacy.definition")
+    finally:
+        service.database.dispose()
+
+
+@BOTH_BACKENDS
+def test_an_in_force_record_of_an_older_version_still_guards_the_definition(
+    settings: Settings,
+) -> None:
+    """A record of the bounds in force written before it named the definition: the charges
+    themselves still tell which definition the budgets were spent in."""
+    service = Components.open(settings)
+    try:
+        service.exchange.run(PARTNER, ZCDP_QUERY)
+        with service.database.write() as conn:
+            recorded = conn.execute(
+                select(dataset_bounds.c.bounds).where(dataset_bounds.c.dataset == ZCDP)
+            ).scalar_one()
+            older = {k: v for k, v in json.loads(recorded).items() if k != "definition"}
+            conn.execute(
+                update(dataset_bounds)
+                .where(dataset_bounds.c.dataset == ZCDP)
+                .values(bounds=json.dumps(older, sort_keys=True))
+            )
+        relabel_pure(settings.policy_dir)
+        [defect] = stored_data_defects(service.database, load_policies(settings.policy_dir))
+        assert (defect.file, defect.field) == (ZCDP_SOURCE, "privacy.definition")
+        assert "cannot change from zcdp to pure" in defect.reason
     finally:
         service.database.dispose()
 
