@@ -77,25 +77,17 @@ def test_a_command_before_dpx_init_says_so_and_creates_no_database(
     assert dpx_on(settings, url, "issue-token", "--dpo").exit_code == 0
 
 
+@pytest.mark.parametrize("command", ["budget-report", "check-policies"])
 def test_a_command_on_a_database_without_the_schema_says_to_run_init(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, command: str
 ) -> None:
     empty = tmp_path / "empty.sqlite3"
     sqlite3.connect(empty).close()
-    line = one_line(dpx_on(settings, f"sqlite:///{empty}", "budget-report"))
+    line = one_line(dpx_on(settings, f"sqlite:///{empty}", command))
     assert line == (
         "Error: the database does not carry this dpx's schema: run `dpx init` to create or "
         "upgrade it"
     )
-
-
-def test_check_policies_on_a_database_without_the_schema_says_to_run_init(
-    settings: Settings, tmp_path: Path
-) -> None:
-    empty = tmp_path / "empty.sqlite3"
-    sqlite3.connect(empty).close()
-    line = one_line(dpx_on(settings, f"sqlite:///{empty}", "check-policies"))
-    assert line.endswith("run `dpx init` to create or upgrade it")
 
 
 def test_check_policies_without_a_database_checks_the_files_and_creates_none(

@@ -62,7 +62,8 @@ def _dense(sizes: tuple[int, ...], marginal: tuple[int, ...]) -> np.ndarray:
     return matrix
 
 
-@pytest.mark.parametrize(
+# Product tables: their sizes, the axes of each measured marginal, each marginal's variance.
+PRODUCT_TABLES = pytest.mark.parametrize(
     ("sizes", "members", "variances"),
     [
         ((12, 4, 6), ((0, 1), (0, 2), (1, 2)), (48.0, 30.0, 75.0)),
@@ -70,6 +71,9 @@ def _dense(sizes: tuple[int, ...], marginal: tuple[int, ...]) -> np.ndarray:
         ((4, 3), ((0, 1),), (9.0,)),
     ],
 )
+
+
+@PRODUCT_TABLES
 def test_variances_from_the_eigenbasis_equal_the_pseudo_inverse(
     sizes: tuple[int, ...], members: tuple[tuple[int, ...], ...], variances: tuple[float, ...]
 ) -> None:
@@ -85,14 +89,7 @@ def test_variances_from_the_eigenbasis_equal_the_pseudo_inverse(
     assert workload_variance(sizes, members, precisions) == pytest.approx(total)
 
 
-@pytest.mark.parametrize(
-    ("sizes", "members", "variances"),
-    [
-        ((12, 4, 6), ((0, 1), (0, 2), (1, 2)), (48.0, 30.0, 75.0)),
-        ((3, 2, 5), ((0,), (1, 2), (0, 1)), (1.0, 2.0, 0.5)),
-        ((4, 3), ((0, 1),), (9.0,)),
-    ],
-)
+@PRODUCT_TABLES
 def test_the_unbiased_fit_is_the_weighted_least_squares_fit(
     sizes: tuple[int, ...], members: tuple[tuple[int, ...], ...], variances: tuple[float, ...]
 ) -> None:
