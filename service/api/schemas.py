@@ -327,8 +327,9 @@ class AccuracySchema(Schema):
     max_error = fields.Float(
         allow_none=True,
         metadata={
-            "description": "the half-width of every value's interval; null for a mean, "
-            "whose interval is given per value"
+            "description": "how far any value's interval reaches from the value (its "
+            "half-width, but for a synopsis answer, whose interval need not be centred on "
+            "it); null for a mean, whose interval is given per value"
         },
     )
     components = fields.Dict(

@@ -325,45 +325,77 @@ def unbiased_fit(
 
 
 def encode_estimate(estimate: Estimate) -> bytes:
-    """The estimate as canonical JSON bytes (the plaintext a synopsis is sealed from)."""
-    return canonical_json(
-        {
-            "version": 2,
-            "dimensions": list(estimate.dimensions),
-            "sizes": list(estimate.sizes),
-            "marginals": [list(marginal) for marginal in estimate.marginals],
-            "variances": list(estimate.variances),
-            "definition": estimate.definition,
-            "table": list(estimate.table),
-            "unbiased": list(estimate.unbiased) if estimate.unbiased is not None else None,
-        }
-    )
+    """The estimate as canonical JSON bytes (the plaintext a synopsis is sealed from):
+    format 2, or format 1 for an estimate without the unbiased fit."""
+    data: dict[str, Any] = {
+        "version": 1 if estimate.unbiased is None else 2,
+        "dimensions": list(estimate.dimensions),
+        "sizes": list(estimate.sizes),
+        "marginals": [list(marginal) for marginal in estimate.marginals],
+        "variances": list(estimate.variances),
+        "definition": estimate.definition,
+        "table": list(estimate.table),
+    }
+    if estimate.unbiased is not None:
+        data["unbiased"] = list(estimate.unbiased)
+    return canonical_json(data)
 
 
 def decode_estimate(plaintext: bytes) -> Estimate:
     """The estimate :func:`encode_estimate` wrote (format 2, or 1 without the unbiased fit);
-    ``ValueError`` for anything else."""
+    ``ValueError`` for anything else, including numbers of the wrong kind, non-finite ones
+    and variances that are not positive, which no build writes."""
     try:
-        data = json.loads(plaintext)
-        if data.get("version") not in (1, 2):
-            raise ValueError(f"unknown synopsis format {data.get('version')!r}")
-        unbiased = data.get("unbiased")
+        data = json.loads(plaintext, parse_constant=_no_constant)
+        version = data.get("version")
+        if version not in (1, 2) or ("unbiased" in data) != (version == 2):
+            raise ValueError(f"unknown synopsis format {version!r}")
+        definition = data["definition"]
+        if definition not in ("zcdp", "pure"):
+            raise ValueError(f"unknown synopsis privacy definition {definition!r}")
         estimate = Estimate(
-            dimensions=tuple(str(name) for name in data["dimensions"]),
-            sizes=tuple(int(size) for size in data["sizes"]),
-            marginals=tuple(tuple(str(n) for n in marginal) for marginal in data["marginals"]),
-            variances=tuple(float(v) for v in data["variances"]),
-            definition=data["definition"],
-            table=tuple(int(v) for v in data["table"]),
-            unbiased=None if unbiased is None else tuple(float(v) for v in unbiased),
+            dimensions=tuple(_strings(data["dimensions"])),
+            sizes=_integers(data["sizes"], minimum=1),
+            marginals=tuple(tuple(_strings(marginal)) for marginal in data["marginals"]),
+            variances=_finite(data["variances"], positive=True),
+            definition=definition,
+            table=_integers(data["table"], minimum=0),
+            unbiased=_finite(data["unbiased"]) if version == 2 else None,
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"unreadable synopsis ({type(error).__name__})") from None
-    if len(estimate.table) != math.prod(estimate.sizes) or (
-        estimate.unbiased is not None and len(estimate.unbiased) != len(estimate.table)
+    if (
+        len(estimate.table) != math.prod(estimate.sizes)
+        or (estimate.unbiased is not None and len(estimate.unbiased) != len(estimate.table))
+        or len(estimate.variances) != len(estimate.marginals)
+        or any(set(m) - set(estimate.dimensions) for m in estimate.marginals)
     ):
-        raise ValueError("unreadable synopsis (table size does not match its dimensions)")
+        raise ValueError("unreadable synopsis (its parts do not match its dimensions)")
     return estimate
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"unreadable synopsis ({name} is not a number)")
+
+
+def _strings(values: Any) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError("expected a list of strings")
+    return values
+
+
+def _integers(values: Any, *, minimum: int) -> tuple[int, ...]:
+    if not isinstance(values, list) or not all(type(v) is int and v >= minimum for v in values):
+        raise TypeError(f"expected a list of integers of at least {minimum}")
+    return tuple(values)
+
+
+def _finite(values: Any, *, positive: bool = False) -> tuple[float, ...]:
+    if not isinstance(values, list) or not all(
+        type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in values
+    ):
+        raise TypeError("expected a list of finite numbers")
+    return tuple(float(v) for v in values)
 
 
 def round_table(values: FloatArray) -> IntArray:

@@ -170,14 +170,61 @@ def test_a_question_outside_every_marginal_is_refused() -> None:
 def test_a_synopsis_stored_without_the_unbiased_fit_centres_its_intervals_on_the_value() -> None:
     priced = design(HELPLINE)
     fitted = estimate(priced, measure(priced, _marginal_counts(true_table())))
+    assert decode_estimate(encode_estimate(fitted)) == fitted
     stored = json.loads(encode_estimate(fitted))
     stored["version"] = 1
     del stored["unbiased"]
     older = decode_estimate(json.dumps(stored).encode())
     assert older.table == fitted.table and older.unbiased is None
+    assert decode_estimate(encode_estimate(older)) == older
     for value in answer(older, workload_queries(None)[0], HELPLINE):
         if value.ci[0] > 0:
             assert value.value - value.ci[0] == value.ci[1] - value.value
+
+
+def _edited(change: str) -> bytes:
+    """A stored synopsis with one part replaced: ``key=json`` (``key=`` drops it)."""
+    priced = design(HELPLINE)
+    stored = json.loads(
+        encode_estimate(estimate(priced, measure(priced, _marginal_counts(true_table()))))
+    )
+    key, value = change.split("=", 1)
+    if value:
+        head, _, index = key.partition("[")
+        if index:
+            stored[head][int(index.rstrip("]"))] = json.loads(value)
+        else:
+            stored[key] = json.loads(value)
+    else:
+        del stored[key]
+    return json.dumps(stored).encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "unbiased[0]=NaN",
+        "unbiased[3]=Infinity",
+        "unbiased[0]=1e999",
+        'unbiased[0]="1"',
+        "unbiased[0]=true",
+        'unbiased="111"',
+        "unbiased=",
+        "variances[0]=0",
+        "variances[1]=-4.0",
+        "variances[2]=NaN",
+        "table[0]=-1",
+        "table[0]=1.5",
+        "table[0]=true",
+        'definition="approximate"',
+        "version=1",
+        "sizes[0]=0",
+        'marginals=[["month", "region"]]',
+    ],
+)
+def test_a_stored_synopsis_of_an_odd_shape_is_refused_not_answered(change: str) -> None:
+    with pytest.raises(ValueError, match="synopsis"):
+        decode_estimate(_edited(change))
 
 
 SPARSE = replace(
