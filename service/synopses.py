@@ -488,8 +488,10 @@ def _mechanism(dataset: DatasetPolicy) -> dict[str, Any]:
     }
 
 
-def _widest(values: list[SynopsisValue]) -> float:
-    return float(max((max(v.value - v.ci[0], v.ci[1] - v.value) for v in values), default=0))
+def _widest(values: list[SynopsisValue]) -> int:
+    """How far any value's interval reaches from the value: a whole number, as the
+    half-width of a count is (its ends are integers)."""
+    return max((max(v.value - v.ci[0], v.ci[1] - v.value) for v in values), default=0)
 
 
 def _stamp(at: datetime) -> str:

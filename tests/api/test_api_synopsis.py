@@ -72,6 +72,10 @@ def test_answers_are_free_consistent_integers_with_signed_releases(
         for row in document["rows"]:
             assert isinstance(row["value"], int) and row["value"] >= 0
             assert row["ci"][0] <= row["value"] <= row["ci"][1]
+        # A count's max_error is a whole number, as in a direct release (DESIGN 10).
+        reach = max(max(r["value"] - r["ci"][0], r["ci"][1] - r["value"]) for r in document["rows"])
+        assert type(document["accuracy"]["max_error"]) is int
+        assert document["accuracy"]["max_error"] == reach
     assert _budgets(client, tokens) == before
     months = {row["month"]: row["value"] for row in monthly.json["rows"]}
     for month in MONTHS:
