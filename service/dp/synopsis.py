@@ -56,6 +56,7 @@ from service.dp.accounting import NANO, to_nano
 from service.dp.engine import QueryPlan, plan_query
 from service.dp.mechanisms import noisy
 from service.dp.query import DEFAULT_ALPHA, Query, group_cells
+from service.json_input import HostileJson, load_json
 from service.policy.model import DatasetPolicy, Definition, SynopsisPolicy
 
 FloatArray = npt.NDArray[np.float64]
@@ -267,10 +268,8 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
     until the table total equals the rounded total of the fit. Also the unconstrained
     least-squares fit (:func:`unbiased_fit`), from the same measurements.
     """
-    matrices = [
-        _marginal_matrix(design.sizes, _axes(design.dimensions, marginal))
-        for marginal in design.marginals
-    ]
+    members = tuple(_axes(design.dimensions, marginal) for marginal in design.marginals)
+    matrices = [_marginal_matrix(design.sizes, axes) for axes in members]
     weights = [1.0 / math.sqrt(variance) for variance in design.variances]
     stacked = np.vstack([matrix * weight for matrix, weight in zip(matrices, weights, strict=True)])
     target = np.concatenate(
@@ -281,7 +280,6 @@ def estimate(design: SynopsisDesign, measured: Sequence[Sequence[int]]) -> Estim
     )
     fitted, _residual = nnls(stacked, target)
     table = round_table(np.maximum(fitted, 0.0))
-    members = tuple(_axes(design.dimensions, marginal) for marginal in design.marginals)
     unbiased = unbiased_fit(design.sizes, members, design.variances, measured)
     return Estimate(
         dimensions=design.dimensions,
@@ -346,7 +344,9 @@ def decode_estimate(plaintext: bytes) -> Estimate:
     ``ValueError`` for anything else, including numbers of the wrong kind, non-finite ones
     and variances that are not positive, which no build writes."""
     try:
-        data = json.loads(plaintext, parse_constant=_no_constant)
+        # NaN, infinities and repeated keys are refused like a caller's; a synopsis nests
+        # three levels deep (its marginals).
+        data = load_json(plaintext, max_depth=3)
         version = data.get("version")
         if version not in (1, 2) or ("unbiased" in data) != (version == 2):
             raise ValueError(f"unknown synopsis format {version!r}")
@@ -362,6 +362,8 @@ def decode_estimate(plaintext: bytes) -> Estimate:
             table=_integers(data["table"], minimum=0),
             unbiased=_finite(data["unbiased"]) if version == 2 else None,
         )
+    except HostileJson as error:
+        raise ValueError(f"unreadable synopsis ({error})") from None
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"unreadable synopsis ({type(error).__name__})") from None
     if (
@@ -372,10 +374,6 @@ def decode_estimate(plaintext: bytes) -> Estimate:
     ):
         raise ValueError("unreadable synopsis (its parts do not match its dimensions)")
     return estimate
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"unreadable synopsis ({name} is not a number)")
 
 
 def _strings(values: Any) -> list[str]:
